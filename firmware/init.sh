@@ -1,0 +1,13 @@
+#!/bin/sh
+# /init of the zone image: the kernel runs this as PID 1. It mounts the kernel file systems,
+# loads the virtio drivers in dependency order (computed when the image was built), then hands
+# PID 1 to firmware.init, which supervises the zone monitor.
+export PATH=/bin
+mount -t devtmpfs devtmpfs /dev
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+while read -r module; do
+    insmod "/lib/modules/$module.ko" || echo "sez: insmod $module failed"
+done < /etc/sez/modules
+cd /opt/sez || exit 1
+exec /usr/bin/python3.11 -S -E -B -c 'import firmware.init; firmware.init.main()'

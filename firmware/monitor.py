@@ -1,0 +1,373 @@
+"""Layer 1: the zone monitor. Serves the control port ``org.sez.ctl`` (DESIGN §6).
+
+One reactor (firmware.reactor) owns the port. Bytes go through :class:`~firmware.abi.wire.FrameDecoder`;
+every frame becomes a response, every fault an error frame with ``id: null``; nothing that
+crosses the channel can raise out of the loop. Writes are non-blocking and queued, so a host
+that does not read never stalls the zone.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import resource
+import time
+from collections import deque
+
+from . import FIRMWARE_VERSION
+from .abi import wire
+from .abi.errors import BadArgs, Code, ProtocolError, UnknownOp, ZoneError
+from .reactor import Reactor, Timer, log
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any, Callable
+
+CONTROL_PORT = "org.sez.ctl"
+#: A frame whose sender falls silent this long before finishing it is dropped.
+TRUNCATED_AFTER = 0.5
+#: Re-poll a port whose host end is closed this often.
+HOST_POLL = 0.05
+#: Responses queued for a host that does not read, before the oldest unsent ones are dropped.
+MAX_QUEUED = 64 * 1024 * 1024
+READ_CHUNK = 1 << 20
+FW_CFG = "/sys/firmware/qemu_fw_cfg/by_name/opt/sez"
+VIRTIO_PORTS = "/sys/class/virtio-ports"
+_MAX_ID = (1 << 64) - 1
+
+
+def _read(path: str) -> bytes:
+    with open(path, "rb") as f:
+        return f.read()
+
+
+def find_port(name: str, root: str = VIRTIO_PORTS) -> str:
+    """The /dev node of the virtio-serial port called ``name``."""
+    try:
+        entries = sorted(os.listdir(root))
+    except OSError:
+        entries = []
+    for entry in entries:
+        try:
+            if _read(f"{root}/{entry}/name").strip() == name.encode():
+                return f"/dev/{entry}"
+        except OSError:
+            continue
+    raise FileNotFoundError(f"no virtio-serial port named {name}")
+
+
+def read_fw_cfg(name: str) -> bytes | None:
+    """A blob the hardware passed with ``-fw_cfg name=opt/sez/NAME``, or None."""
+    try:
+        return _read(f"{FW_CFG}/{name}/raw")
+    except OSError:
+        return None
+
+
+class Port:
+    """Non-blocking reader and writer over one virtio-serial port."""
+
+    def __init__(self, loop: Reactor, path: str, on_data: Callable[[bytes], None],
+                 on_host_gone: Callable[[], None]) -> None:
+        self.path = path
+        self._on_data = on_data
+        self._on_host_gone = on_host_gone
+        self._fd = os.open(path, os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)
+        self._loop = loop
+        self._out: deque[memoryview] = deque()
+        self._queued = 0
+        self._writing = False
+        self._head_started = False  # the first queued frame is partly written
+        self.host_present = True
+        self.dropped_frames = 0
+        self._loop.add_reader(self._fd, self._readable)
+
+    def _readable(self) -> None:
+        chunks = []
+        while True:
+            try:
+                data = os.read(self._fd, READ_CHUNK)
+            except BlockingIOError:
+                break
+            except OSError as exc:
+                log(f"read {self.path}: {exc}")
+                data = b""
+            if not data:
+                # The host end is closed: poll again later instead of spinning on EOF.
+                self._loop.remove_reader(self._fd)
+                self._loop.call_later(HOST_POLL, self._loop.add_reader, self._fd, self._readable)
+                if self.host_present:
+                    self.host_present = False
+                    self._on_host_gone()
+                break
+            self.host_present = True
+            chunks.append(data)
+        if chunks:
+            self._on_data(b"".join(chunks) if len(chunks) > 1 else chunks[0])
+
+    def send(self, frame: bytes) -> None:
+        if self._queued + len(frame) > MAX_QUEUED:
+            self.drop_unsent()
+        self._out.append(memoryview(frame))
+        self._queued += len(frame)
+        if not self._writing:
+            self._flush()
+
+    def drop_unsent(self) -> None:
+        """Forget queued frames that have not started to go out (a new host session)."""
+        keep = 1 if self._head_started else 0
+        while len(self._out) > keep:
+            self._queued -= len(self._out.pop())
+            self.dropped_frames += 1
+
+    def _flush(self) -> None:
+        while self._out:
+            head = self._out[0]
+            try:
+                n = os.write(self._fd, head)
+            except BlockingIOError:
+                break
+            except OSError as exc:
+                if exc.errno not in (errno.EAGAIN, errno.EINTR):
+                    log(f"write {self.path}: {exc}")
+                break
+            self._queued -= n
+            if n == len(head):
+                self._out.popleft()
+                self._head_started = False
+            else:
+                self._out[0] = head[n:]
+                self._head_started = True
+        want = bool(self._out)
+        if want and not self._writing:
+            self._loop.add_writer(self._fd, self._flush)
+        elif not want and self._writing:
+            self._loop.remove_writer(self._fd)
+        self._writing = want
+
+
+class Monitor:
+    def __init__(self, loop: Reactor, restarts: int = 0) -> None:
+        self.loop = loop
+        self.started = time.monotonic()
+        self.restarts = restarts
+        raw = read_fw_cfg("boot_counter")
+        self.boot_counter = int(raw.decode()) if raw and raw.strip().isdigit() else 0
+        self.decoder = wire.FrameDecoder()
+        self.sessions = 0
+        self.host_disconnects = 0
+        self.counters: dict[str, int] = {
+            "frames_in": 0, "frames_out": 0, "bytes_in": 0, "bytes_out": 0,
+        }
+        self.errors: dict[str, int] = {}
+        self.ops_served: dict[str, int] = {}
+        self._truncation_timer: Timer | None = None
+        self.port: Port | None = None
+        self.ops: dict[str, Callable[[dict[str, Any]], Any]] = {
+            "hello": self.op_hello,
+            "info": self.op_info,
+            "echo": self.op_echo,
+            "stats": self.op_stats,
+            "poweroff": self.op_poweroff,
+        }
+
+    # -- channel -----------------------------------------------------------------------------
+
+    def open(self) -> None:
+        path = _wait_for_port(CONTROL_PORT)
+        self.port = Port(self.loop, path, self.on_data, self.on_host_gone)
+        log(f"serving {CONTROL_PORT} on {path} (firmware {FIRMWARE_VERSION}); zone ready")
+
+    def on_host_gone(self) -> None:
+        self.host_disconnects += 1
+        if self.decoder.reset():
+            self._count_error(Code.TRUNCATED_FRAME)
+
+    def on_data(self, data: bytes) -> None:
+        self.counters["bytes_in"] += len(data)
+        for item in self.decoder.feed(data):
+            if isinstance(item, wire.Fault):
+                self.send_error(None, item.code, item.message)
+            else:
+                self.counters["frames_in"] += 1
+                self.handle(item)
+        if self._truncation_timer is not None:
+            self._truncation_timer.cancel()
+            self._truncation_timer = None
+        if self.decoder.pending:
+            self._truncation_timer = self.loop.call_later(TRUNCATED_AFTER, self._drop_truncated)
+
+    def _drop_truncated(self) -> None:
+        self._truncation_timer = None
+        dropped = self.decoder.reset()
+        if dropped:
+            self.send_error(None, Code.TRUNCATED_FRAME,
+                            f"dropped {dropped} bytes of a frame the host did not finish")
+
+    def send(self, frame: bytes) -> None:
+        assert self.port is not None
+        self.counters["frames_out"] += 1
+        self.counters["bytes_out"] += len(frame)
+        self.port.send(frame)
+
+    def send_error(self, request_id: Any, code: str, message: str) -> None:
+        self._count_error(code)
+        self.send(wire.encode_error(request_id, code, message))
+
+    def _count_error(self, code: str) -> None:
+        self.errors[code] = self.errors.get(code, 0) + 1
+
+    def respond(self, request_id: Any, result: Any) -> None:
+        try:
+            frame = wire.encode_response(request_id, result)
+        except Exception as exc:  # a result the wire cannot carry is the zone's fault
+            log(f"cannot encode the result of request {request_id!r}: {exc!r}")
+            self.send_error(request_id, Code.INTERNAL, f"result not encodable: {exc}"[:200])
+            return
+        self.send(frame)
+
+    # -- requests ----------------------------------------------------------------------------
+
+    def handle(self, frame: wire.Frame) -> None:
+        payload = frame.payload
+        request_id = payload.get("id") if isinstance(payload, dict) else None
+        if not _valid_id(request_id):
+            request_id = None
+        try:
+            op, args = _parse_request(frame)
+            handler = self.ops.get(op)
+            if handler is None:
+                raise UnknownOp(f"no operation {op!r}")
+            self.ops_served[op] = self.ops_served.get(op, 0) + 1
+            result = handler(args)
+        except ZoneError as exc:
+            self.send_error(request_id, exc.code, exc.message)
+            return
+        except Exception as exc:
+            log(f"request {request_id!r} failed: {exc!r}")
+            self.send_error(request_id, Code.INTERNAL, f"{type(exc).__name__}: {exc}"[:200])
+            return
+        self.respond(request_id, result)
+
+    # -- operations --------------------------------------------------------------------------
+
+    def op_hello(self, args: dict[str, Any]) -> dict[str, Any]:
+        """Start a host session: forget responses queued for a host that went away."""
+        assert self.port is not None
+        self.port.drop_unsent()
+        self.sessions += 1
+        return {
+            "protocol": wire.VERSION,
+            "firmware": FIRMWARE_VERSION,
+            "session": self.sessions,
+            "nonce": args.get("nonce"),
+            "max_payload": wire.MAX_PAYLOAD,
+            "boot_counter": self.boot_counter,
+        }
+
+    def op_info(self, args: dict[str, Any]) -> dict[str, Any]:
+        mem = _meminfo()
+        return {
+            "firmware": FIRMWARE_VERSION,
+            "protocol": wire.VERSION,
+            "boot_counter": self.boot_counter,
+            "uptime": _uptime(),
+            "monitor_uptime": round(time.monotonic() - self.started, 3),
+            "monitor_restarts": self.restarts,
+            "memory": {"total": mem.get("MemTotal", 0), "available": mem.get("MemAvailable", 0)},
+            "host_sessions": self.sessions,
+            "host_disconnects": self.host_disconnects,
+        }
+
+    def op_echo(self, args: dict[str, Any]) -> dict[str, Any]:
+        data = args.get("data")
+        if not isinstance(data, bytes):
+            raise BadArgs("echo takes {data: bytes}")
+        return {"data": data}
+
+    def op_stats(self, args: dict[str, Any]) -> dict[str, Any]:
+        assert self.port is not None
+        return {
+            **self.counters,
+            "errors": dict(self.errors),
+            "ops": dict(self.ops_served),
+            "dropped_frames": self.port.dropped_frames,
+        }
+
+    def op_poweroff(self, args: dict[str, Any]) -> dict[str, Any]:
+        """Answer, then sync and power the machine off (QEMU exits)."""
+        self.loop.call_later(0.05, _power_off)
+        return {"powering_off": True}
+
+
+def _parse_request(frame: wire.Frame) -> tuple[str, dict[str, Any]]:
+    payload = frame.payload
+    if frame.kind != wire.Kind.REQUEST:
+        raise ProtocolError(f"the zone takes requests, not {frame.kind.name.lower()} frames",
+                            code=Code.UNEXPECTED_KIND)
+    if not isinstance(payload, dict):
+        raise ProtocolError(f"a request is a CBOR map, not {type(payload).__name__}")
+    if not _valid_id(payload.get("id")):
+        raise ProtocolError("a request needs an id: an unsigned integer")
+    op = payload.get("op")
+    if not isinstance(op, str):
+        raise ProtocolError("a request needs an op: a text string")
+    args = payload.get("args")
+    if args is None:
+        args = {}
+    if not isinstance(args, dict):
+        raise BadArgs(f"args must be a map, not {type(args).__name__}")
+    return op, args
+
+
+def _valid_id(value: Any) -> bool:
+    return type(value) is int and 0 <= value <= _MAX_ID
+
+
+def _wait_for_port(name: str) -> str:
+    while True:
+        try:
+            return find_port(name)
+        except FileNotFoundError:
+            time.sleep(0.01)
+
+
+def _meminfo() -> dict[str, int]:
+    out = {}
+    try:
+        for line in _read("/proc/meminfo").decode().splitlines():
+            key, _, rest = line.partition(":")
+            out[key] = int(rest.split()[0]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return out
+
+
+def _uptime() -> float:
+    try:
+        return float(_read("/proc/uptime").split()[0])
+    except (OSError, ValueError, IndexError):
+        return 0.0
+
+
+def _power_off() -> None:
+    import ctypes
+
+    os.sync()
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.reboot(0x4321FEDC)  # LINUX_REBOOT_CMD_POWER_OFF
+
+
+def _limit_memory() -> None:
+    """Bound the monitor's address space so hostile input ends in MemoryError, not the OOM killer."""
+    total = _meminfo().get("MemTotal", 0)
+    if total:
+        limit = max(total * 3 // 4, 192 * 1024 * 1024)
+        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+
+
+def main(restarts: int = 0) -> None:
+    _limit_memory()
+    loop = Reactor()
+    Monitor(loop, restarts).open()
+    loop.run()
