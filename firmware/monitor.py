@@ -11,6 +11,7 @@ from __future__ import annotations
 import errno
 import os
 import resource
+import struct
 import time
 from collections import deque
 
@@ -33,6 +34,9 @@ MAX_QUEUED = 64 * 1024 * 1024
 READ_CHUNK = 1 << 20
 FW_CFG = "/sys/firmware/qemu_fw_cfg/by_name/opt/sez"
 VIRTIO_PORTS = "/sys/class/virtio-ports"
+INPUT_CLASS = "/sys/class/input"
+_INPUT_EVENT = struct.Struct("llHHi")  # struct input_event on x86-64
+_EV_KEY, _KEY_POWER = 1, 116
 _MAX_ID = (1 << 64) - 1
 
 
@@ -54,6 +58,22 @@ def find_port(name: str, root: str = VIRTIO_PORTS) -> str:
         except OSError:
             continue
     raise FileNotFoundError(f"no virtio-serial port named {name}")
+
+
+def find_power_buttons(root: str = INPUT_CLASS) -> list[str]:
+    """The evdev nodes of the ACPI power button(s) (QMP system_powerdown presses them)."""
+    found = []
+    try:
+        entries = sorted(e for e in os.listdir(root) if e.startswith("event"))
+    except OSError:
+        entries = []
+    for entry in entries:
+        try:
+            if _read(f"{root}/{entry}/device/name").strip() == b"Power Button":
+                found.append(f"/dev/input/{entry}")
+        except OSError:
+            continue
+    return found
 
 
 def read_fw_cfg(name: str) -> bytes | None:
@@ -153,6 +173,7 @@ class Monitor:
         self.restarts = restarts
         raw = read_fw_cfg("boot_counter")
         self.boot_counter = int(raw.decode()) if raw and raw.strip().isdigit() else 0
+        self.debug = read_fw_cfg("debug") == b"1"
         self.decoder = wire.FrameDecoder()
         self.sessions = 0
         self.host_disconnects = 0
@@ -176,7 +197,21 @@ class Monitor:
     def open(self) -> None:
         path = _wait_for_port(CONTROL_PORT)
         self.port = Port(self.loop, path, self.on_data, self.on_host_gone)
+        for button in find_power_buttons():
+            fd = os.open(button, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+            self.loop.add_reader(fd, lambda fd=fd: self._on_power_button(fd))
         log(f"serving {CONTROL_PORT} on {path} (firmware {FIRMWARE_VERSION}); zone ready")
+
+    def _on_power_button(self, fd: int) -> None:
+        try:
+            data = os.read(fd, _INPUT_EVENT.size * 64)
+        except OSError:
+            return
+        for offset in range(0, len(data) - _INPUT_EVENT.size + 1, _INPUT_EVENT.size):
+            _, _, kind, code, value = _INPUT_EVENT.unpack_from(data, offset)
+            if kind == _EV_KEY and code == _KEY_POWER and value == 1:
+                log("power button pressed: powering off")
+                _power_off()
 
     def on_host_gone(self) -> None:
         self.host_disconnects += 1
@@ -263,6 +298,7 @@ class Monitor:
             "nonce": args.get("nonce"),
             "max_payload": wire.MAX_PAYLOAD,
             "boot_counter": self.boot_counter,
+            "debug": self.debug,
         }
 
     def op_info(self, args: dict[str, Any]) -> dict[str, Any]:
@@ -271,6 +307,7 @@ class Monitor:
             "firmware": FIRMWARE_VERSION,
             "protocol": wire.VERSION,
             "boot_counter": self.boot_counter,
+            "debug": self.debug,
             "uptime": _uptime(),
             "monitor_uptime": round(time.monotonic() - self.started, 3),
             "monitor_restarts": self.restarts,

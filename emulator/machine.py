@@ -1,0 +1,389 @@
+"""The emulated card: one QEMU process per device, detached, controlled through QMP.
+
+``Machine(name).launch(...)`` starts QEMU in its own session with a runtime directory
+``$SEZ_HOME/run/NAME/`` that holds everything a later process needs to find it again:
+
+=================  ===========================================================
+``machine.json``   pid, command line, accelerator, start time, channel path
+``qmp.sock``       the QMP socket (driven with the ``qemu.qmp`` library)
+``console.log``    the zone's serial console (ttyS0) for this boot
+``qemu.log``       QEMU's own stdout/stderr
+``tamper.sock``    the tamper line (port ``org.sez.tamper``), the emulator's alone
+=================  ===========================================================
+
+The control port ``org.sez.ctl`` is a PTY; its path comes from QMP ``query-chardev``.
+Stopping is a bounded, idempotent ladder: ACPI power-off, QMP ``quit``, SIGTERM, SIGKILL.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fcntl
+import json
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Coroutine, TypeVar
+
+from qemu.qmp import QMPClient, QMPError
+
+from .device import Device
+from .errors import LaunchError, MachineStateError
+from .image import Image
+from .paths import SezHome
+
+__all__ = ["Machine", "MachineStatus", "probe_kvm", "resolve_accel", "QEMU", "QBOOT"]
+
+log = logging.getLogger(__name__)
+
+QEMU = os.environ.get("SEZ_QEMU", "qemu-system-x86_64")
+QBOOT = Path("/usr/share/qemu/qboot.rom")
+CONTROL_PORT = "org.sez.ctl"
+TAMPER_PORT = "org.sez.tamper"
+#: Seconds to wait for QEMU's QMP socket after spawning it.
+LAUNCH_TIMEOUT = 20.0
+#: Seconds one QMP command may take.
+QMP_TIMEOUT = 5.0
+#: Seconds the guest gets to power off after the ACPI power button.
+POWERDOWN_TIMEOUT = 5.0
+
+T = TypeVar("T")
+
+
+def probe_kvm() -> bool:
+    """True when KVM really works here: /dev/kvm opens and the CPU has vmx or svm.
+
+    (A /dev/kvm without hardware virtualisation underneath makes the guest hang at boot.)
+    """
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    if " vmx" not in flags and " svm" not in flags:
+        return False
+    try:
+        fd = os.open("/dev/kvm", os.O_RDWR | os.O_CLOEXEC)
+    except OSError:
+        return False
+    try:
+        kvm_get_api_version = 0xAE00
+        return fcntl.ioctl(fd, kvm_get_api_version) == 12
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
+
+
+def resolve_accel(accel: str) -> str:
+    if accel == "auto":
+        return "kvm" if probe_kvm() else "tcg"
+    if accel not in ("tcg", "kvm"):
+        raise ValueError(f"accel must be auto, tcg or kvm, not {accel!r}")
+    if accel == "kvm" and not probe_kvm():
+        raise MachineStateError("KVM is not usable here (no /dev/kvm or no vmx/svm): use --accel tcg")
+    return accel
+
+
+def run_sync(factory: Callable[[], Coroutine[Any, Any, T]]) -> T:
+    """Run a coroutine to completion from synchronous code, inside or outside an event loop."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(factory())
+    box: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            box["value"] = asyncio.run(factory())
+        except BaseException as exc:  # handed back to the caller's thread below
+            box["error"] = exc
+
+    thread = threading.Thread(target=target, name="sez-qmp")
+    thread.start()
+    thread.join()
+    if "error" in box:
+        raise box["error"]
+    return box["value"]  # type: ignore[no-any-return]
+
+
+@dataclass(frozen=True)
+class MachineStatus:
+    name: str
+    running: bool
+    pid: int | None = None
+    qemu_status: str | None = None
+    channel: str | None = None
+    accel: str | None = None
+    started: float | None = None
+    boot_counter: int | None = None
+
+    @property
+    def uptime(self) -> float | None:
+        return time.time() - self.started if self.running and self.started else None
+
+    def as_dict(self) -> dict[str, Any]:
+        out = dict(self.__dict__)
+        out["uptime"] = round(self.uptime, 1) if self.uptime is not None else None
+        return out
+
+
+class Machine:
+    """The QEMU process of one device. Stateless between processes: all is in run_dir."""
+
+    def __init__(self, name: str, home: SezHome | None = None) -> None:
+        self.name = name
+        self.home = home or SezHome.default()
+        self.run_dir = self.home.run_dir(name)
+        self.log = log.getChild(name)
+
+    # -- paths ------------------------------------------------------------------------------
+
+    @property
+    def qmp_socket(self) -> Path:
+        return self.run_dir / "qmp.sock"
+
+    @property
+    def tamper_socket(self) -> Path:
+        return self.run_dir / "tamper.sock"
+
+    @property
+    def console_log(self) -> Path:
+        return self.run_dir / "console.log"
+
+    @property
+    def qemu_log(self) -> Path:
+        return self.run_dir / "qemu.log"
+
+    @property
+    def state_file(self) -> Path:
+        return self.run_dir / "machine.json"
+
+    # -- state --------------------------------------------------------------------------------
+
+    def state(self) -> dict[str, Any]:
+        try:
+            return dict(json.loads(self.state_file.read_text()))
+        except (OSError, ValueError):
+            return {}
+
+    def _save_state(self, **changes: Any) -> dict[str, Any]:
+        state = self.state()
+        state.update(changes)
+        tmp = self.state_file.with_suffix(".tmp")
+        tmp.write_text(json.dumps(state, indent=2) + "\n")
+        os.replace(tmp, self.state_file)
+        return state
+
+    @property
+    def pid(self) -> int | None:
+        pid = self.state().get("pid")
+        return pid if isinstance(pid, int) and self._is_ours(pid) else None
+
+    def is_running(self) -> bool:
+        return self.pid is not None
+
+    def _is_ours(self, pid: int) -> bool:
+        """``pid`` is alive (not a zombie) and is this machine's QEMU (not a reused pid)."""
+        _reap(pid)
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            return False
+        if stat.rpartition(")")[2].split()[0] in ("Z", "X"):
+            return False
+        return str(self.qmp_socket).encode() in cmdline
+
+    @property
+    def channel(self) -> str:
+        """The control port's host end (a PTY path), as found through QMP at launch."""
+        channel = self.state().get("channel")
+        if not self.is_running() or not channel:
+            raise MachineStateError(f"zone {self.name!r} is not running (start it: sez boot {self.name})")
+        return str(channel)
+
+    def status(self) -> MachineStatus:
+        state = self.state()
+        pid = self.pid
+        if pid is None:
+            return MachineStatus(self.name, False, boot_counter=state.get("boot_counter"))
+        try:
+            qemu_status = self.qmp("query-status")["status"]
+        except Exception as exc:  # a wedged QMP is a status, not a crash of `sez status`
+            qemu_status = f"unreachable ({exc.__class__.__name__})"
+        return MachineStatus(self.name, True, pid, qemu_status, state.get("channel"),
+                             state.get("accel"), state.get("started"), state.get("boot_counter"))
+
+    def console(self, tail: int | None = None) -> str:
+        try:
+            text = self.console_log.read_text(errors="replace")
+        except OSError:
+            return ""
+        if tail is not None:
+            text = "\n".join(text.splitlines()[-tail:])
+        return text
+
+    # -- QMP ----------------------------------------------------------------------------------
+
+    def qmp(self, command: str, args: dict[str, Any] | None = None,
+            timeout: float = QMP_TIMEOUT) -> Any:
+        """Execute one QMP command (connect, execute, disconnect), bounded by ``timeout``."""
+
+        async def go() -> Any:
+            client = QMPClient(f"sez-{self.name}")
+            try:
+                await asyncio.wait_for(client.connect(str(self.qmp_socket)), timeout)
+                return await asyncio.wait_for(client.execute(command, args), timeout)
+            finally:
+                await client.disconnect()
+
+        return run_sync(go)
+
+    # -- lifecycle ----------------------------------------------------------------------------
+
+    def command_line(self, image: Image, *, accel: str, memory_mb: int, cpus: int,
+                     fw_cfg: dict[str, Path | str]) -> list[str]:
+        cpu = "host" if accel == "kvm" else "max"
+        argv = [
+            QEMU, "-name", f"sez-{self.name},debug-threads=on",
+            "-machine", "pc", "-accel", accel if accel == "kvm" else "tcg,thread=multi",
+            "-cpu", cpu, "-smp", str(cpus), "-m", str(memory_mb),
+            "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
+            "-bios", str(QBOOT),
+            "-kernel", str(image.kernel), "-initrd", str(image.initramfs),
+            "-append", image.cmdline,
+            "-chardev", f"file,id=console,path={self.console_log}",
+            "-serial", "chardev:console",
+            "-device", "virtio-serial-pci,id=vser",
+            "-chardev", "pty,id=ctl",
+            "-device", f"virtserialport,bus=vser.0,chardev=ctl,name={CONTROL_PORT}",
+            "-chardev", f"socket,id=tamper,path={self.tamper_socket},server=on,wait=off",
+            "-device", f"virtserialport,bus=vser.0,chardev=tamper,name={TAMPER_PORT}",
+            "-device", "virtio-rng-pci",
+            "-qmp", f"unix:{self.qmp_socket},server=on,wait=off",
+        ]
+        for name, value in sorted(fw_cfg.items()):
+            source = f"file={value}" if isinstance(value, Path) else f"string={value}"
+            argv += ["-fw_cfg", f"name=opt/sez/{name},{source}"]
+        return argv
+
+    def launch(self, image: Image, device: Device, *, accel: str = "auto", debug: bool = False,
+               memory_mb: int = 512, cpus: int = 2,
+               timeout: float = LAUNCH_TIMEOUT) -> MachineStatus:
+        """Power the device on: spawn QEMU detached; return once QMP answers.
+
+        The hardware hands the zone its boot counter and debug strap through fw_cfg.
+
+        Raises MachineStateError if it already runs, LaunchError (with QEMU's output) if QEMU
+        exits or its QMP socket does not answer within ``timeout`` seconds.
+        """
+        if self.is_running():
+            raise MachineStateError(f"zone {self.name!r} is already running (pid {self.pid})")
+        if shutil.which(QEMU) is None:
+            raise LaunchError(f"{QEMU} not found (install it: make deps)")
+        accel = resolve_accel(accel)
+        self.run_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        for stale in (self.qmp_socket, self.tamper_socket, self.state_file):
+            stale.unlink(missing_ok=True)
+        if self.console_log.exists():
+            os.replace(self.console_log, self.run_dir / "console.prev.log")
+        boots = device.count_boot()
+        argv = self.command_line(image, accel=accel, memory_mb=memory_mb, cpus=cpus,
+                                 fw_cfg={"boot_counter": str(boots),
+                                         "debug": "1" if debug else "0"})
+        with self.qemu_log.open("wb") as out:
+            proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=out,
+                                    start_new_session=True, close_fds=True)
+        _CHILDREN[proc.pid] = proc
+        self._save_state(pid=proc.pid, argv=argv, accel=accel, debug=debug, started=time.time(),
+                         boot_counter=boots, channel=None)
+        self.log.info("launched QEMU pid %d (%s)", proc.pid, accel)
+        deadline = time.monotonic() + timeout
+        while True:
+            if proc.poll() is not None:
+                raise LaunchError(
+                    f"QEMU exited with status {proc.returncode} at launch: {self._qemu_output()}",
+                    exitcode=proc.returncode, command=argv, output=self._qemu_output())
+            if self.qmp_socket.exists():
+                try:
+                    chardevs = self.qmp("query-chardev", timeout=2.0)
+                    break
+                except (OSError, QMPError, asyncio.TimeoutError):
+                    pass
+            if time.monotonic() > deadline:
+                self.stop(kill=True)
+                raise LaunchError(f"QEMU's QMP socket did not answer within {timeout:.0f} s",
+                                  command=argv, output=self._qemu_output())
+            time.sleep(0.02)
+        channel = next((c["filename"] for c in chardevs if c["label"] == "ctl"), "")
+        self._save_state(channel=channel.removeprefix("pty:"))
+        return self.status()
+
+    def _qemu_output(self) -> str:
+        try:
+            return self.qemu_log.read_text(errors="replace").strip()[-2000:]
+        except OSError:
+            return ""
+
+    def wait(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` seconds for QEMU to exit; True if it has."""
+        deadline = time.monotonic() + timeout
+        while self.is_running():
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.02)
+        return True
+
+    def stop(self, *, kill: bool = False, timeout: float = POWERDOWN_TIMEOUT) -> bool:
+        """Power off; with ``kill``, pull the plug (SIGKILL, nothing flushed).
+
+        The ladder: ACPI power button (the zone syncs and powers off) for ``timeout`` seconds,
+        then QMP ``quit``, then SIGTERM, then SIGKILL, each bounded. Returns False if the
+        machine was not running. Calling it again is harmless.
+        """
+        pid = self.pid
+        if pid is None:
+            self._cleanup()
+            return False
+        steps: list[tuple[str, Callable[[], Any], float]] = [
+            ("SIGKILL", lambda: os.kill(pid, signal.SIGKILL), 5.0)]
+        if not kill:
+            steps = [
+                ("system_powerdown", lambda: self.qmp("system_powerdown"), timeout),
+                ("quit", lambda: self.qmp("quit"), 5.0),
+                ("SIGTERM", lambda: os.kill(pid, signal.SIGTERM), 3.0),
+            ] + steps
+        try:
+            for what, action, wait in steps:
+                try:
+                    action()
+                except (OSError, QMPError, asyncio.TimeoutError, EOFError) as exc:
+                    self.log.debug("%s: %r", what, exc)
+                if self.wait(wait):
+                    self.log.info("stopped after %s", what)
+                    return True
+            raise MachineStateError(f"QEMU pid {pid} survived SIGKILL")
+        finally:
+            self._cleanup()
+
+    def _cleanup(self) -> None:
+        for path in (self.qmp_socket, self.tamper_socket):
+            path.unlink(missing_ok=True)
+        if self.state_file.exists():
+            self._save_state(pid=None, channel=None)
+
+
+_CHILDREN: dict[int, subprocess.Popen[bytes]] = {}
+
+
+def _reap(pid: int) -> None:
+    """Collect ``pid``'s exit status if this process spawned it (so it does not linger)."""
+    proc = _CHILDREN.get(pid)
+    if proc is not None and proc.poll() is not None:
+        del _CHILDREN[pid]

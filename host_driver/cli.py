@@ -1,0 +1,267 @@
+"""The ``sez`` command (DESIGN §10). Every command exits 0 on success, and otherwise non-zero
+with a one-line reason on stderr; ``--json`` gives machine-readable output.
+
+The functions here (``boot_zone`` …) are also the programmatic way to drive the emulator from
+the host side; this module and the pytest plugin are the only host-driver modules that import
+``emulator``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import statistics
+import sys
+import time
+from typing import Any, Callable, Sequence
+
+from emulator.device import Device
+from emulator.errors import BootTimeout, LaunchError
+from emulator.image import build_image, load_image
+from emulator.machine import Machine, MachineStatus
+from emulator.paths import SezHome
+from firmware.abi.errors import SezError
+
+from .errors import ChannelError, ZoneTimeout
+from .sync import SyncZone
+
+__all__ = ["main", "boot_zone", "BOOT_TIMEOUT"]
+
+#: Seconds a cold boot may take before it counts as hung (TCG on 2 cores boots in ~5 s).
+BOOT_TIMEOUT = float(os.environ.get("SEZ_BOOT_TIMEOUT", "90"))
+
+
+def boot_zone(name: str, *, debug: bool = False, accel: str = "auto",
+              timeout: float = BOOT_TIMEOUT, home: SezHome | None = None
+              ) -> tuple[MachineStatus, dict[str, Any], float]:
+    """Start device ``name`` detached and wait until its zone answers ``hello``.
+
+    Returns the machine status, the hello answer, and the seconds from launch to hello.
+    Raises LaunchError if QEMU dies (with its output and the console tail), BootTimeout if the
+    zone does not answer within ``timeout`` seconds (the machine is then killed).
+    """
+    home = home or SezHome.default()
+    image = load_image()
+    device = Device.open(name, home)
+    machine = Machine(name, home)
+    started = time.monotonic()
+    status = machine.launch(image, device, accel=accel, debug=debug)
+    remaining = max(1.0, timeout - (time.monotonic() - started))
+    try:
+        with SyncZone(machine.channel, hello_timeout=remaining) as zone:
+            session = zone.session
+    except (ZoneTimeout, ChannelError) as exc:
+        console = machine.console(tail=20)
+        if not machine.is_running():
+            raise LaunchError(f"QEMU exited while zone {name!r} booted (sez console {name}):"
+                              f"\n{console}", console=console) from exc
+        machine.stop(kill=True)
+        raise BootTimeout(f"zone {name!r} did not answer hello within {timeout:.0f} s, killed"
+                          f" it (sez console {name}):\n{console}", console=console) from exc
+    return machine.status(), session, time.monotonic() - started
+
+
+# -- output ---------------------------------------------------------------------------------------
+
+
+def _emit(args: argparse.Namespace, data: Any, text: str) -> None:
+    print(json.dumps(data, indent=2, sort_keys=True) if getattr(args, "json", False) else text)
+
+
+def _progress(message: str) -> None:
+    print(f"sez: {message}", file=sys.stderr, flush=True)
+
+
+# -- commands -------------------------------------------------------------------------------------
+
+
+def cmd_image_build(args: argparse.Namespace) -> None:
+    image = build_image(force=args.force, progress=_progress)
+    m = image.manifest
+    _emit(args, m, "\n".join([
+        f"image {image.directory}",
+        f"  kernel     {m['kernel']['release']}  sha384:{m['kernel']['sha384']}",
+        f"  initramfs  {m['initramfs']['size'] / 2**20:.1f} MiB  sha384:{m['initramfs']['sha384']}",
+        f"  cmdline    sha384:{m['cmdline']['sha384']}",
+        f"  firmware   {m['firmware_version']}",
+    ]))
+
+
+def cmd_device_new(args: argparse.Namespace) -> None:
+    device = Device.provision(args.name)
+    _emit(args, {"name": device.name, "directory": str(device.directory), **device.info},
+          f"device {device.name} provisioned in {device.directory}")
+
+
+def cmd_boot(args: argparse.Namespace) -> None:
+    status, session, seconds = boot_zone(args.name, debug=args.debug, accel=args.accel,
+                                         timeout=args.timeout)
+    data = {**status.as_dict(), "hello": _jsonable(session), "boot_seconds": round(seconds, 3)}
+    _emit(args, data,
+          f"zone {args.name} up in {seconds:.2f} s: pid {status.pid}, {status.accel}, "
+          f"channel {status.channel}, firmware {session.get('firmware')}, "
+          f"boot {session.get('boot_counter')}" + (", DEBUG" if session.get("debug") else ""))
+
+
+def cmd_status(args: argparse.Namespace) -> None:
+    home = SezHome.default()
+    names = [args.name] if args.name else home.devices()
+    if args.name:
+        home.existing_device(args.name)
+    rows = [Machine(n, home).status() for n in names]
+    if args.json:
+        data: Any = rows[0].as_dict() if args.name else [r.as_dict() for r in rows]
+        print(json.dumps(data, indent=2, sort_keys=True))
+        return
+    if not rows:
+        print("no devices (provision one: sez device new NAME)")
+    for r in rows:
+        if r.running:
+            print(f"{r.name}: running, pid {r.pid}, qemu {r.qemu_status}, {r.accel}, "
+                  f"channel {r.channel}, boot {r.boot_counter}, up {r.uptime:.0f} s")
+        else:
+            print(f"{r.name}: stopped" + (f" (boots so far: {r.boot_counter})"
+                                           if r.boot_counter else ""))
+
+
+def cmd_stop(args: argparse.Namespace) -> None:
+    SezHome.default().existing_device(args.name)
+    stopped = Machine(args.name).stop(kill=args.kill)
+    how = "plug pulled" if args.kill else "powered off"
+    _emit(args, {"name": args.name, "stopped": stopped, "kill": args.kill},
+          f"zone {args.name} {how}" if stopped else f"zone {args.name} was not running")
+
+
+def cmd_console(args: argparse.Namespace) -> None:
+    SezHome.default().existing_device(args.name)
+    machine = Machine(args.name)
+    text = machine.console(tail=args.tail)
+    sys.stdout.write(text if text.endswith("\n") or not text else text + "\n")
+    if not args.follow:
+        return
+    offset = machine.console_log.stat().st_size if machine.console_log.exists() else 0
+    while True:
+        sys.stdout.flush()
+        try:
+            with machine.console_log.open("rb") as f:
+                f.seek(offset)
+                chunk = f.read()
+        except OSError:
+            chunk = b""
+        if chunk:
+            offset += len(chunk)
+            sys.stdout.write(chunk.decode(errors="replace"))
+        elif not machine.is_running():
+            return
+        time.sleep(0.2)
+
+
+def cmd_ping(args: argparse.Namespace) -> None:
+    machine = Machine(args.name, SezHome.default())
+    SezHome.default().existing_device(args.name)
+    started = time.perf_counter()
+    with SyncZone(machine.channel, timeout=args.timeout) as zone:
+        hello_ms = (time.perf_counter() - started) * 1000
+        info = zone.info()
+        times = []
+        for _ in range(args.count):
+            t = time.perf_counter()
+            zone.echo(b"")
+            times.append((time.perf_counter() - t) * 1000)
+    data = {"info": info, "hello_ms": round(hello_ms, 3),
+            "rtt_ms": {"min": round(min(times), 3), "median": round(statistics.median(times), 3),
+                       "max": round(max(times), 3), "count": len(times)}}
+    _emit(args, data,
+          f"zone {args.name}: firmware {info['firmware']}, protocol {info['protocol']}, "
+          f"boot {info['boot_counter']}, up {info['uptime']:.1f} s, "
+          f"{info['memory']['available'] / 2**20:.0f} MiB free\n"
+          f"connect+hello {hello_ms:.2f} ms; round trip over {len(times)} requests: "
+          f"min {min(times):.3f} ms, median {statistics.median(times):.3f} ms, "
+          f"max {max(times):.3f} ms")
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, bytes):
+        return value.hex()
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    return value
+
+
+# -- argument parsing -----------------------------------------------------------------------------
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="sez", description="SEZ: an emulated out-of-band secure "
+                                "execution zone (a crypto coprocessor under QEMU)")
+    p.add_argument("-v", "--verbose", action="store_true", help="log what happens (to stderr)")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def command(name: str, func: Callable[[argparse.Namespace], None], help: str,
+                parent: Any = sub, json_flag: bool = True) -> argparse.ArgumentParser:
+        c: argparse.ArgumentParser = parent.add_parser(name, help=help, description=help)
+        c.set_defaults(func=func)
+        if json_flag:
+            c.add_argument("--json", action="store_true", help="machine-readable output")
+        return c
+
+    image = sub.add_parser("image", help="the guest image").add_subparsers(
+        dest="image_command", required=True, metavar="COMMAND")
+    c = command("build", cmd_image_build, "build vmlinux + initramfs + manifest.json", image)
+    c.add_argument("--force", action="store_true", help="download and build again")
+
+    device = sub.add_parser("device", help="provisioned devices").add_subparsers(
+        dest="device_command", required=True, metavar="COMMAND")
+    c = command("new", cmd_device_new, "provision a device: its fuses (UDS)", device)
+    c.add_argument("name")
+
+    c = command("boot", cmd_boot, "start a zone detached; return once it answers hello")
+    c.add_argument("name")
+    c.add_argument("--debug", action="store_true", help="boot a debug zone (evidence says so)")
+    c.add_argument("--accel", choices=("auto", "tcg", "kvm"), default="auto")
+    c.add_argument("--timeout", type=float, default=BOOT_TIMEOUT,
+                   help=f"seconds to wait for hello (default {BOOT_TIMEOUT:.0f})")
+
+    c = command("status", cmd_status, "state, pid, channel, boot counter, uptime")
+    c.add_argument("name", nargs="?")
+
+    c = command("stop", cmd_stop, "orderly power-off (ACPI, then QMP quit), or --kill")
+    c.add_argument("name")
+    c.add_argument("--kill", action="store_true", help="pull the plug (SIGKILL)")
+
+    c = command("console", cmd_console, "the zone's serial console log", json_flag=False)
+    c.add_argument("name")
+    c.add_argument("--follow", "-f", action="store_true", help="keep printing new output")
+    c.add_argument("--tail", type=int, default=None, help="only the last N lines")
+
+    c = command("ping", cmd_ping, "hello + info, and the round-trip time of null requests")
+    c.add_argument("name")
+    c.add_argument("--count", type=int, default=10)
+    c.add_argument("--timeout", type=float, default=10.0)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="sez: %(name)s: %(message)s")
+    try:
+        args.func(args)
+    except SezError as exc:
+        print(f"sez: error: {str(exc).splitlines()[0] if not args.verbose else exc}",
+              file=sys.stderr)
+        return 1
+    except ValueError as exc:
+        print(f"sez: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

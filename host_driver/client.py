@@ -1,0 +1,237 @@
+"""The asyncio client of the zone's control port.
+
+    async with await Zone.connect("/dev/pts/3") as zone:
+        info = await zone.info()
+        data = await zone.echo(b"ping")
+
+Requests are pipelined: each carries an id, many can be in flight, and responses are matched
+by id in whatever order they come. Every call has a timeout (``DEFAULT_TIMEOUT`` unless
+given) and raises :class:`~host_driver.errors.ZoneTimeout` when it runs out, never returning
+partial data. Error frames become the :class:`~firmware.abi.errors.ZoneError` subclass of
+their code. Frames with ``id: null`` (the zone's answer to bytes it could not read) are kept in
+``Zone.faults``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+import secrets
+import time
+from typing import Any
+
+from firmware.abi import wire
+from firmware.abi.errors import Code, ProtocolError, ZoneError, error_for_code
+
+from .channel import Channel, open_channel
+from .errors import ChannelClosed, StateError, ZoneTimeout
+
+__all__ = ["Zone", "ZoneState", "DEFAULT_TIMEOUT", "HELLO_RETRY"]
+
+log = logging.getLogger(__name__)
+
+#: Seconds a request waits for its answer unless told otherwise.
+DEFAULT_TIMEOUT = 10.0
+#: Seconds between hello attempts while the zone does not answer (still booting, or busy
+#: dropping a frame an earlier host left half-sent).
+HELLO_RETRY = 1.0
+
+
+class ZoneState(enum.Enum):
+    IDLE = "idle"
+    CONNECTING = "connecting"
+    RUNNING = "running"
+    CLOSED = "closed"
+
+
+class Zone:
+    """A session with one zone over its control channel."""
+
+    def __init__(self, url: str, *, timeout: float = DEFAULT_TIMEOUT) -> None:
+        self.url = url
+        self.timeout = timeout
+        self.state = ZoneState.IDLE
+        self.session: dict[str, Any] = {}
+        self.faults: list[ZoneError] = []
+        self._channel: Channel | None = None
+        self._decoder = wire.FrameDecoder()
+        self._pending: dict[int, asyncio.Future[Any]] = {}
+        self._next_id = secrets.randbits(40)
+        self._fault_seen = asyncio.Event()
+        self.log = log.getChild(url.rsplit("/", 1)[-1])
+
+    @classmethod
+    async def connect(cls, url: str, *, timeout: float = DEFAULT_TIMEOUT,
+                      hello_timeout: float | None = None) -> "Zone":
+        """Open the channel and start a session (``hello``); ``hello_timeout`` bounds the wait
+        for a zone that is still booting (default: ``timeout``)."""
+        zone = cls(url, timeout=timeout)
+        await zone.open(hello_timeout=hello_timeout)
+        return zone
+
+    async def open(self, *, hello_timeout: float | None = None) -> dict[str, Any]:
+        if self.state is not ZoneState.IDLE:
+            raise StateError(f"open() needs state idle, the zone client is {self.state.value}")
+        self.state = ZoneState.CONNECTING
+        try:
+            self._channel = await open_channel(self.url, self._on_data, self._on_lost)
+            self.session = await self._handshake(hello_timeout or self.timeout)
+        except BaseException:
+            await self.close()
+            raise
+        self.state = ZoneState.RUNNING
+        return self.session
+
+    async def _handshake(self, timeout: float) -> dict[str, Any]:
+        """Send ``hello`` until the zone answers it, for at most ``timeout`` seconds.
+
+        A zone still booting answers once its monitor starts; one that is dropping a frame an
+        earlier host left half-sent answers ``truncated-frame`` first, and the next hello works.
+        """
+        deadline = time.monotonic() + timeout
+        while True:
+            nonce = secrets.token_bytes(16)
+            self._fault_seen.clear()
+            request_id, future = self._send("hello", {"nonce": nonce})
+            wait = min(HELLO_RETRY, max(0.0, deadline - time.monotonic()))
+            fault = asyncio.ensure_future(self._fault_seen.wait())
+            try:
+                await asyncio.wait({future, fault}, timeout=wait,
+                                   return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                fault.cancel()
+            if future.done():
+                result = future.result()
+                if result.get("nonce") != nonce:
+                    raise ProtocolError("hello answered with another session's nonce")
+                return dict(result)
+            self._pending.pop(request_id, None)
+            future.cancel()
+            if time.monotonic() >= deadline:
+                raise ZoneTimeout(f"zone did not answer hello within {timeout:.1f} s",
+                                  op="hello", seconds=timeout)
+
+    async def close(self) -> None:
+        """Close the channel; requests still waiting fail with ChannelClosed. Idempotent."""
+        self.state = ZoneState.CLOSED
+        channel, self._channel = self._channel, None
+        if channel is not None:
+            channel.close()
+        self._fail_pending(ChannelClosed("the channel was closed"))
+        await asyncio.sleep(0)  # let the transports finish closing
+
+    async def __aenter__(self) -> "Zone":
+        if self.state is ZoneState.IDLE:
+            await self.open()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    # -- requests ---------------------------------------------------------------------------
+
+    def _send(self, op: str, args: dict[str, Any]) -> tuple[int, asyncio.Future[Any]]:
+        if self._channel is None:
+            raise ChannelClosed("the channel is closed")
+        self._next_id = (self._next_id + 1) & ((1 << 53) - 1)
+        request_id = self._next_id
+        frame = wire.encode_request(request_id, op, args)
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._pending[request_id] = future
+        self._channel.write(frame)
+        return request_id, future
+
+    async def request(self, op: str, args: dict[str, Any] | None = None, *,
+                      timeout: float | None = None) -> Any:
+        """Send ``{op, args}`` and return the zone's result.
+
+        Raises ZoneError (its subclass for the code) if the zone refuses, ZoneTimeout after
+        ``timeout`` seconds (default ``self.timeout``), ChannelClosed if the channel goes away.
+        """
+        if self.state is not ZoneState.RUNNING:
+            raise StateError(f"request() needs state running, the zone client is {self.state.value}")
+        timeout = self.timeout if timeout is None else timeout
+        request_id, future = self._send(op, args or {})
+        assert self._channel is not None
+        try:
+            await self._channel.drain()
+            return await asyncio.wait_for(future, timeout)
+        except asyncio.TimeoutError:
+            raise ZoneTimeout(f"zone did not answer {op} within {timeout:.1f} s",
+                              op=op, seconds=timeout) from None
+        finally:
+            self._pending.pop(request_id, None)
+
+    async def hello(self) -> dict[str, Any]:
+        """Start a new session: the zone forgets responses queued for an earlier host."""
+        nonce = secrets.token_bytes(16)
+        self.session = dict(await self.request("hello", {"nonce": nonce}))
+        if self.session.get("nonce") != nonce:
+            raise ProtocolError("hello answered with another session's nonce")
+        return self.session
+
+    async def info(self) -> dict[str, Any]:
+        """Firmware and protocol versions, boot counter, uptime, memory, host sessions."""
+        return dict(await self.request("info"))
+
+    async def echo(self, data: bytes, *, timeout: float | None = None) -> bytes:
+        """Send ``data`` to the zone and return what it sends back."""
+        result = await self.request("echo", {"data": data}, timeout=timeout)
+        return bytes(result["data"])
+
+    async def stats(self) -> dict[str, Any]:
+        """The monitor's counters: frames and bytes each way, errors by code, ops served."""
+        return dict(await self.request("stats"))
+
+    async def poweroff(self) -> None:
+        """Ask the zone to sync and power the machine off (QEMU exits)."""
+        await self.request("poweroff")
+
+    # -- incoming ---------------------------------------------------------------------------
+
+    def _on_data(self, data: bytes) -> None:
+        for item in self._decoder.feed(data):
+            if isinstance(item, wire.Fault):
+                self.log.warning("unreadable bytes from the zone: %s", item.message)
+                continue
+            payload = item.payload
+            if item.kind != wire.Kind.RESPONSE or not isinstance(payload, dict):
+                self.log.debug("ignoring %r", item)
+                continue
+            request_id = payload.get("id")
+            if request_id is None and not payload.get("ok", True):
+                self.faults.append(self._error(payload))
+                self._fault_seen.set()
+                continue
+            future = self._pending.pop(request_id, None) if isinstance(request_id, int) else None
+            if future is None or future.done():
+                self.log.debug("answer to no request of ours: id %r", request_id)
+                continue
+            if payload.get("ok") is True:
+                future.set_result(payload.get("result"))
+            else:
+                future.set_exception(self._error(payload))
+
+    @staticmethod
+    def _error(payload: dict[str, Any]) -> ZoneError:
+        error = payload.get("error")
+        if not isinstance(error, dict):
+            return ZoneError("malformed error frame from the zone", code=Code.INTERNAL)
+        return error_for_code(str(error.get("code")), str(error.get("message")),
+                              payload.get("id"))
+
+    def _on_lost(self, exc: Exception | None) -> None:
+        if self.state is not ZoneState.CLOSED:
+            self.log.info("channel lost: %r", exc)
+            self.state = ZoneState.CLOSED
+        channel, self._channel = self._channel, None
+        if channel is not None:
+            channel.close()
+        self._fail_pending(ChannelClosed(f"the channel to the zone closed ({exc or 'EOF'})"))
+
+    def _fail_pending(self, exc: Exception) -> None:
+        pending, self._pending = self._pending, {}
+        for future in pending.values():
+            if not future.done():
+                future.set_exception(exc)

@@ -1,0 +1,112 @@
+"""pytest plugin (registered under ``pytest11``): booted zones as fixtures.
+
+Fixtures:
+
+``sez_home``          a private $SEZ_HOME for the test session
+``sez_zone_factory``  ``factory(name, debug=False) -> BootedZone``: provisions and boots a zone;
+                      every zone it made is killed at the end of the session, its console log
+                      kept under the session's $SEZ_HOME, and no QEMU process may be left
+``sez_zone``          one zone booted for the whole session (``.url`` is its channel)
+
+Without QEMU or a built image these fixtures skip with the reason; with ``SEZ_REQUIRE_QEMU=1``
+(what ``make test`` sets) they fail instead, so a broken set-up can never pass as skipped.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator
+
+import pytest
+
+from emulator.device import Device
+from emulator.errors import ImageError
+from emulator.image import load_image
+from emulator.machine import QEMU, Machine
+from emulator.paths import SezHome
+
+from .cli import boot_zone
+
+__all__ = ["BootedZone", "qemu_processes"]
+
+
+@dataclass
+class BootedZone:
+    name: str
+    machine: Machine
+    boot_seconds: float
+
+    @property
+    def url(self) -> str:
+        return self.machine.channel
+
+
+def qemu_processes(run_root: Path) -> list[int]:
+    """Live (non-zombie) processes whose command line mentions ``run_root``."""
+    found = []
+    needle = str(run_root).encode()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            if needle not in (entry / "cmdline").read_bytes():
+                continue
+            state = (entry / "stat").read_text().rpartition(")")[2].split()[0]
+        except OSError:
+            continue
+        if state not in ("Z", "X"):
+            found.append(int(entry.name))
+    return found
+
+
+def _unavailable(reason: str) -> None:
+    if os.environ.get("SEZ_REQUIRE_QEMU") == "1":
+        pytest.fail(f"SEZ_REQUIRE_QEMU=1 but {reason}", pytrace=False)
+    pytest.skip(reason)
+
+
+@pytest.fixture(scope="session")
+def sez_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SezHome]:
+    root = tmp_path_factory.mktemp("sez-home")
+    saved = os.environ.get("SEZ_HOME")
+    os.environ["SEZ_HOME"] = str(root)
+    try:
+        yield SezHome(root)
+    finally:
+        if saved is None:
+            os.environ.pop("SEZ_HOME", None)
+        else:
+            os.environ["SEZ_HOME"] = saved
+
+
+@pytest.fixture(scope="session")
+def sez_zone_factory(sez_home: SezHome) -> Iterator[Callable[..., BootedZone]]:
+    if shutil.which(QEMU) is None:
+        _unavailable(f"{QEMU} is not installed (make deps)")
+    try:
+        load_image()
+    except ImageError as exc:
+        _unavailable(str(exc))
+    booted: list[BootedZone] = []
+
+    def factory(name: str, *, debug: bool = False) -> BootedZone:
+        if not sez_home.device_dir(name).exists():
+            Device.provision(name, sez_home)
+        _, _, seconds = boot_zone(name, debug=debug, home=sez_home)
+        zone = BootedZone(name, Machine(name, sez_home), seconds)
+        booted.append(zone)
+        return zone
+
+    yield factory
+    for zone in booted:
+        zone.machine.stop(kill=True)
+    left = qemu_processes(sez_home.root / "run")
+    assert not left, f"QEMU processes left behind: {left}"
+
+
+@pytest.fixture(scope="session")
+def sez_zone(sez_zone_factory: Callable[..., BootedZone]) -> BootedZone:
+    return sez_zone_factory("session-zone")

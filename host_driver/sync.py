@@ -1,0 +1,93 @@
+"""A blocking facade over :class:`~host_driver.client.Zone`, for scripts and the CLI.
+
+    with SyncZone("/dev/pts/3") as zone:
+        print(zone.info())
+
+It runs a private event loop in a daemon thread; every call is bounded by the same timeouts
+as the async client (plus a margin, so a wedged loop still cannot hang the caller).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import threading
+from typing import Any, Coroutine, TypeVar
+
+from .client import DEFAULT_TIMEOUT, Zone
+from .errors import ZoneTimeout
+
+__all__ = ["SyncZone"]
+
+T = TypeVar("T")
+_MARGIN = 5.0
+
+
+class SyncZone:
+    def __init__(self, url: str, *, timeout: float = DEFAULT_TIMEOUT,
+                 hello_timeout: float | None = None) -> None:
+        self.timeout = timeout
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="sez-zone",
+                                        daemon=True)
+        self._thread.start()
+        try:
+            self.zone: Zone = self._call(Zone.connect(url, timeout=timeout,
+                                                      hello_timeout=hello_timeout),
+                                         hello_timeout or timeout)
+        except BaseException:
+            self._stop_loop()
+            raise
+
+    def _call(self, coro: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
+        future = asyncio.run_coroutine_threadsafe(coro, self._loop)
+        limit = (timeout if timeout is not None else self.timeout) + _MARGIN
+        try:
+            return future.result(limit)
+        except concurrent.futures.TimeoutError:
+            future.cancel()
+            raise ZoneTimeout(f"no answer within {limit:.1f} s", seconds=limit) from None
+
+    @property
+    def session(self) -> dict[str, Any]:
+        return self.zone.session
+
+    def request(self, op: str, args: dict[str, Any] | None = None, *,
+                timeout: float | None = None) -> Any:
+        return self._call(self.zone.request(op, args, timeout=timeout), timeout)
+
+    def hello(self) -> dict[str, Any]:
+        return self._call(self.zone.hello())
+
+    def info(self) -> dict[str, Any]:
+        return self._call(self.zone.info())
+
+    def echo(self, data: bytes, *, timeout: float | None = None) -> bytes:
+        return self._call(self.zone.echo(data, timeout=timeout), timeout)
+
+    def stats(self) -> dict[str, Any]:
+        return self._call(self.zone.stats())
+
+    def poweroff(self) -> None:
+        self._call(self.zone.poweroff())
+
+    def close(self) -> None:
+        """Close the session and stop the private loop. Idempotent."""
+        if self._loop.is_closed():
+            return
+        try:
+            self._call(self.zone.close())
+        finally:
+            self._stop_loop()
+
+    def _stop_loop(self) -> None:
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(5)
+        if not self._thread.is_alive():
+            self._loop.close()
+
+    def __enter__(self) -> "SyncZone":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
