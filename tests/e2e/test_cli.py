@@ -1,0 +1,126 @@
+"""The `sez` command's lifecycle against real QEMU: boot, status, ping, stop, failures."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from emulator.paths import SezHome
+from host_driver import ChannelClosed, Zone
+from host_driver.pytest_plugin import qemu_processes
+
+pytestmark = pytest.mark.e2e
+
+
+def sez(*args: str, env: dict[str, str] | None = None,
+        timeout: float = 180) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "host_driver.cli", *args], capture_output=True,
+                          text=True, timeout=timeout, env={**os.environ, **(env or {})})
+
+
+def one_line_error(proc: subprocess.CompletedProcess[str]) -> str:
+    assert proc.returncode != 0, proc.stdout
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert lines[0].startswith("sez: error: ")
+    return lines[0]
+
+
+def test_full_lifecycle(sez_home: SezHome) -> None:
+    assert sez("device", "new", "cli-zone").returncode == 0
+    boot = sez("boot", "cli-zone", "--json")
+    assert boot.returncode == 0, boot.stderr
+    booted = json.loads(boot.stdout)
+    assert booted["running"] is True and booted["channel"].startswith("/dev/pts/")
+    assert booted["hello"]["boot_counter"] == 1
+    try:
+        again = sez("boot", "cli-zone")
+        assert "already running" in one_line_error(again)
+
+        status = json.loads(sez("status", "cli-zone", "--json").stdout)
+        assert status["running"] is True and status["pid"] == booted["pid"]
+        assert status["qemu_status"] == "running"
+
+        ping = sez("ping", "cli-zone", "--count", "20", "--json")
+        assert ping.returncode == 0, ping.stderr
+        measured = json.loads(ping.stdout)
+        assert measured["rtt_ms"]["count"] == 20
+        assert measured["info"]["boot_counter"] == 1
+
+        console = sez("console", "cli-zone")
+        assert "zone ready" in console.stdout
+
+        stop = sez("stop", "cli-zone")
+        assert stop.returncode == 0 and "powered off" in stop.stdout
+        assert qemu_processes(sez_home.run_dir("cli-zone")) == []
+        assert "power button pressed" in sez("console", "cli-zone").stdout
+        assert "was not running" in sez("stop", "cli-zone").stdout  # idempotent
+
+        down = sez("ping", "cli-zone")
+        assert "not running" in one_line_error(down)
+        assert json.loads(sez("status", "cli-zone", "--json").stdout)["running"] is False
+
+        rebooted = json.loads(sez("boot", "cli-zone", "--json").stdout)
+        assert rebooted["hello"]["boot_counter"] == 2
+    finally:
+        sez("stop", "cli-zone", "--kill")
+    assert qemu_processes(sez_home.run_dir("cli-zone")) == []
+
+
+def test_pulling_the_plug_fails_a_pending_request(sez_home: SezHome) -> None:
+    assert sez("device", "new", "plug-zone").returncode == 0
+    booted = json.loads(sez("boot", "plug-zone", "--json").stdout)
+
+    async def pending_echo() -> None:
+        async with await Zone.connect(booted["channel"]) as zone:
+            request = asyncio.ensure_future(zone.echo(b"q" * (8 << 20), timeout=120))
+            await asyncio.sleep(0.2)
+            killed = await asyncio.to_thread(sez, "stop", "plug-zone", "--kill")
+            assert killed.returncode == 0 and "plug pulled" in killed.stdout
+            with pytest.raises(ChannelClosed):
+                await asyncio.wait_for(request, 10)
+
+    try:
+        asyncio.run(pending_echo())
+    finally:
+        sez("stop", "plug-zone", "--kill")
+    assert qemu_processes(sez_home.run_dir("plug-zone")) == []
+
+
+def test_debug_zone_says_so(sez_home: SezHome) -> None:
+    assert sez("device", "new", "debug-zone").returncode == 0
+    try:
+        boot = sez("boot", "debug-zone", "--debug", "--json")
+        assert boot.returncode == 0, boot.stderr
+        assert json.loads(boot.stdout)["hello"]["debug"] is True
+    finally:
+        sez("stop", "debug-zone", "--kill")
+
+
+def test_unknown_device_is_one_line(sez_home: SezHome) -> None:
+    for command in (["boot", "nosuch"], ["stop", "nosuch"], ["status", "nosuch"],
+                    ["ping", "nosuch"], ["console", "nosuch"]):
+        assert "no device 'nosuch'" in one_line_error(sez(*command, timeout=30))
+
+
+def test_invalid_device_name_is_one_line(sez_home: SezHome) -> None:
+    assert "invalid device name" in one_line_error(sez("device", "new", "../escape"))
+
+
+def test_missing_image_is_one_line(sez_home: SezHome, tmp_path: Path) -> None:
+    assert sez("device", "new", "imageless").returncode == 0
+    proc = sez("boot", "imageless", env={"SEZ_IMAGE": str(tmp_path / "none")}, timeout=30)
+    assert "no guest image" in one_line_error(proc)
+    assert qemu_processes(sez_home.run_dir("imageless")) == []
+
+
+def test_missing_qemu_is_one_line(sez_home: SezHome) -> None:
+    assert sez("device", "new", "qemuless").returncode == 0
+    proc = sez("boot", "qemuless", env={"SEZ_QEMU": "qemu-system-none"}, timeout=30)
+    assert "qemu-system-none not found" in one_line_error(proc)
