@@ -22,6 +22,7 @@ import fcntl
 import json
 import logging
 import os
+import shlex
 import shutil
 import signal
 import subprocess
@@ -249,7 +250,9 @@ class Machine:
 
     def command_line(self, image: Image, *, accel: str, memory_mb: int, cpus: int,
                      fw_cfg: dict[str, Path | str]) -> list[str]:
-        cpu = "host" if accel == "kvm" else "max"
+        # Under TCG a plain x86-64 model with RDRAND (the guest's CRNG is seeded at once) beats
+        # "max": its REP MOVSB and AVX2 string copies are slower to emulate (make bench).
+        cpu = "host" if accel == "kvm" else "qemu64,+rdrand"
         argv = [
             QEMU, "-name", f"sez-{self.name},debug-threads=on",
             "-machine", "pc", "-accel", accel if accel == "kvm" else "tcg,thread=multi",
@@ -271,7 +274,8 @@ class Machine:
         for name, value in sorted(fw_cfg.items()):
             source = f"file={value}" if isinstance(value, Path) else f"string={value}"
             argv += ["-fw_cfg", f"name=opt/sez/{name},{source}"]
-        return argv
+        # Expert knob: extra QEMU arguments (later options override earlier ones).
+        return argv + shlex.split(os.environ.get("SEZ_QEMU_ARGS", ""))
 
     def launch(self, image: Image, device: Device, *, accel: str = "auto", debug: bool = False,
                memory_mb: int = 512, cpus: int = 2,

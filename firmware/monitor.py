@@ -8,7 +8,6 @@ that does not read never stalls the zone.
 
 from __future__ import annotations
 
-import errno
 import os
 import resource
 import struct
@@ -31,7 +30,8 @@ TRUNCATED_AFTER = 0.5
 HOST_POLL = 0.05
 #: Responses queued for a host that does not read, before the oldest unsent ones are dropped.
 MAX_QUEUED = 64 * 1024 * 1024
-READ_CHUNK = 1 << 20
+READ_BURST = 1 << 20
+_PAGE = 4096
 FW_CFG = "/sys/firmware/qemu_fw_cfg/by_name/opt/sez"
 VIRTIO_PORTS = "/sys/class/virtio-ports"
 INPUT_CLASS = "/sys/class/input"
@@ -87,83 +87,117 @@ def read_fw_cfg(name: str) -> bytes | None:
 class Port:
     """Non-blocking reader and writer over one virtio-serial port."""
 
-    def __init__(self, loop: Reactor, path: str, on_data: Callable[[bytes], None],
+    def __init__(self, loop: Reactor, fd: int, path: str, on_data: Callable[[bytes], None],
                  on_host_gone: Callable[[], None]) -> None:
         self.path = path
         self._on_data = on_data
         self._on_host_gone = on_host_gone
-        self._fd = os.open(path, os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)
+        self._fd = fd
+        os.set_blocking(fd, False)
         self._loop = loop
-        self._out: deque[memoryview] = deque()
+        self._out: deque[list[memoryview]] = deque()  # frames not yet fully written
         self._queued = 0
-        self._writing = False
         self._head_started = False  # the first queued frame is partly written
         self.host_present = True
         self.dropped_frames = 0
         self._loop.add_reader(self._fd, self._readable)
 
     def _readable(self) -> None:
-        chunks = []
-        while True:
+        # virtio-serial hands out at most one page-sized buffer per read. A full page means
+        # more is likely queued: keep reading (up to READ_BURST bytes) so bulk data costs one
+        # wake-up, not one per page; a short read is the end of what has arrived.
+        total = 0
+        while total < READ_BURST:
             try:
-                data = os.read(self._fd, READ_CHUNK)
+                data = os.read(self._fd, READ_BURST)
             except BlockingIOError:
-                break
+                return
             except OSError as exc:
                 log(f"read {self.path}: {exc}")
                 data = b""
             if not data:
-                # The host end is closed: poll again later instead of spinning on EOF.
-                self._loop.remove_reader(self._fd)
-                self._loop.call_later(HOST_POLL, self._loop.add_reader, self._fd, self._readable)
-                if self.host_present:
-                    self.host_present = False
-                    self._on_host_gone()
-                break
+                self._host_closed()
+                return
             self.host_present = True
-            chunks.append(data)
-        if chunks:
-            self._on_data(b"".join(chunks) if len(chunks) > 1 else chunks[0])
+            self._on_data(data)
+            if len(data) < _PAGE:
+                return
+            total += len(data)
 
-    def send(self, frame: bytes) -> None:
-        if self._queued + len(frame) > MAX_QUEUED:
+    def _host_closed(self) -> None:
+        # The host end is closed: poll again later instead of spinning on EOF.
+        self._loop.remove_reader(self._fd)
+        self._loop.call_later(HOST_POLL, self._loop.add_reader, self._fd, self._readable)
+        if self.host_present:
+            self.host_present = False
+            self._on_host_gone()
+
+    def send(self, header: bytes, body: bytes) -> None:
+        """Queue one frame (header and body written with one writev, the body not copied)."""
+        frame = [memoryview(header), memoryview(body)]
+        size = len(header) + len(body)
+        if not self._out:  # nothing queued: try to write it at once
+            try:
+                n = os.writev(self._fd, frame)
+            except BlockingIOError:
+                n = 0
+            except OSError as exc:
+                self._write_failed(exc)
+                return
+            if n == size:
+                return
+            _consume(frame, n)
+            self._head_started = n > 0
+            self._out.append(frame)
+            self._queued += size - n
+            self._loop.add_writer(self._fd, self._flush)
+            return
+        if self._queued + size > MAX_QUEUED:
             self.drop_unsent()
-        self._out.append(memoryview(frame))
-        self._queued += len(frame)
-        if not self._writing:
-            self._flush()
+        self._out.append(frame)
+        self._queued += size
 
     def drop_unsent(self) -> None:
         """Forget queued frames that have not started to go out (a new host session)."""
         keep = 1 if self._head_started else 0
         while len(self._out) > keep:
-            self._queued -= len(self._out.pop())
+            self._queued -= sum(len(part) for part in self._out.pop())
             self.dropped_frames += 1
 
+    def _write_failed(self, exc: OSError) -> None:
+        """A write error other than "would block": the frame cannot go out; drop it."""
+        log(f"write {self.path}: {exc}; dropping a frame")
+        self.dropped_frames += 1
+
     def _flush(self) -> None:
-        while self._out:
-            head = self._out[0]
+        out = self._out
+        while out:
+            frame = out[0]
             try:
-                n = os.write(self._fd, head)
+                n = os.writev(self._fd, frame)
             except BlockingIOError:
-                break
+                return
             except OSError as exc:
-                if exc.errno not in (errno.EAGAIN, errno.EINTR):
-                    log(f"write {self.path}: {exc}")
-                break
+                self._queued -= sum(len(part) for part in out.popleft())
+                self._head_started = False
+                self._write_failed(exc)
+                continue
             self._queued -= n
-            if n == len(head):
-                self._out.popleft()
+            if _consume(frame, n):
+                out.popleft()
                 self._head_started = False
             else:
-                self._out[0] = head[n:]
                 self._head_started = True
-        want = bool(self._out)
-        if want and not self._writing:
-            self._loop.add_writer(self._fd, self._flush)
-        elif not want and self._writing:
-            self._loop.remove_writer(self._fd)
-        self._writing = want
+        self._loop.remove_writer(self._fd)
+
+
+def _consume(parts: list[memoryview], n: int) -> bool:
+    """Drop the first ``n`` bytes of ``parts`` (in place); True if nothing is left."""
+    while parts and n >= len(parts[0]):
+        n -= len(parts.pop(0))
+    if n:
+        parts[0] = parts[0][n:]
+    return not parts
 
 
 class Monitor:
@@ -175,31 +209,40 @@ class Monitor:
         self.boot_counter = int(raw.decode()) if raw and raw.strip().isdigit() else 0
         self.debug = read_fw_cfg("debug") == b"1"
         self.decoder = wire.FrameDecoder()
+        self.encoder = wire.FrameEncoder()
         self.sessions = 0
         self.host_disconnects = 0
-        self.counters: dict[str, int] = {
-            "frames_in": 0, "frames_out": 0, "bytes_in": 0, "bytes_out": 0,
-        }
+        self.frames_in = self.frames_out = self.bytes_in = self.bytes_out = 0
         self.errors: dict[str, int] = {}
         self.ops_served: dict[str, int] = {}
         self._truncation_timer: Timer | None = None
+        self._last_rx = 0.0
         self.port: Port | None = None
+        self.native = False  # serving a plain fd on the host (benchmark baseline), not a zone
         self.ops: dict[str, Callable[[dict[str, Any]], Any]] = {
             "hello": self.op_hello,
             "info": self.op_info,
             "echo": self.op_echo,
+            "sink": self.op_sink,
+            "source": self.op_source,
             "stats": self.op_stats,
             "poweroff": self.op_poweroff,
         }
 
     # -- channel -----------------------------------------------------------------------------
 
-    def open(self) -> None:
-        path = _wait_for_port(CONTROL_PORT)
-        self.port = Port(self.loop, path, self.on_data, self.on_host_gone)
-        for button in find_power_buttons():
-            fd = os.open(button, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-            self.loop.add_reader(fd, lambda fd=fd: self._on_power_button(fd))
+    def open(self, fd: int | None = None) -> None:
+        """Serve the control port, or ``fd`` (the host-native benchmark baseline uses a PTY)."""
+        if fd is None:
+            path = _wait_for_port(CONTROL_PORT)
+            fd = os.open(path, os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)
+            for button in find_power_buttons():
+                bfd = os.open(button, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+                self.loop.add_reader(bfd, lambda bfd=bfd: self._on_power_button(bfd))
+        else:
+            path = f"fd {fd}"
+            self.native = True
+        self.port = Port(self.loop, fd, path, self.on_data, self.on_host_gone)
         log(f"serving {CONTROL_PORT} on {path} (firmware {FIRMWARE_VERSION}); zone ready")
 
     def _on_power_button(self, fd: int) -> None:
@@ -219,42 +262,49 @@ class Monitor:
             self._count_error(Code.TRUNCATED_FRAME)
 
     def on_data(self, data: bytes) -> None:
-        self.counters["bytes_in"] += len(data)
+        self.bytes_in += len(data)
         for item in self.decoder.feed(data):
-            if isinstance(item, wire.Fault):
+            if type(item) is wire.Fault:
                 self.send_error(None, item.code, item.message)
             else:
-                self.counters["frames_in"] += 1
-                self.handle(item)
-        if self._truncation_timer is not None:
-            self._truncation_timer.cancel()
-            self._truncation_timer = None
+                self.frames_in += 1
+                self.handle(item)  # type: ignore[arg-type]
         if self.decoder.pending:
-            self._truncation_timer = self.loop.call_later(TRUNCATED_AFTER, self._drop_truncated)
+            self._last_rx = time.monotonic()
+            if self._truncation_timer is None:
+                self._truncation_timer = self.loop.call_later(TRUNCATED_AFTER,
+                                                              self._check_truncated)
 
-    def _drop_truncated(self) -> None:
+    def _check_truncated(self) -> None:
+        """Drop a partial frame once its sender has been silent for TRUNCATED_AFTER seconds."""
         self._truncation_timer = None
+        if not self.decoder.pending:
+            return
+        quiet = time.monotonic() - self._last_rx
+        if quiet < TRUNCATED_AFTER:
+            self._truncation_timer = self.loop.call_later(TRUNCATED_AFTER - quiet,
+                                                          self._check_truncated)
+            return
         dropped = self.decoder.reset()
-        if dropped:
-            self.send_error(None, Code.TRUNCATED_FRAME,
-                            f"dropped {dropped} bytes of a frame the host did not finish")
+        self.send_error(None, Code.TRUNCATED_FRAME,
+                        f"dropped {dropped} bytes of a frame the host did not finish")
 
-    def send(self, frame: bytes) -> None:
-        assert self.port is not None
-        self.counters["frames_out"] += 1
-        self.counters["bytes_out"] += len(frame)
-        self.port.send(frame)
+    def send(self, frame: tuple[bytes, bytes]) -> None:
+        header, body = frame
+        self.frames_out += 1
+        self.bytes_out += len(header) + len(body)
+        self.port.send(header, body)  # type: ignore[union-attr]
 
     def send_error(self, request_id: Any, code: str, message: str) -> None:
         self._count_error(code)
-        self.send(wire.encode_error(request_id, code, message))
+        self.send(self.encoder.error(request_id, code, message))
 
     def _count_error(self, code: str) -> None:
         self.errors[code] = self.errors.get(code, 0) + 1
 
     def respond(self, request_id: Any, result: Any) -> None:
         try:
-            frame = wire.encode_response(request_id, result)
+            frame = self.encoder.response(request_id, result)
         except Exception as exc:  # a result the wire cannot carry is the zone's fault
             log(f"cannot encode the result of request {request_id!r}: {exc!r}")
             self.send_error(request_id, Code.INTERNAL, f"result not encodable: {exc}"[:200])
@@ -265,11 +315,25 @@ class Monitor:
 
     def handle(self, frame: wire.Frame) -> None:
         payload = frame.payload
-        request_id = payload.get("id") if isinstance(payload, dict) else None
-        if not _valid_id(request_id):
+        request_id = payload.get("id") if type(payload) is dict else None
+        if type(request_id) is not int or not 0 <= request_id <= _MAX_ID:
             request_id = None
         try:
-            op, args = _parse_request(frame)
+            if frame.kind is not wire.Kind.REQUEST:
+                raise ProtocolError(f"the zone takes requests, not {frame.kind.name.lower()} "
+                                    "frames", code=Code.UNEXPECTED_KIND)
+            if type(payload) is not dict:
+                raise ProtocolError(f"a request is a CBOR map, not {type(payload).__name__}")
+            if request_id is None:
+                raise ProtocolError("a request needs an id: an unsigned integer")
+            op = payload.get("op")
+            if type(op) is not str:
+                raise ProtocolError("a request needs an op: a text string")
+            args = payload.get("args")
+            if args is None:
+                args = {}
+            elif type(args) is not dict:
+                raise BadArgs(f"args must be a map, not {type(args).__name__}")
             handler = self.ops.get(op)
             if handler is None:
                 raise UnknownOp(f"no operation {op!r}")
@@ -322,43 +386,38 @@ class Monitor:
             raise BadArgs("echo takes {data: bytes}")
         return {"data": data}
 
+    def op_sink(self, args: dict[str, Any]) -> dict[str, Any]:
+        """Diagnostics: take ``data`` and answer only its size (host-to-zone throughput)."""
+        data = args.get("data")
+        if not isinstance(data, bytes):
+            raise BadArgs("sink takes {data: bytes}")
+        return {"size": len(data)}
+
+    def op_source(self, args: dict[str, Any]) -> dict[str, Any]:
+        """Diagnostics: answer ``size`` bytes (zone-to-host throughput)."""
+        size = args.get("size")
+        if type(size) is not int or not 0 <= size <= wire.MAX_PAYLOAD - 64:
+            raise BadArgs(f"source takes {{size: 0..{wire.MAX_PAYLOAD - 64}}}")
+        return {"data": bytes(size)}
+
     def op_stats(self, args: dict[str, Any]) -> dict[str, Any]:
         assert self.port is not None
         return {
-            **self.counters,
+            "frames_in": self.frames_in, "frames_out": self.frames_out,
+            "bytes_in": self.bytes_in, "bytes_out": self.bytes_out,
             "errors": dict(self.errors),
             "ops": dict(self.ops_served),
             "dropped_frames": self.port.dropped_frames,
+            "cpu_user_seconds": round(os.times()[0], 3),
+            "cpu_system_seconds": round(os.times()[1], 3),
         }
 
     def op_poweroff(self, args: dict[str, Any]) -> dict[str, Any]:
         """Answer, then sync and power the machine off (QEMU exits)."""
+        if self.native:
+            raise ZoneError("poweroff is refused outside a zone")
         self.loop.call_later(0.05, _power_off)
         return {"powering_off": True}
-
-
-def _parse_request(frame: wire.Frame) -> tuple[str, dict[str, Any]]:
-    payload = frame.payload
-    if frame.kind != wire.Kind.REQUEST:
-        raise ProtocolError(f"the zone takes requests, not {frame.kind.name.lower()} frames",
-                            code=Code.UNEXPECTED_KIND)
-    if not isinstance(payload, dict):
-        raise ProtocolError(f"a request is a CBOR map, not {type(payload).__name__}")
-    if not _valid_id(payload.get("id")):
-        raise ProtocolError("a request needs an id: an unsigned integer")
-    op = payload.get("op")
-    if not isinstance(op, str):
-        raise ProtocolError("a request needs an op: a text string")
-    args = payload.get("args")
-    if args is None:
-        args = {}
-    if not isinstance(args, dict):
-        raise BadArgs(f"args must be a map, not {type(args).__name__}")
-    return op, args
-
-
-def _valid_id(value: Any) -> bool:
-    return type(value) is int and 0 <= value <= _MAX_ID
 
 
 def _wait_for_port(name: str) -> str:
@@ -403,8 +462,9 @@ def _limit_memory() -> None:
         resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
 
 
-def main(restarts: int = 0) -> None:
-    _limit_memory()
+def main(restarts: int = 0, fd: int | None = None) -> None:
+    if fd is None:
+        _limit_memory()
     loop = Reactor()
-    Monitor(loop, restarts).open()
+    Monitor(loop, restarts).open(fd)
     loop.run()

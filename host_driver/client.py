@@ -33,9 +33,11 @@ log = logging.getLogger(__name__)
 
 #: Seconds a request waits for its answer unless told otherwise.
 DEFAULT_TIMEOUT = 10.0
-#: Seconds between hello attempts while the zone does not answer (still booting, or busy
-#: dropping a frame an earlier host left half-sent).
-HELLO_RETRY = 1.0
+#: Seconds before hello is sent again when the zone neither answers nor reports a fault. (A
+#: booting zone answers the hello waiting in the channel once its monitor starts; a zone that
+#: swallowed the hello into a frame an earlier host left half-sent reports truncated-frame
+#: within 0.5 s, and the hello is sent again at once.)
+HELLO_RETRY = 5.0
 
 
 class ZoneState(enum.Enum):

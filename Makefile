@@ -1,0 +1,54 @@
+# SEZ — the two commands that matter: `make demo` and `make test`. Both start from a fresh
+# Debian machine: `deps` installs what is missing (apt packages, a .venv), `image` builds the
+# guest image (quick when it is up to date).
+
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+SEZ    := $(BIN)/sez
+ZONE   ?= demo
+export SEZ_HOME ?= $(HOME)/.sez
+
+.PHONY: deps image boot stop status console demo test bench clean
+
+deps: $(VENV)/.installed
+	@bash .ci/install-deps
+
+$(VENV)/.installed: pyproject.toml
+	@bash .ci/install-deps
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[test]'
+	@touch $@
+
+image: deps
+	$(SEZ) image build
+
+$(SEZ_HOME)/devices/$(ZONE):
+	$(SEZ) device new $(ZONE)
+
+boot: image $(SEZ_HOME)/devices/$(ZONE)
+	$(SEZ) boot $(ZONE)
+
+stop: deps
+	$(SEZ) stop $(ZONE)
+
+status: deps
+	$(SEZ) status
+
+console: deps
+	$(SEZ) console $(ZONE)
+
+demo: image
+	$(SEZ) demo
+
+test: image
+	SEZ_REQUIRE_QEMU=1 $(BIN)/pytest -q -p no:cacheprovider tests
+
+bench: image
+	$(BIN)/python bench/bench.py
+
+clean:
+	-$(SEZ) stop $(ZONE) --kill 2>/dev/null
+	rm -rf images/build .pytest_cache .hypothesis
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +

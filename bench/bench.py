@@ -1,0 +1,133 @@
+"""`make bench`: the channel's speed, as medians of several runs.
+
+Figures:
+  boot       cold boot-to-hello (QEMU launch until the zone answers hello), seconds
+  rtt        null request round trip (echo of b""), p50 and p99, milliseconds
+  h2z / z2h  throughput host-to-zone (op sink) and zone-to-host (op source), MB/s
+
+Baseline, measured in the same run: the very same monitor code and client, with the monitor
+running natively on the host behind a PTY pair instead of inside QEMU. The ratio zone/native
+is what the emulated hardware (TCG, virtio-serial, QEMU's chardev) costs.
+Results are printed and written to bench/results/latest.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import pty
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from emulator.device import Device
+from emulator.machine import Machine
+from emulator.paths import SezHome
+from host_driver import Zone
+from host_driver.cli import boot_zone
+
+MB = 1_000_000
+CHUNK = 4 << 20
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+async def channel_figures(url: str, requests: int, volume: int, runs: int) -> dict[str, float]:
+    async with await Zone.connect(url, timeout=60) as zone:
+        for _ in range(50):  # warm up
+            await zone.request("echo", {"data": b""})
+        rtts = []
+        for _ in range(requests):
+            t = time.perf_counter()
+            await zone.request("echo", {"data": b""})
+            rtts.append((time.perf_counter() - t) * 1000)
+        h2z, z2h = [], []
+        payload = os.urandom(CHUNK)
+        for _ in range(runs):
+            t = time.perf_counter()
+            for _ in range(volume // CHUNK):
+                await zone.request("sink", {"data": payload}, timeout=120)
+            h2z.append(volume / (time.perf_counter() - t) / MB)
+            t = time.perf_counter()
+            for _ in range(volume // CHUNK):
+                await zone.request("source", {"size": CHUNK}, timeout=120)
+            z2h.append(volume / (time.perf_counter() - t) / MB)
+    return {
+        "rtt_p50_ms": statistics.median(rtts),
+        "rtt_p99_ms": percentile(rtts, 0.99),
+        "h2z_MBps": statistics.median(h2z),
+        "z2h_MBps": statistics.median(z2h),
+    }
+
+
+def native_figures(requests: int, volume: int, runs: int) -> dict[str, float]:
+    """The baseline: the monitor on the host, serving the master side of a PTY pair."""
+    master, slave = pty.openpty()
+    proc = subprocess.Popen(
+        [sys.executable, "-c", f"import firmware.monitor as m; m.main(fd={master})"],
+        pass_fds=(master,), stderr=subprocess.DEVNULL)
+    os.close(master)
+    try:
+        return asyncio.run(channel_figures(os.ttyname(slave), requests, volume, runs))
+    finally:
+        proc.kill()
+        proc.wait()
+        os.close(slave)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--boots", type=int, default=3, help="cold boots to time")
+    ap.add_argument("--requests", type=int, default=2000, help="null requests to time")
+    ap.add_argument("--mib", type=int, default=16, help="MiB moved each way per run")
+    ap.add_argument("--runs", type=int, default=3, help="throughput runs")
+    args = ap.parse_args()
+    volume = args.mib << 20
+
+    with tempfile.TemporaryDirectory(prefix="sez-bench-") as tmp:
+        home = SezHome(Path(tmp))
+        os.environ["SEZ_HOME"] = tmp
+        Device.provision("bench", home)
+        machine = Machine("bench", home)
+        boots = []
+        try:
+            for i in range(args.boots):
+                _, _, seconds = boot_zone("bench", home=home)
+                boots.append(seconds)
+                print(f"boot {i + 1}: {seconds:.2f} s", file=sys.stderr)
+                if i < args.boots - 1:
+                    machine.stop(kill=True)
+            zone = asyncio.run(channel_figures(machine.channel, args.requests, volume, args.runs))
+        finally:
+            machine.stop(kill=True)
+    native = native_figures(args.requests, volume, args.runs)
+
+    results: dict[str, Any] = {
+        "boot_to_hello_s": {"median": statistics.median(boots), "runs": boots},
+        "zone": zone,
+        "native": native,
+        "ratio_zone_over_native": {k: zone[k] / native[k] for k in zone},
+    }
+    print(f"cold boot to hello   median {statistics.median(boots):6.2f} s   "
+          f"(runs: {', '.join(f'{b:.2f}' for b in boots)})")
+    print(f"{'':20} {'zone (TCG)':>12} {'native':>12} {'zone/native':>12}")
+    for key, label in (("rtt_p50_ms", "round trip p50 ms"), ("rtt_p99_ms", "round trip p99 ms"),
+                       ("h2z_MBps", "host->zone MB/s"), ("z2h_MBps", "zone->host MB/s")):
+        print(f"{label:20} {zone[key]:12.3f} {native[key]:12.3f} {zone[key] / native[key]:12.2f}")
+    out = Path(__file__).parent / "results"
+    out.mkdir(exist_ok=True)
+    (out / "latest.json").write_text(json.dumps(results, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
