@@ -104,7 +104,12 @@ def load_image(directory: Path | None = None) -> Image:
 
 
 def build_image(out: Path | None = None, *, force: bool = False,
-                progress: Progress = lambda msg: None, recipe: Recipe | None = None) -> Image:
+                progress: Progress = lambda msg: None, recipe: Recipe | None = None,
+                cache: Path | None = None) -> Image:
+    """Build the image into ``out`` (default images/build/), unless it is up to date.
+
+    ``cache`` holds the downloaded .deb files (default ``out/cache/debs``).
+    """
     out = out or image_dir()
     recipe = recipe or Recipe.load()
     if not force:
@@ -117,7 +122,7 @@ def build_image(out: Path | None = None, *, force: bool = False,
                 progress(f"image up to date in {out}")
                 return image
     out.mkdir(parents=True, exist_ok=True)
-    cache = out / "cache" / "debs"
+    cache = cache or out / "cache" / "debs"
     if force and cache.exists():
         shutil.rmtree(cache)
     debs = _fetch(cache, recipe, progress)

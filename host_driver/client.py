@@ -58,6 +58,7 @@ class Zone:
         self.faults: list[ZoneError] = []
         self._channel: Channel | None = None
         self._decoder = wire.FrameDecoder()
+        self._encoder = wire.FrameEncoder()
         self._pending: dict[int, asyncio.Future[Any]] = {}
         self._next_id = secrets.randbits(40)
         self._fault_seen = asyncio.Event()
@@ -138,7 +139,7 @@ class Zone:
             raise ChannelClosed("the channel is closed")
         self._next_id = (self._next_id + 1) & ((1 << 53) - 1)
         request_id = self._next_id
-        frame = wire.encode_request(request_id, op, args)
+        frame = self._encoder.request(request_id, op, args)
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._pending[request_id] = future
         self._channel.write(frame)
@@ -155,14 +156,12 @@ class Zone:
             raise StateError(f"request() needs state running, the zone client is {self.state.value}")
         timeout = self.timeout if timeout is None else timeout
         request_id, future = self._send(op, args or {})
-        assert self._channel is not None
+        timer = asyncio.get_running_loop().call_later(timeout, _expire, future, op, timeout)
         try:
-            await self._channel.drain()
-            return await asyncio.wait_for(future, timeout)
-        except asyncio.TimeoutError:
-            raise ZoneTimeout(f"zone did not answer {op} within {timeout:.1f} s",
-                              op=op, seconds=timeout) from None
+            await self._channel.drain()  # type: ignore[union-attr]
+            return await future
         finally:
+            timer.cancel()
             self._pending.pop(request_id, None)
 
     async def hello(self) -> dict[str, Any]:
@@ -237,3 +236,9 @@ class Zone:
         for future in pending.values():
             if not future.done():
                 future.set_exception(exc)
+
+
+def _expire(future: asyncio.Future[Any], op: str, timeout: float) -> None:
+    if not future.done():
+        future.set_exception(ZoneTimeout(f"zone did not answer {op} within {timeout:.1f} s",
+                                         op=op, seconds=timeout))
