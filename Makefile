@@ -43,6 +43,7 @@ demo: image
 	$(SEZ) demo
 
 test: image
+	$(BIN)/mypy
 	SEZ_REQUIRE_QEMU=1 $(BIN)/pytest -q -p no:cacheprovider tests
 
 bench: image

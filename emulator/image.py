@@ -233,7 +233,7 @@ def _run(cmd: list[str], **kwargs: Any) -> str:
         raise ImageError(f"{cmd[0]} not found (run: make deps)") from exc
     if proc.returncode != 0:
         raise ImageError(f"{' '.join(cmd[:3])} failed: {proc.stderr.strip()[-400:]}")
-    return proc.stdout
+    return str(proc.stdout)
 
 
 # -- kernel -----------------------------------------------------------------------------------

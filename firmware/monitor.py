@@ -237,13 +237,15 @@ class Monitor:
             path = _wait_for_port(CONTROL_PORT)
             fd = os.open(path, os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)
             for button in find_power_buttons():
-                bfd = os.open(button, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-                self.loop.add_reader(bfd, lambda bfd=bfd: self._on_power_button(bfd))
+                self._watch_power_button(os.open(button, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC))
         else:
             path = f"fd {fd}"
             self.native = True
         self.port = Port(self.loop, fd, path, self.on_data, self.on_host_gone)
         log(f"serving {CONTROL_PORT} on {path} (firmware {FIRMWARE_VERSION}); zone ready")
+
+    def _watch_power_button(self, fd: int) -> None:
+        self.loop.add_reader(fd, lambda: self._on_power_button(fd))
 
     def _on_power_button(self, fd: int) -> None:
         try:

@@ -186,7 +186,10 @@ def cmd_demo(args: argparse.Namespace) -> None:
     """The main job end to end: provision, boot, talk over the channel, power off."""
     home = SezHome.default()
     name = args.name
-    step = lambda text: print(f"==> {text}", flush=True)  # noqa: E731
+
+    def step(text: str) -> None:
+        print(f"==> {text}", flush=True)
+
     if not home.device_dir(name).exists():
         step(f"provisioning device {name!r} (fuses: a fresh 32-byte UDS)")
         Device.provision(name, home)
@@ -194,10 +197,11 @@ def cmd_demo(args: argparse.Namespace) -> None:
     if machine.is_running():
         step(f"zone {name!r} is running from before: pulling its plug first")
         machine.stop(kill=True)
-    step(f"booting zone {name!r} under QEMU ({'KVM' if args.accel == 'kvm' else args.accel})")
+    step(f"booting zone {name!r} under QEMU")
     status, session, seconds = boot_zone(name, accel=args.accel, home=home)
     try:
-        print(f"    up in {seconds:.2f} s: QEMU pid {status.pid}, control channel {status.channel}")
+        print(f"    up in {seconds:.2f} s: QEMU pid {status.pid} ({status.accel}), "
+              f"control channel {status.channel}")
         with SyncZone(machine.channel) as zone:
             step("hello (a new host session)")
             print(f"    protocol {session['protocol']}, firmware {session['firmware']}, "
