@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from emulator.device import Device
+from emulator.factory import Factory
 from emulator.machine import Machine
 from emulator.paths import SezHome
 from host_driver import Zone
@@ -76,7 +76,8 @@ def native_figures(requests: int, volume: int, runs: int) -> dict[str, float]:
     """The baseline: the monitor on the host, serving the master side of a PTY pair."""
     master, slave = pty.openpty()
     proc = subprocess.Popen(
-        [sys.executable, "-c", f"import firmware.monitor as m; m.main(fd={master})"],
+        [sys.executable, "-c", "import firmware.monitor as m, firmware.hardware as h; "
+         f"m.main(h.Hardware(), fd={master}, keeper_socket='/nonexistent')"],
         pass_fds=(master,), stderr=subprocess.DEVNULL)
     os.close(master)
     try:
@@ -99,7 +100,8 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="sez-bench-") as tmp:
         home = SezHome(Path(tmp))
         os.environ["SEZ_HOME"] = tmp
-        Device.provision("bench", home)
+        Factory(home).init()
+        Factory(home).provision("bench")
         machine = Machine("bench", home)
         boots = []
         try:

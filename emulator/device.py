@@ -1,21 +1,26 @@
-"""One provisioned device: its fuses and its hardware counters, under $SEZ_HOME/devices/NAME/."""
+"""One provisioned device under $SEZ_HOME/devices/NAME/ (made by emulator.factory):
+
+``fuses.bin``     the unique device secret (UDS), 32 bytes, 0600: the hardware hands it to
+                  layer 0 through fw_cfg and nothing else reads it
+``deviceid.pem``  the DeviceID certificate the factory signed
+``device.json``   name, creation time, UEID
+``boot_counter``  the hardware's boot counter
+"""
 
 from __future__ import annotations
 
 import json
 import os
-import secrets
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import EmulatorError
-from .paths import SezHome, check_name
+from .paths import SezHome
 
-__all__ = ["Device", "UDS_SIZE"]
+__all__ = ["Device"]
 
-UDS_SIZE = 32
 FUSES_FILE = "fuses.bin"
+DEVICE_ID_FILE = "deviceid.pem"
 INFO_FILE = "device.json"
 BOOTS_FILE = "boot_counter"
 
@@ -42,21 +47,24 @@ class Device:
         return cls(name, home.existing_device(name))
 
     @classmethod
-    def provision(cls, name: str, home: SezHome | None = None) -> "Device":
-        """Blow the fuses of a new device: a fresh random unique device secret (UDS)."""
-        home = home or SezHome.default()
-        directory = home.device_dir(check_name(name))
-        if directory.exists():
-            raise EmulatorError(f"device {name!r} already exists in {directory}")
+    def create(cls, home: SezHome, name: str, *, uds: bytes, ueid: bytes,
+               device_id_cert: bytes) -> "Device":
+        """Write a new device's files (the factory calls this; see Factory.provision)."""
+        directory = home.device_dir(name)
         directory.mkdir(parents=True, mode=0o700)
-        _write_atomic(directory / FUSES_FILE, secrets.token_bytes(UDS_SIZE))
-        info = {"name": name, "created": int(time.time()), "ueid": secrets.token_hex(16)}
+        _write_atomic(directory / FUSES_FILE, uds)
+        _write_atomic(directory / DEVICE_ID_FILE, device_id_cert, 0o644)
+        info = {"name": name, "created": int(time.time()), "ueid": ueid.hex()}
         _write_atomic(directory / INFO_FILE, (json.dumps(info, indent=2) + "\n").encode(), 0o644)
         return cls(name, directory)
 
     @property
     def fuses(self) -> Path:
         return self.directory / FUSES_FILE
+
+    @property
+    def device_id_cert(self) -> Path:
+        return self.directory / DEVICE_ID_FILE
 
     @property
     def info(self) -> dict[str, object]:

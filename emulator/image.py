@@ -27,6 +27,7 @@ from typing import Any, Callable, Iterator
 
 import firmware
 from firmware import FIRMWARE_VERSION
+from firmware.dice import measure_firmware
 
 from .errors import ImageError
 from .paths import image_dir, project_root
@@ -105,11 +106,13 @@ def load_image(directory: Path | None = None) -> Image:
 
 def build_image(out: Path | None = None, *, force: bool = False,
                 progress: Progress = lambda msg: None, recipe: Recipe | None = None,
-                cache: Path | None = None) -> Image:
+                cache: Path | None = None, firmware_source: Path | None = None) -> Image:
     """Build the image into ``out`` (default images/build/), unless it is up to date.
 
-    ``cache`` holds the downloaded .deb files (default ``out/cache/debs``).
+    ``cache`` holds the downloaded .deb files (default ``out/cache/debs``); ``firmware_source``
+    is the firmware tree to pack (default: this checkout's ``firmware/`` package).
     """
+    source = firmware_source or Path(firmware.__file__).parent
     out = out or image_dir()
     recipe = recipe or Recipe.load()
     if not force:
@@ -118,7 +121,7 @@ def build_image(out: Path | None = None, *, force: bool = False,
         except ImageError:
             pass
         else:
-            if image.manifest.get("inputs") == _inputs_digest(recipe):
+            if image.manifest.get("inputs") == _inputs_digest(recipe, source):
                 progress(f"image up to date in {out}")
                 return image
     out.mkdir(parents=True, exist_ok=True)
@@ -143,9 +146,10 @@ def build_image(out: Path | None = None, *, force: bool = False,
         vmlinux = _extract_vmlinux(vmlinuz.read_bytes())
         progress("assembling the root file system")
         order = _install_modules(root, kroot / "lib" / "modules" / kernel_release, recipe.modules)
-        _assemble_root(root, recipe, order)
+        _assemble_root(root, recipe, order, source)
         progress("compiling Python bytecode with the guest's interpreter")
         _compile_bytecode(root)
+        firmware_digest = measure_firmware(str(root))
         entries = list(_walk(root))
         progress(f"packing the initramfs ({len(entries)} entries)")
         initramfs = _cpio(root, entries)
@@ -159,16 +163,17 @@ def build_image(out: Path | None = None, *, force: bool = False,
 
     cmdline = " ".join(recipe.cmdline)
     manifest = {
-        "format": 1,
+        "format": 2,
         "firmware_version": FIRMWARE_VERSION,
         "kernel": {"file": KERNEL_FILE, "release": kernel_release,
                    "sha384": hashlib.sha384(vmlinux).hexdigest(), "size": len(vmlinux)},
         "initramfs": {"file": INITRAMFS_FILE, "sha384": hashlib.sha384(initramfs).hexdigest(),
                       "size": len(initramfs)},
         "cmdline": {"value": cmdline, "sha384": hashlib.sha384(cmdline.encode()).hexdigest()},
+        "firmware": {"paths": ["init", "opt/sez/firmware"], "sha384": firmware_digest.hex()},
         "modules": order,
         "packages": dict(sorted(versions.items())),
-        "inputs": _inputs_digest(recipe),
+        "inputs": _inputs_digest(recipe, source),
     }
     tmp_manifest = out / (MANIFEST_FILE + ".tmp")
     tmp_manifest.write_text(json.dumps(manifest, indent=2) + "\n")
@@ -283,7 +288,7 @@ def _install_modules(root: Path, moddir: Path, wanted: list[str]) -> list[str]:
 # -- root file system ---------------------------------------------------------------------------
 
 
-def _assemble_root(root: Path, recipe: Recipe, modules: list[str]) -> None:
+def _assemble_root(root: Path, recipe: Recipe, modules: list[str], src: Path) -> None:
     for rel in recipe.drop:
         for path in sorted(root.glob(rel), reverse=True):
             if path.relative_to(root).as_posix() not in recipe.keep:
@@ -306,7 +311,6 @@ def _assemble_root(root: Path, recipe: Recipe, modules: list[str]) -> None:
         (root / d).mkdir(parents=True, exist_ok=True)
     (root / "etc" / "sez" / "modules").write_text("".join(f"{m}\n" for m in modules))
     # The firmware: /init, and the package under /opt/sez/firmware.
-    src = Path(firmware.__file__).parent
     shutil.copyfile(src / "init.sh", root / "init")
     (root / "init").chmod(0o755)
     dest = root / "opt" / "sez" / "firmware"
@@ -389,10 +393,9 @@ def _cpio(root: Path, entries: list[Path]) -> bytes:
     return bytes(out)
 
 
-def _inputs_digest(recipe: Recipe) -> str:
+def _inputs_digest(recipe: Recipe, src: Path) -> str:
     """What the image was built from besides the packages: recipe and firmware sources."""
     h = hashlib.sha384(json.dumps(recipe.__dict__, sort_keys=True).encode())
-    src = Path(firmware.__file__).parent
     for path in sorted(list(src.rglob("*.py")) + [src / "init.sh"]):
         h.update(path.relative_to(src).as_posix().encode() + b"\0" + path.read_bytes())
     return h.hexdigest()

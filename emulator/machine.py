@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import fcntl
+import hashlib
 import json
 import logging
 import os
@@ -36,7 +37,7 @@ from qemu.qmp import QMPClient, QMPError
 
 from .device import Device
 from .errors import LaunchError, MachineStateError
-from .image import Image
+from .image import Image, sha384_file
 from .paths import SezHome
 
 __all__ = ["Machine", "MachineStatus", "probe_kvm", "resolve_accel", "QEMU", "QBOOT"]
@@ -282,7 +283,9 @@ class Machine:
                timeout: float = LAUNCH_TIMEOUT) -> MachineStatus:
         """Power the device on: spawn QEMU detached; return once QMP answers.
 
-        The hardware hands the zone its boot counter and debug strap through fw_cfg.
+        The hardware measures kernel, initramfs and command line (SHA-384) and hands them to
+        layer 0 through fw_cfg with the fuses (UDS), the DeviceID certificate, the boot counter
+        and the debug strap.
 
         Raises MachineStateError if it already runs, LaunchError (with QEMU's output) if QEMU
         exits or its QMP socket does not answer within ``timeout`` seconds.
@@ -298,9 +301,14 @@ class Machine:
         if self.console_log.exists():
             os.replace(self.console_log, self.run_dir / "console.prev.log")
         boots = device.count_boot()
-        argv = self.command_line(image, accel=accel, memory_mb=memory_mb, cpus=cpus,
-                                 fw_cfg={"boot_counter": str(boots),
-                                         "debug": "1" if debug else "0"})
+        measured = self.run_dir / "measurements"
+        measured.write_text(
+            f"kernel {sha384_file(image.kernel)}\n"
+            f"initramfs {sha384_file(image.initramfs)}\n"
+            f"cmdline {hashlib.sha384(image.cmdline.encode()).hexdigest()}\n")
+        argv = self.command_line(image, accel=accel, memory_mb=memory_mb, cpus=cpus, fw_cfg={
+            "uds": device.fuses, "deviceid": device.device_id_cert, "measurements": measured,
+            "boot_counter": str(boots), "debug": "1" if debug else "0"})
         with self.qemu_log.open("wb") as out:
             proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=out,
                                     start_new_session=True, close_fds=True)

@@ -1,8 +1,14 @@
-"""PID 1 of the zone: starts the zone monitor and starts it again whenever it dies.
+"""PID 1 of the zone.
 
-The monitor runs in a forked child, so a crash in it never takes down PID 1 (whose exit would
-panic the kernel and power the machine off). The monitor module is imported before the first
-fork: a restart costs a fork, not a new interpreter.
+1. Read what the hardware handed over (firmware.hardware), then unload fw_cfg: the fuses are
+   unreachable before anything that parses host input starts.
+2. Fork layer 0, the key keeper (firmware.keeper), with the fuses, and wipe PID 1's copy. The
+   keeper imports the crypto libraries and derives the keys while the monitor already serves.
+3. Fork the zone monitor (firmware.monitor), and fork it again whenever it dies.
+
+A crash in a child never takes down PID 1 (whose exit would panic the kernel and power the
+machine off). The monitor module is imported before the first fork: a restart costs a fork,
+not a new interpreter.
 """
 
 from __future__ import annotations
@@ -10,59 +16,62 @@ from __future__ import annotations
 import os
 import sys
 import time
+from typing import Callable
 
+from .hardware import Hardware, seal_fw_cfg
 from .reactor import log, log_exception
 
 
-def _run_child(restarts: int) -> None:
+def _spawn(name: str, body: Callable[[], None]) -> int:
+    pid = os.fork()
+    if pid:
+        return pid
     code = 1
     try:
-        from . import monitor
-
-        monitor.main(restarts)
+        body()
         code = 0
     except BaseException:
-        log_exception("the monitor failed")
+        log_exception(f"the {name} failed")
     finally:
         sys.stderr.flush()
         os._exit(code)
 
 
-def _wait(pid: int) -> int:
-    """Reap children (orphans included) until ``pid`` exits; return its wait status."""
+def _run_keeper(hw: Hardware) -> None:
+    from . import keeper
+
+    keeper.main(hw)
+
+
+def supervise(hw: Hardware) -> None:
+    from . import monitor  # import once, before forking
+
+    keeper = _spawn("key keeper", lambda: _run_keeper(hw))
+    hw.wipe_fuses()
+    restarts = 0
+    current = _spawn("monitor", lambda: monitor.main(hw, restarts))
     while True:
         try:
-            done, status = os.wait()
+            pid, status = os.wait()
         except ChildProcessError:
-            return -1
-        except InterruptedError:
+            time.sleep(1)
             continue
-        if done == pid:
-            return status
-
-
-def supervise() -> None:
-    from . import monitor  # noqa: F401  (import once, before forking)
-
-    restarts = 0
-    while True:
-        pid = os.fork()
-        if pid == 0:
-            _run_child(restarts)
-        status = _wait(pid)
-        log(f"monitor (pid {pid}) ended with status {status:#x}; restarting")
-        restarts += 1
-        time.sleep(min(0.05 * 2 ** min(restarts, 6), 2.0))
+        if pid == keeper:
+            log(f"the key keeper (pid {pid}) ended with status {status:#x}: "
+                "the zone cannot attest until it is rebooted")
+        elif pid == current:
+            log(f"monitor (pid {pid}) ended with status {status:#x}; restarting")
+            restarts += 1
+            time.sleep(min(0.05 * 2 ** min(restarts, 6), 2.0))
+            current = _spawn("monitor", lambda: monitor.main(hw, restarts))
 
 
 def main() -> None:
+    hw = Hardware.read()
+    seal_fw_cfg()
     while True:  # PID 1 must never return
         try:
-            supervise()
+            supervise(hw)
         except Exception:
             log_exception("supervisor failed")
             time.sleep(1)
-
-
-if __name__ == "__main__":
-    main()

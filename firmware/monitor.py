@@ -10,13 +10,18 @@ from __future__ import annotations
 
 import os
 import resource
+import socket
 import struct
 import time
 from collections import deque
 
+import cbor2
+
 from . import FIRMWARE_VERSION
+from .abi import evidence as claims
 from .abi import wire
-from .abi.errors import BadArgs, Code, ProtocolError, UnknownOp, ZoneError
+from .abi.errors import BadArgs, Code, ProtocolError, UnknownOp, ZoneError, error_for_code
+from .hardware import Hardware
 from .reactor import Reactor, Timer, log
 
 TYPE_CHECKING = False
@@ -31,8 +36,11 @@ HOST_POLL = 0.05
 #: Responses queued for a host that does not read, before the oldest unsent ones are dropped.
 MAX_QUEUED = 64 * 1024 * 1024
 READ_BURST = 1 << 20
+KEEPER_SOCKET = "/run/sez/keeper.sock"
+#: Seconds between attempts to reach the key keeper, and the most a keeper call may take.
+KEEPER_RETRY = 0.05
+KEEPER_TIMEOUT = 30.0
 _PAGE = 4096
-FW_CFG = "/sys/firmware/qemu_fw_cfg/by_name/opt/sez"
 VIRTIO_PORTS = "/sys/class/virtio-ports"
 INPUT_CLASS = "/sys/class/input"
 _INPUT_EVENT = struct.Struct("llHHi")  # struct input_event on x86-64
@@ -74,14 +82,6 @@ def find_power_buttons(root: str = INPUT_CLASS) -> list[str]:
         except OSError:
             continue
     return found
-
-
-def read_fw_cfg(name: str) -> bytes | None:
-    """A blob the hardware passed with ``-fw_cfg name=opt/sez/NAME``, or None."""
-    try:
-        return _read(f"{FW_CFG}/{name}/raw")
-    except OSError:
-        return None
 
 
 class Port:
@@ -200,14 +200,152 @@ def _consume(parts: list[memoryview], n: int) -> bool:
     return not parts
 
 
+class Deferred:
+    """A result that arrives later (from the key keeper): resolved once, then callbacks run."""
+
+    __slots__ = ("_callbacks", "done", "value", "error")
+
+    def __init__(self) -> None:
+        self._callbacks: list[Callable[[Deferred], None]] = []
+        self.done = False
+        self.value: Any = None
+        self.error: ZoneError | None = None
+
+    def add(self, callback: Callable[["Deferred"], None]) -> None:
+        if self.done:
+            callback(self)
+        else:
+            self._callbacks.append(callback)
+
+    def resolve(self, value: Any = None, error: ZoneError | None = None) -> None:
+        if self.done:
+            return
+        self.done, self.value, self.error = True, value, error
+        callbacks, self._callbacks = self._callbacks, []
+        for callback in callbacks:
+            callback(self)
+
+    def then(self, transform: Callable[[Any], Any]) -> "Deferred":
+        """A Deferred of ``transform(value)``; errors pass through."""
+        out = Deferred()
+
+        def chain(d: Deferred) -> None:
+            if d.error is not None:
+                out.resolve(error=d.error)
+                return
+            try:
+                out.resolve(transform(d.value))
+            except ZoneError as exc:
+                out.resolve(error=exc)
+
+        self.add(chain)
+        return out
+
+
+class KeeperLink:
+    """The monitor's connection to the key keeper (firmware.keeper), in the reactor.
+
+    Calls made before the keeper listens (it derives the keys while the monitor already
+    serves) wait for it, for at most KEEPER_TIMEOUT seconds.
+    """
+
+    def __init__(self, loop: Reactor, path: str) -> None:
+        self.loop = loop
+        self.path = path
+        self.sock: socket.socket | None = None
+        self._pending: dict[int, Deferred] = {}
+        self._queue: list[bytes] = []
+        self._next_id = 0
+        self._connect()
+
+    def _connect(self) -> None:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        try:
+            sock.connect(self.path)
+        except OSError:
+            sock.close()
+            self.loop.call_later(KEEPER_RETRY, self._connect)
+            return
+        sock.setblocking(False)
+        self.sock = sock
+        self.loop.add_reader(sock.fileno(), self._readable)
+        queue, self._queue = self._queue, []
+        for message in queue:
+            self._send(message)
+
+    def call(self, op: str, args: dict[str, Any]) -> Deferred:
+        self._next_id += 1
+        request_id = self._next_id
+        deferred = Deferred()
+        self._pending[request_id] = deferred
+        self.loop.call_later(KEEPER_TIMEOUT, self._expire, request_id)
+        message = cbor2.dumps({"id": request_id, "op": op, "args": args})
+        if self.sock is None:
+            self._queue.append(message)
+        else:
+            self._send(message)
+        return deferred
+
+    def _send(self, message: bytes) -> None:
+        try:
+            self.sock.send(message)  # type: ignore[union-attr]
+        except OSError as exc:
+            log(f"keeper: send failed: {exc}")
+            self._lost()
+
+    def _expire(self, request_id: int) -> None:
+        deferred = self._pending.pop(request_id, None)
+        if deferred is not None:
+            deferred.resolve(error=ZoneError(
+                f"the key keeper did not answer within {KEEPER_TIMEOUT:.0f} s",
+                code=Code.NO_IDENTITY))
+
+    def _readable(self) -> None:
+        try:
+            message = self.sock.recv(1 << 20)  # type: ignore[union-attr]
+        except BlockingIOError:
+            return
+        except OSError:
+            message = b""
+        if not message:
+            self._lost()
+            return
+        try:
+            reply = cbor2.loads(message)
+            deferred = self._pending.pop(reply["id"], None)
+        except Exception as exc:
+            log(f"keeper: unreadable reply: {exc!r}")
+            return
+        if deferred is None:
+            return
+        if reply.get("ok"):
+            deferred.resolve(reply.get("result"))
+        else:
+            error = reply.get("error") or {}
+            deferred.resolve(error=error_for_code(str(error.get("code")),
+                                                  str(error.get("message"))))
+
+    def _lost(self) -> None:
+        log("keeper: connection lost")
+        if self.sock is not None:
+            self.loop.remove_reader(self.sock.fileno())
+            self.sock.close()
+            self.sock = None
+        pending, self._pending = self._pending, {}
+        for deferred in pending.values():
+            deferred.resolve(error=ZoneError("the key keeper is gone", code=Code.NO_IDENTITY))
+        self.loop.call_later(KEEPER_RETRY, self._connect)
+
+
 class Monitor:
-    def __init__(self, loop: Reactor, restarts: int = 0) -> None:
+    def __init__(self, loop: Reactor, hw: Hardware, restarts: int = 0,
+                 keeper_socket: str = KEEPER_SOCKET) -> None:
         self.loop = loop
         self.started = time.monotonic()
         self.restarts = restarts
-        raw = read_fw_cfg("boot_counter")
-        self.boot_counter = int(raw.decode()) if raw and raw.strip().isdigit() else 0
-        self.debug = read_fw_cfg("debug") == b"1"
+        self.boot_counter = hw.boot_counter
+        self.debug = hw.debug
+        self.keeper = KeeperLink(loop, keeper_socket)
         self.decoder = wire.FrameDecoder()
         self.encoder = wire.FrameEncoder()
         self.sessions = 0
@@ -227,6 +365,8 @@ class Monitor:
             "source": self.op_source,
             "stats": self.op_stats,
             "poweroff": self.op_poweroff,
+            "attest": self.op_attest,
+            "identity": self.op_identity,
         }
 
     # -- channel -----------------------------------------------------------------------------
@@ -348,6 +488,10 @@ class Monitor:
             log(f"request {request_id!r} failed: {exc!r}")
             self.send_error(request_id, Code.INTERNAL, f"{type(exc).__name__}: {exc}"[:200])
             return
+        if type(result) is Deferred:
+            result.add(lambda d: self.send_error(request_id, d.error.code, d.error.message)
+                       if d.error is not None else self.respond(request_id, d.value))
+            return
         self.respond(request_id, result)
 
     # -- operations --------------------------------------------------------------------------
@@ -414,6 +558,18 @@ class Monitor:
             "cpu_system_seconds": round(os.times()[1], 3),
         }
 
+    def op_attest(self, args: dict[str, Any]) -> Deferred:
+        """Evidence for the verifier's ``nonce``: an EAT signed by layer 0's alias key."""
+        nonce = args.get("nonce")
+        if not isinstance(nonce, bytes) or not claims.NONCE_MIN <= len(nonce) <= claims.NONCE_MAX:
+            raise BadArgs(f"attest takes {{nonce: {claims.NONCE_MIN} to {claims.NONCE_MAX} bytes}}")
+        return self.keeper.call("evidence", {"nonce": nonce}).then(
+            lambda result: {"evidence": result["evidence"]})
+
+    def op_identity(self, args: dict[str, Any]) -> Deferred:
+        """UEID, alias and DeviceID certificates (DER), measurements, debug."""
+        return self.keeper.call("identity", {})
+
     def op_poweroff(self, args: dict[str, Any]) -> dict[str, Any]:
         """Answer, then sync and power the machine off (QEMU exits)."""
         if self.native:
@@ -464,9 +620,10 @@ def _limit_memory() -> None:
         resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
 
 
-def main(restarts: int = 0, fd: int | None = None) -> None:
+def main(hw: Hardware, restarts: int = 0, fd: int | None = None,
+         keeper_socket: str = KEEPER_SOCKET) -> None:
     if fd is None:
         _limit_memory()
     loop = Reactor()
-    Monitor(loop, restarts).open(fd)
+    Monitor(loop, hw, restarts, keeper_socket).open(fd)
     loop.run()

@@ -15,17 +15,22 @@ import os
 import statistics
 import sys
 import time
+from pathlib import Path
 from typing import Any, Callable, Sequence
+
+from cryptography.hazmat.primitives import hashes
 
 from emulator.device import Device
 from emulator.errors import BootTimeout, LaunchError
+from emulator.factory import Factory
 from emulator.image import build_image, load_image
 from emulator.machine import Machine, MachineStatus
-from emulator.paths import SezHome
+from emulator.paths import SezHome, image_dir
 from firmware.abi.errors import SezError
 
 from .errors import ChannelError, ZoneTimeout
 from .sync import SyncZone
+from .verify import Reference, VerificationError, load_root, verify_evidence
 
 __all__ = ["main", "boot_zone", "BOOT_TIMEOUT"]
 
@@ -89,10 +94,59 @@ def cmd_image_build(args: argparse.Namespace) -> None:
     ]))
 
 
+def cmd_factory_init(args: argparse.Namespace) -> None:
+    factory = Factory()
+    cert = factory.init()
+    fingerprint = cert.fingerprint(hashes.SHA256()).hex()
+    _emit(args, {"root": str(factory.root_cert_path), "sha256": fingerprint},
+          f"manufacturer root CA (ECDSA P-384) in {factory.root_cert_path}\n"
+          f"  SHA-256 fingerprint {fingerprint}")
+
+
 def cmd_device_new(args: argparse.Namespace) -> None:
-    device = Device.provision(args.name)
+    device = Factory().provision(args.name)
     _emit(args, {"name": device.name, "directory": str(device.directory), **device.info},
-          f"device {device.name} provisioned in {device.directory}")
+          f"device {device.name} provisioned in {device.directory}: UEID {device.info['ueid']}")
+
+
+def _nonce(text: str) -> bytes:
+    try:
+        nonce = bytes.fromhex(text)
+    except ValueError:
+        raise ValueError(f"--nonce must be hex, not {text!r}") from None
+    if not 8 <= len(nonce) <= 64:
+        raise ValueError(f"--nonce must be 8 to 64 bytes (16 to 128 hex digits), not {len(nonce)}")
+    return nonce
+
+
+def cmd_attest(args: argparse.Namespace) -> None:
+    SezHome.default().existing_device(args.name)
+    nonce = _nonce(args.nonce)
+    with SyncZone(Machine(args.name).channel, timeout=args.timeout) as zone:
+        evidence = zone.attest(nonce)
+    Path(args.output).write_bytes(evidence)
+    _emit(args, {"file": args.output, "size": len(evidence)},
+          f"evidence ({len(evidence)} bytes, COSE_Sign1 EAT) written to {args.output}")
+
+
+def cmd_verify(args: argparse.Namespace) -> None:
+    root = load_root(args.root or Factory().root_cert_path)
+    reference = Reference.from_manifest(args.reference or image_dir() / "manifest.json")
+    try:
+        evidence = Path(args.file).read_bytes()
+    except OSError as exc:
+        raise SezError(f"cannot read {args.file}: {exc.strerror}") from exc
+    try:
+        expected = bytes.fromhex(args.ueid) if args.ueid else None
+        result = verify_evidence(evidence, nonce=_nonce(args.nonce), root=root,
+                                 reference=reference, allow_debug=args.allow_debug,
+                                 expected_ueid=expected)
+    except VerificationError as exc:
+        raise SezError(f"verification failed: {exc}") from exc
+    _emit(args, {"ok": True, **result.as_dict()},
+          f"evidence verified: device {result.ueid.hex()}, firmware {result.firmware}, "
+          f"boot {result.boot_counter}{', DEBUG' if result.debug else ''}; every measurement "
+          "matches the reference")
 
 
 def cmd_boot(args: argparse.Namespace) -> None:
@@ -190,9 +244,13 @@ def cmd_demo(args: argparse.Namespace) -> None:
     def step(text: str) -> None:
         print(f"==> {text}", flush=True)
 
+    factory = Factory(home)
+    if not factory.exists():
+        step("the factory makes its root CA (ECDSA P-384)")
+        factory.init()
     if not home.device_dir(name).exists():
-        step(f"provisioning device {name!r} (fuses: a fresh 32-byte UDS)")
-        Device.provision(name, home)
+        step(f"provisioning device {name!r}: fuses (a fresh UDS) and a DeviceID certificate")
+        factory.provision(name)
     machine = Machine(name, home)
     if machine.is_running():
         step(f"zone {name!r} is running from before: pulling its plug first")
@@ -227,6 +285,17 @@ def cmd_demo(args: argparse.Namespace) -> None:
             print(f"    round trip median {statistics.median(times):.2f} ms")
             stats = zone.stats()
             print(f"    the zone counted {stats['frames_in']} frames in, {stats['frames_out']} out")
+            step("attest: evidence for a fresh nonce, appraised against root + reference values")
+            nonce = os.urandom(32)
+            t = time.perf_counter()
+            evidence = zone.attest(nonce, timeout=60)
+            took = time.perf_counter() - t
+            result = verify_evidence(evidence, nonce=nonce, root=factory.root_cert(),
+                                     reference=Reference.from_manifest(
+                                         image_dir() / "manifest.json"))
+            print(f"    {len(evidence)} bytes in {took * 1000:.0f} ms; verified: device "
+                  f"{result.ueid.hex()}, boot {result.boot_counter}, firmware "
+                  f"{result.firmware}, kernel/initramfs/cmdline/firmware match the reference")
     finally:
         step(f"powering zone {name!r} off")
         machine.stop()
@@ -267,8 +336,27 @@ def parser() -> argparse.ArgumentParser:
 
     device = sub.add_parser("device", help="provisioned devices").add_subparsers(
         dest="device_command", required=True, metavar="COMMAND")
-    c = command("new", cmd_device_new, "provision a device: its fuses (UDS)", device)
+    c = command("new", cmd_device_new, "provision a device: fuses (UDS) + DeviceID certificate",
+                device)
     c.add_argument("name")
+
+    factory = sub.add_parser("factory", help="the manufacturer").add_subparsers(
+        dest="factory_command", required=True, metavar="COMMAND")
+    command("init", cmd_factory_init, "make the manufacturer root CA", factory)
+
+    c = command("attest", cmd_attest, "evidence for a nonce: COSE_Sign1 EAT, raw CBOR")
+    c.add_argument("name")
+    c.add_argument("--nonce", required=True, help="8 to 64 bytes, hex")
+    c.add_argument("-o", "--output", required=True, help="file for the evidence")
+    c.add_argument("--timeout", type=float, default=60.0)
+
+    c = command("verify", cmd_verify, "appraise evidence; exit 0 only if every check passes")
+    c.add_argument("file")
+    c.add_argument("--nonce", required=True, help="the nonce the evidence must answer (hex)")
+    c.add_argument("--root", help="manufacturer root certificate (default: the factory's)")
+    c.add_argument("--reference", help="reference values (default: the image's manifest.json)")
+    c.add_argument("--allow-debug", action="store_true", help="accept a debug zone")
+    c.add_argument("--ueid", help="the device the evidence must come from (hex UEID)")
 
     c = command("boot", cmd_boot, "start a zone detached; return once it answers hello")
     c.add_argument("name")

@@ -185,6 +185,16 @@ class Zone:
         """The monitor's counters: frames and bytes each way, errors by code, ops served."""
         return dict(await self.request("stats"))
 
+    async def attest(self, nonce: bytes, *, timeout: float | None = None) -> bytes:
+        """Evidence for ``nonce`` (8 to 64 bytes): a COSE_Sign1 EAT, raw CBOR. Appraise it
+        with host_driver.verify.verify_evidence; the host that relays it is not trusted."""
+        result = await self.request("attest", {"nonce": nonce}, timeout=timeout)
+        return bytes(result["evidence"])
+
+    async def identity(self, *, timeout: float | None = None) -> dict[str, Any]:
+        """UEID, alias and DeviceID certificates (DER), measurements, debug."""
+        return dict(await self.request("identity", timeout=timeout))
+
     async def poweroff(self) -> None:
         """Ask the zone to sync and power the machine off (QEMU exits)."""
         await self.request("poweroff")

@@ -2,7 +2,7 @@
 
 Fixtures:
 
-``sez_home``          a private $SEZ_HOME for the test session
+``sez_home``          a private $SEZ_HOME for the test session, with a factory (root CA)
 ``sez_zone_factory``  ``factory(name, debug=False) -> BootedZone``: provisions and boots a zone;
                       every zone it made is killed at the end of the session, its console log
                       kept under the session's $SEZ_HOME, and no QEMU process may be left
@@ -22,8 +22,8 @@ from typing import Callable, Iterator
 
 import pytest
 
-from emulator.device import Device
 from emulator.errors import ImageError
+from emulator.factory import Factory
 from emulator.image import load_image
 from emulator.machine import QEMU, Machine
 from emulator.paths import SezHome
@@ -73,8 +73,10 @@ def sez_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SezHome]:
     root = tmp_path_factory.mktemp("sez-home")
     saved = os.environ.get("SEZ_HOME")
     os.environ["SEZ_HOME"] = str(root)
+    home = SezHome(root)
+    Factory(home).init()
     try:
-        yield SezHome(root)
+        yield home
     finally:
         if saved is None:
             os.environ.pop("SEZ_HOME", None)
@@ -94,7 +96,7 @@ def sez_zone_factory(sez_home: SezHome) -> Iterator[Callable[..., BootedZone]]:
 
     def factory(name: str, *, debug: bool = False) -> BootedZone:
         if not sez_home.device_dir(name).exists():
-            Device.provision(name, sez_home)
+            Factory(sez_home).provision(name)
         _, _, seconds = boot_zone(name, debug=debug, home=sez_home)
         zone = BootedZone(name, Machine(name, sez_home), seconds)
         booted.append(zone)

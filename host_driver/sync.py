@@ -68,6 +68,12 @@ class SyncZone:
     def stats(self) -> dict[str, Any]:
         return self._call(self.zone.stats())
 
+    def attest(self, nonce: bytes, *, timeout: float | None = None) -> bytes:
+        return self._call(self.zone.attest(nonce, timeout=timeout), timeout)
+
+    def identity(self, *, timeout: float | None = None) -> dict[str, Any]:
+        return self._call(self.zone.identity(timeout=timeout), timeout)
+
     def poweroff(self) -> None:
         self._call(self.zone.poweroff())
 

@@ -39,6 +39,7 @@ class Code:
     UNEXPECTED_KIND = "unexpected-kind"  # the host sent a response or event frame
     UNKNOWN_OP = "unknown-op"
     BAD_ARGS = "bad-args"
+    NO_IDENTITY = "no-identity"  # the zone cannot attest (no fuses, or they do not match)
     INTERNAL = "internal"  # a fault inside the zone; the zone keeps serving
 
     PROTOCOL = frozenset(

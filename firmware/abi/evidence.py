@@ -1,0 +1,43 @@
+"""The claims of the zone's evidence: an EAT (RFC 9711) in a COSE_Sign1 by the alias key.
+
+Standard claims use their CWT/EAT integer keys; SEZ's own claims use text keys "sez.*".
+
+=====================  =====  ==========================================================
+claim                  key    value
+=====================  =====  ==========================================================
+eat_nonce              10     the verifier's nonce, 8..64 bytes
+ueid                   256    the device's UEID (0x01 || 16 bytes)
+iat                    6      issue time, seconds since the epoch (the zone's clock)
+eat_profile            265    PROFILE
+dbgstat                263    0 (debug enabled) in a debug zone, else 2 (disabled since boot)
+bootcount              267    the hardware boot counter
+sez.measurements       text   {kernel, initramfs, cmdline, firmware: SHA-384 (48 bytes)}
+sez.debug              text   bool
+sez.firmware           text   the firmware version
+=====================  =====  ==========================================================
+"""
+
+from __future__ import annotations
+
+__all__ = ["NONCE", "UEID", "IAT", "PROFILE_KEY", "DBGSTAT", "BOOTCOUNT", "MEASUREMENTS",
+           "DEBUG", "FIRMWARE", "PROFILE", "DBGSTAT_ENABLED", "DBGSTAT_DISABLED_SINCE_BOOT",
+           "NONCE_MIN", "NONCE_MAX", "KEEPER_CLAIMS"]
+
+IAT = 6
+NONCE = 10
+UEID = 256
+DBGSTAT = 263
+PROFILE_KEY = 265
+BOOTCOUNT = 267
+MEASUREMENTS = "sez.measurements"
+DEBUG = "sez.debug"
+FIRMWARE = "sez.firmware"
+
+PROFILE = "urn:sez:evidence:1"
+DBGSTAT_ENABLED = 0
+DBGSTAT_DISABLED_SINCE_BOOT = 2
+NONCE_MIN, NONCE_MAX = 8, 64
+
+#: Claims only the key keeper (layer 0) sets; the monitor cannot supply them.
+KEEPER_CLAIMS = frozenset({IAT, NONCE, UEID, DBGSTAT, PROFILE_KEY, BOOTCOUNT, MEASUREMENTS,
+                           DEBUG, FIRMWARE})

@@ -1,0 +1,83 @@
+"""What the emulated hardware hands the zone at power-on, through fw_cfg (DESIGN §4).
+
+``opt/sez/uds``           the fuses: the 32-byte unique device secret
+``opt/sez/deviceid``      the DeviceID certificate (PEM) the factory signed
+``opt/sez/measurements``  "kernel HEX", "initramfs HEX", "cmdline HEX" lines (SHA-384)
+``opt/sez/boot_counter``  decimal
+``opt/sez/debug``         "1" for a debug zone
+
+PID 1 reads them once, then unloads the fw_cfg driver and deletes its module, so nothing that
+runs later can read the fuses through sysfs again.
+"""
+
+from __future__ import annotations
+
+import os
+
+from .reactor import log
+
+FW_CFG = "/sys/firmware/qemu_fw_cfg/by_name/opt/sez"
+FW_CFG_MODULE = "/lib/modules/qemu_fw_cfg.ko"
+
+
+def _read(name: str) -> bytes | None:
+    try:
+        with open(f"{FW_CFG}/{name}/raw", "rb") as f:
+            return f.read()
+    except OSError:
+        return None
+
+
+def _read_secret(name: str, size: int) -> bytearray | None:
+    """Read into a bytearray (which can be wiped), never into an immutable bytes object."""
+    buf = bytearray(size)
+    try:
+        with open(f"{FW_CFG}/{name}/raw", "rb", buffering=0) as f:
+            n = f.readinto(buf)
+    except OSError:
+        return None
+    return buf if n == size else None
+
+
+class Hardware:
+    def __init__(self, *, uds: bytearray | None = None, device_id_cert: bytes | None = None,
+                 measurements: dict[str, bytes] | None = None, boot_counter: int = 0,
+                 debug: bool = False) -> None:
+        self.uds = uds
+        self.device_id_cert = device_id_cert
+        self.measurements = measurements or {}
+        self.boot_counter = boot_counter
+        self.debug = debug
+
+    @classmethod
+    def read(cls) -> "Hardware":
+        measurements = {}
+        for line in (_read("measurements") or b"").decode(errors="replace").splitlines():
+            name, _, value = line.partition(" ")
+            try:
+                measurements[name] = bytes.fromhex(value)
+            except ValueError:
+                log(f"hardware: unreadable measurement line {line!r}")
+        counter = (_read("boot_counter") or b"0").strip()
+        return cls(uds=_read_secret("uds", 32), device_id_cert=_read("deviceid"),
+                   measurements=measurements, boot_counter=int(counter) if counter.isdigit() else 0,
+                   debug=_read("debug") == b"1")
+
+    def wipe_fuses(self) -> None:
+        if self.uds is not None:
+            self.uds[:] = bytes(len(self.uds))
+            self.uds = None
+
+
+def seal_fw_cfg() -> None:
+    """Unload the fw_cfg driver and delete its module: the fuses are out of reach from now on."""
+    if not os.path.exists("/sys/firmware/qemu_fw_cfg"):
+        return
+    pid = os.posix_spawn("/bin/rmmod", ["rmmod", "qemu_fw_cfg"], {"PATH": "/bin"})
+    _, status = os.waitpid(pid, 0)
+    if status != 0 or os.path.exists("/sys/firmware/qemu_fw_cfg"):
+        log("hardware: could not unload qemu_fw_cfg")
+    try:
+        os.unlink(FW_CFG_MODULE)
+    except FileNotFoundError:
+        pass

@@ -1,0 +1,210 @@
+"""The verifier (IETF RATS): appraises a zone's evidence for a relying party.
+
+    result = verify_evidence(evidence, nonce=nonce, root=root_cert,
+                             reference=Reference.from_manifest("images/build/manifest.json"))
+
+It trusts only the manufacturer's root certificate and the reference values; the host that
+relayed the evidence is not trusted. Checks, in order (each failure raises
+``VerificationError`` whose ``check`` names it):
+
+``format``                the evidence is a COSE_Sign1 with an x5chain of two certificates
+                          and an EAT payload
+``certificate-validity``  the root, DeviceID and alias certificates are valid at ``now``
+``chain``                 alias <- DeviceID <- root, by cryptography's X.509 path validation
+``signature``             the COSE_Sign1 signature verifies with the alias key (ES384)
+``profile``               the EAT profile is SEZ's
+``nonce``                 the evidence answers this verifier's nonce
+``ueid``                  the UEID claim is the one both certificates name
+``device``                the evidence comes from the device the relying party expects
+                          (``expected_ueid``, when given)
+``tcbinfo``               the alias certificate's TcbInfo carries the measurements claimed
+``measurement.NAME``      each measurement equals the reference value (kernel, initramfs,
+                          cmdline, firmware)
+``debug``                 the zone is not a debug zone (unless ``allow_debug``)
+"""
+
+from __future__ import annotations
+
+import datetime
+import hmac
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import cbor2
+from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+from cryptography.x509.verification import Criticality, ExtensionPolicy, PolicyBuilder, Store
+
+from firmware.abi import cose
+from firmware.abi import evidence as claims
+from firmware.abi.errors import SezError
+from firmware.dice import MEASURED, TCB_INFO_OID, decode_tcb_info
+
+__all__ = ["AttestationResult", "Reference", "VerificationError", "verify_evidence",
+           "load_root"]
+
+
+class VerificationError(SezError):
+    """Evidence failed appraisal. ``check`` names the check that failed."""
+
+    def __init__(self, check: str, message: str) -> None:
+        super().__init__(f"{check}: {message}")
+        self.check = check
+
+
+@dataclass(frozen=True)
+class Reference:
+    """Reference values: the SHA-384 the image build recorded for each measured part."""
+
+    measurements: dict[str, bytes]
+
+    @classmethod
+    def from_manifest(cls, path: Path | str) -> "Reference":
+        manifest = json.loads(Path(path).read_text())
+        try:
+            return cls({name: bytes.fromhex(manifest[name]["sha384"]) for name in MEASURED})
+        except (KeyError, TypeError, ValueError) as exc:
+            raise SezError(f"{path} is not an image manifest with {', '.join(MEASURED)}") from exc
+
+
+@dataclass(frozen=True)
+class AttestationResult:
+    """What appraised evidence says about the zone that produced it."""
+
+    ueid: bytes
+    measurements: dict[str, bytes]
+    boot_counter: int
+    debug: bool
+    firmware: str
+    issued_at: int
+    alias_cert: x509.Certificate = field(repr=False)
+    device_id_cert: x509.Certificate = field(repr=False)
+    claims: dict[Any, Any] = field(repr=False)
+
+    @property
+    def alias_key(self) -> ec.EllipticCurvePublicKey:
+        key = self.alias_cert.public_key()
+        assert isinstance(key, ec.EllipticCurvePublicKey)
+        return key
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"ueid": self.ueid.hex(), "boot_counter": self.boot_counter, "debug": self.debug,
+                "firmware": self.firmware, "issued_at": self.issued_at,
+                "measurements": {k: v.hex() for k, v in self.measurements.items()}}
+
+
+# DICE certificates are not web PKI: CAs need basicConstraints, the alias certificate needs
+# nothing beyond RFC 5280 (its TcbInfo extension is checked below, by this module).
+_CA_POLICY = ExtensionPolicy.permit_all().require_present(
+    x509.BasicConstraints, Criticality.CRITICAL, None)
+_EE_POLICY = ExtensionPolicy.permit_all()
+
+
+def load_root(path: Path | str) -> x509.Certificate:
+    try:
+        return x509.load_pem_x509_certificate(Path(path).read_bytes())
+    except (OSError, ValueError) as exc:
+        raise SezError(f"cannot read the root certificate {path}: {exc}") from exc
+
+
+def _valid_at(cert: x509.Certificate, now: datetime.datetime, role: str) -> None:
+    if now < cert.not_valid_before_utc:
+        raise VerificationError("certificate-validity",
+                                f"the {role} certificate is not valid before "
+                                f"{cert.not_valid_before_utc.isoformat()}")
+    if now > cert.not_valid_after_utc:
+        raise VerificationError("certificate-validity",
+                                f"the {role} certificate expired "
+                                f"{cert.not_valid_after_utc.isoformat()}")
+
+
+def _serial_number(cert: x509.Certificate) -> str:
+    values = cert.subject.get_attributes_for_oid(NameOID.SERIAL_NUMBER)
+    return str(values[0].value) if values else ""
+
+
+def verify_evidence(evidence: bytes, *, nonce: bytes, root: x509.Certificate,
+                    reference: Reference | None = None, allow_debug: bool = False,
+                    expected_ueid: bytes | None = None,
+                    now: datetime.datetime | None = None) -> AttestationResult:
+    """Appraise ``evidence``; return what it proves, or raise VerificationError."""
+    now = now or datetime.datetime.now(datetime.timezone.utc)
+    try:
+        message = cose.decode_sign1(evidence)
+        chain = [x509.load_der_x509_certificate(der) for der in message.x5chain]
+    except (cose.CoseError, ValueError) as exc:
+        raise VerificationError("format", str(exc)) from exc
+    if len(chain) != 2:
+        raise VerificationError("format", f"x5chain holds {len(chain)} certificates, "
+                                "expected alias and DeviceID")
+    alias, device_id = chain
+    for cert, role in ((root, "root"), (device_id, "DeviceID"), (alias, "alias")):
+        _valid_at(cert, now, role)
+    try:
+        verifier = (PolicyBuilder().store(Store([root])).time(now).max_chain_depth(2)
+                    .extension_policies(ca_policy=_CA_POLICY, ee_policy=_EE_POLICY)
+                    .build_client_verifier())
+        verifier.verify(alias, [device_id])
+    except Exception as exc:  # cryptography's VerificationError, or an unusable certificate
+        raise VerificationError("chain", f"alias <- DeviceID <- root does not verify: {exc}") \
+            from exc
+    key = alias.public_key()
+    if not isinstance(key, ec.EllipticCurvePublicKey):
+        raise VerificationError("signature", "the alias key is not an EC key")
+    try:
+        message.verify(key)
+    except cose.CoseError as exc:
+        raise VerificationError("signature", str(exc)) from exc
+    try:
+        payload = cbor2.loads(message.payload)
+    except Exception as exc:
+        raise VerificationError("format", f"the payload is not CBOR: {exc}") from exc
+    if not isinstance(payload, dict):
+        raise VerificationError("format", "the payload is not a claims map")
+    if payload.get(claims.PROFILE_KEY) != claims.PROFILE:
+        raise VerificationError("profile", f"eat_profile is {payload.get(claims.PROFILE_KEY)!r}")
+    claimed_nonce = payload.get(claims.NONCE)
+    if not isinstance(claimed_nonce, bytes) or not hmac.compare_digest(claimed_nonce, nonce):
+        raise VerificationError("nonce", "the evidence does not answer this nonce")
+    ueid = payload.get(claims.UEID)
+    if not isinstance(ueid, bytes) or not (
+            _serial_number(device_id) == _serial_number(alias) == ueid.hex()):
+        raise VerificationError("ueid", "the UEID claim is not the device the certificates name")
+    if expected_ueid is not None and not hmac.compare_digest(ueid, expected_ueid):
+        raise VerificationError("device", f"the evidence comes from device {ueid.hex()}, "
+                                f"not {expected_ueid.hex()}")
+    measurements = payload.get(claims.MEASUREMENTS)
+    debug = payload.get(claims.DEBUG)
+    if not (isinstance(measurements, dict) and set(measurements) == set(MEASURED)
+            and all(isinstance(v, bytes) for v in measurements.values())
+            and isinstance(debug, bool)):
+        raise VerificationError("format", "measurements or debug claim missing or malformed")
+    try:
+        extension = alias.extensions.get_extension_for_oid(TCB_INFO_OID).value
+        if not isinstance(extension, x509.UnrecognizedExtension):
+            raise ValueError("TcbInfo is not an opaque extension")
+        tcb = decode_tcb_info(extension.value)
+    except (x509.ExtensionNotFound, ValueError) as exc:
+        raise VerificationError("tcbinfo", f"no readable TcbInfo in the alias certificate: {exc}")\
+            from exc
+    if tcb["measurements"] != measurements or tcb["debug"] != debug:
+        raise VerificationError("tcbinfo", "the alias certificate's TcbInfo differs from the "
+                                "claimed measurements")
+    if reference is not None:
+        for name in MEASURED:
+            if not hmac.compare_digest(measurements[name], reference.measurements[name]):
+                raise VerificationError(
+                    f"measurement.{name}",
+                    f"{name} measures {measurements[name].hex()[:16]}…, the reference is "
+                    f"{reference.measurements[name].hex()[:16]}…")
+    dbgstat = payload.get(claims.DBGSTAT)
+    if (debug or dbgstat == claims.DBGSTAT_ENABLED) and not allow_debug:
+        raise VerificationError("debug", "the zone runs in debug mode")
+    return AttestationResult(
+        ueid=ueid, measurements=dict(measurements), boot_counter=int(payload.get(claims.BOOTCOUNT, -1)),
+        debug=debug, firmware=str(payload.get(claims.FIRMWARE)),
+        issued_at=int(payload.get(claims.IAT, 0)), alias_cert=alias, device_id_cert=device_id,
+        claims=payload)
