@@ -4,6 +4,8 @@ Figures:
   boot       cold boot-to-hello (QEMU launch until the zone answers hello), seconds
   rtt        null request round trip (echo of b""), p50 and p99, milliseconds
   h2z / z2h  throughput host-to-zone (op sink) and zone-to-host (op source), MB/s
+  attest     attestation round trip (evidence for a fresh nonce), milliseconds
+  verify     appraising that evidence on the host (chain, COSE, claims), milliseconds
 
 Baseline, measured in the same run: the very same monitor code and client, with the monitor
 running natively on the host behind a PTY pair instead of inside QEMU. The ratio zone/native
@@ -27,10 +29,12 @@ from pathlib import Path
 from typing import Any
 
 from emulator.factory import Factory
+from emulator.image import load_image
 from emulator.machine import Machine
 from emulator.paths import SezHome
 from host_driver import Zone
 from host_driver.cli import boot_zone
+from host_driver.verify import Reference, verify_evidence
 
 MB = 1_000_000
 CHUNK = 4 << 20
@@ -39,6 +43,22 @@ CHUNK = 4 << 20
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+async def attest_figures(url: str, root: Any, reference: Reference,
+                         runs: int) -> dict[str, float]:
+    async with await Zone.connect(url, timeout=60) as zone:
+        await zone.attest(os.urandom(32))  # warm up (and wait for layer 0)
+        attest_ms, verify_ms = [], []
+        for _ in range(runs):
+            nonce = os.urandom(32)
+            t = time.perf_counter()
+            evidence = await zone.attest(nonce)
+            attest_ms.append((time.perf_counter() - t) * 1000)
+            t = time.perf_counter()
+            verify_evidence(evidence, nonce=nonce, root=root, reference=reference)
+            verify_ms.append((time.perf_counter() - t) * 1000)
+    return {"attest_ms": statistics.median(attest_ms), "verify_ms": statistics.median(verify_ms)}
 
 
 async def channel_figures(url: str, requests: int, volume: int, runs: int) -> dict[str, float]:
@@ -94,6 +114,7 @@ def main() -> int:
     ap.add_argument("--requests", type=int, default=2000, help="null requests to time")
     ap.add_argument("--mib", type=int, default=16, help="MiB moved each way per run")
     ap.add_argument("--runs", type=int, default=3, help="throughput runs")
+    ap.add_argument("--attests", type=int, default=20, help="attestations to time")
     args = ap.parse_args()
     volume = args.mib << 20
 
@@ -112,6 +133,9 @@ def main() -> int:
                 if i < args.boots - 1:
                     machine.stop(kill=True)
             zone = asyncio.run(channel_figures(machine.channel, args.requests, volume, args.runs))
+            identity = asyncio.run(attest_figures(
+                machine.channel, Factory(home).root_cert(),
+                Reference.from_manifest(load_image().directory / "manifest.json"), args.attests))
         finally:
             machine.stop(kill=True)
     native = native_figures(args.requests, volume, args.runs)
@@ -121,6 +145,7 @@ def main() -> int:
         "zone": zone,
         "native": native,
         "ratio_zone_over_native": {k: zone[k] / native[k] for k in zone},
+        "attestation": identity,
     }
     print(f"cold boot to hello   median {statistics.median(boots):6.2f} s   "
           f"(runs: {', '.join(f'{b:.2f}' for b in boots)})")
@@ -128,6 +153,8 @@ def main() -> int:
     for key, label in (("rtt_p50_ms", "round trip p50 ms"), ("rtt_p99_ms", "round trip p99 ms"),
                        ("h2z_MBps", "host->zone MB/s"), ("z2h_MBps", "zone->host MB/s")):
         print(f"{label:20} {zone[key]:12.3f} {native[key]:12.3f} {zone[key] / native[key]:12.2f}")
+    print(f"attest round trip    median {identity['attest_ms']:8.1f} ms   (evidence signed in the zone)")
+    print(f"verify evidence      median {identity['verify_ms']:8.1f} ms   (on the host)")
     out = Path(__file__).parent / "results"
     out.mkdir(exist_ok=True)
     (out / "latest.json").write_text(json.dumps(results, indent=2) + "\n")

@@ -215,8 +215,13 @@ def issue_alias_cert(alias: ec.EllipticCurvePublicKey, devid: ec.EllipticCurvePr
                      now: datetime.datetime) -> x509.Certificate:
     """The layer-1 alias certificate: signed by DeviceID, carrying the TcbInfo extension.
 
-    Valid from an hour before ``now`` (clock skew) until the DeviceID certificate expires.
+    Valid from an hour before ``now`` (clock skew) until the DeviceID certificate expires. The
+    zone does not judge its own clock: under an expired DeviceID it still issues (valid for the
+    last second of DeviceID's life) and leaves the verdict to the verifier.
     """
+    not_after = (devid_cert.not_valid_after_utc if hasattr(devid_cert, "not_valid_after_utc")
+                 else devid_cert.not_valid_after.replace(tzinfo=datetime.timezone.utc))
+    not_before = min(now - datetime.timedelta(hours=1), not_after - datetime.timedelta(seconds=1))
     builder = (
         x509.CertificateBuilder()
         .subject_name(device_id_name(ueid_value, "Alias"))
@@ -224,10 +229,8 @@ def issue_alias_cert(alias: ec.EllipticCurvePublicKey, devid: ec.EllipticCurvePr
         .public_key(alias)
         .serial_number(int.from_bytes(hashlib.sha256(
             alias.public_bytes(*_SPKI)).digest()[:16], "big") >> 1)
-        .not_valid_before(now - datetime.timedelta(hours=1))
-        .not_valid_after(devid_cert.not_valid_after_utc
-                         if hasattr(devid_cert, "not_valid_after_utc")
-                         else devid_cert.not_valid_after.replace(tzinfo=datetime.timezone.utc))
+        .not_valid_before(not_before)
+        .not_valid_after(not_after)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(x509.KeyUsage(digital_signature=True, content_commitment=False,
                                      key_encipherment=False, data_encipherment=False,
