@@ -5,6 +5,8 @@
 ``deviceid.pem``  the DeviceID certificate the factory signed
 ``device.json``   name, creation time, UEID
 ``boot_counter``  the hardware's boot counter
+``bbram.img``     battery-backed RAM: a raw disk the zone alone writes (encrypted with a key
+                  derived from its CDI); attached as virtio-blk
 """
 
 from __future__ import annotations
@@ -21,6 +23,9 @@ __all__ = ["Device"]
 
 FUSES_FILE = "fuses.bin"
 DEVICE_ID_FILE = "deviceid.pem"
+BBRAM_FILE = "bbram.img"
+#: Size of the BBRAM disk: two 4 MiB slots (firmware.bbram).
+BBRAM_SIZE = 8 << 20
 INFO_FILE = "device.json"
 BOOTS_FILE = "boot_counter"
 
@@ -56,7 +61,20 @@ class Device:
         _write_atomic(directory / DEVICE_ID_FILE, device_id_cert, 0o644)
         info = {"name": name, "created": int(time.time()), "ueid": ueid.hex()}
         _write_atomic(directory / INFO_FILE, (json.dumps(info, indent=2) + "\n").encode(), 0o644)
-        return cls(name, directory)
+        device = cls(name, directory)
+        device.ensure_bbram()
+        return device
+
+    def ensure_bbram(self) -> Path:
+        """The BBRAM disk, created blank (sparse zeros) if the device has none yet."""
+        path = self.directory / BBRAM_FILE
+        if not path.exists():
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            try:
+                os.ftruncate(fd, BBRAM_SIZE)
+            finally:
+                os.close(fd)
+        return path
 
     @property
     def fuses(self) -> Path:

@@ -250,7 +250,7 @@ class Machine:
     # -- lifecycle ----------------------------------------------------------------------------
 
     def command_line(self, image: Image, *, accel: str, memory_mb: int, cpus: int,
-                     fw_cfg: dict[str, Path | str]) -> list[str]:
+                     fw_cfg: dict[str, Path | str], bbram: Path) -> list[str]:
         # Under TCG a plain x86-64 model with RDRAND (the guest's CRNG is seeded at once) beats
         # "max": its REP MOVSB and AVX2 string copies are slower to emulate (make bench).
         cpu = "host" if accel == "kvm" else "qemu64,+rdrand"
@@ -270,6 +270,8 @@ class Machine:
             "-chardev", f"socket,id=tamper,path={self.tamper_socket},server=on,wait=off",
             "-device", f"virtserialport,bus=vser.0,chardev=tamper,name={TAMPER_PORT}",
             "-device", "virtio-rng-pci",
+            "-drive", f"file={bbram},if=none,format=raw,id=bbram,cache=writeback",
+            "-device", "virtio-blk-pci,drive=bbram",
             "-qmp", f"unix:{self.qmp_socket},server=on,wait=off",
         ]
         for name, value in sorted(fw_cfg.items()):
@@ -308,7 +310,8 @@ class Machine:
             f"cmdline {hashlib.sha384(image.cmdline.encode()).hexdigest()}\n")
         argv = self.command_line(image, accel=accel, memory_mb=memory_mb, cpus=cpus, fw_cfg={
             "uds": device.fuses, "deviceid": device.device_id_cert, "measurements": measured,
-            "boot_counter": str(boots), "debug": "1" if debug else "0"})
+            "boot_counter": str(boots), "debug": "1" if debug else "0"},
+            bbram=device.ensure_bbram())
         with self.qemu_log.open("wb") as out:
             proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=out,
                                     start_new_session=True, close_fds=True)

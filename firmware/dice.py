@@ -34,8 +34,9 @@ from pyasn1.type import char, namedtype, tag, univ
 
 __all__ = [
     "MEASURED", "UDS_SIZE", "TCB_INFO_OID", "device_id_key", "ueid", "cdi", "alias_key",
+    "bbram_key", "applet_key",
     "derive_key", "measure_firmware", "measurement_digest", "encode_tcb_info", "decode_tcb_info",
-    "issue_alias_cert", "device_id_name",
+    "issue_alias_cert", "issue_applet_cert", "device_id_name",
 ]
 
 UDS_SIZE = 32
@@ -90,6 +91,16 @@ def cdi(uds: bytes | bytearray, measurements: dict[str, bytes], debug: bool) -> 
 
 def alias_key(cdi_value: bytes) -> ec.EllipticCurvePrivateKey:
     return derive_key(cdi_value, b"Alias")
+
+
+def bbram_key(cdi_value: bytes) -> bytes:
+    """The AES-256-GCM key that seals BBRAM: bound to this device and this firmware."""
+    return _kdf(cdi_value, b"BBRAM", 32)
+
+
+def applet_key(cdi_value: bytes, measurement: bytes) -> ec.EllipticCurvePrivateKey:
+    """An applet's own signing key: bound to the device, the firmware and the applet's code."""
+    return derive_key(cdi_value, b"Applet:" + measurement)
 
 
 def _check_uds(uds: bytes | bytearray) -> None:
@@ -159,20 +170,25 @@ class _DiceTcbInfo(univ.Sequence):
 _DEBUG_FLAG = 3  # OperationalFlags: notConfigured(0) notSecure(1) recovery(2) debug(3)
 
 
-def encode_tcb_info(measurements: dict[str, bytes], version: str, debug: bool) -> bytes:
+def _tcb_info(model: str, version: str, layer: int, digests: list[bytes], debug: bool) -> bytes:
     info = _DiceTcbInfo()
     info["vendor"] = "SEZ"
-    info["model"] = "sez-zone"
+    info["model"] = model
     info["version"] = version
-    info["layer"] = 1
+    info["layer"] = layer
     fwids = info["fwids"]
-    for i, name in enumerate(MEASURED):
+    for i, digest in enumerate(digests):
         fwid = _FWID()
         fwid["hashAlg"] = SHA384_OID
-        fwid["digest"] = measurements[name]
+        fwid["digest"] = digest
         fwids[i] = fwid
     info["flags"] = (0, 0, 0, 1) if debug else (0, 0, 0, 0)
     return bytes(der_encoder.encode(info))
+
+
+def encode_tcb_info(measurements: dict[str, bytes], version: str, debug: bool) -> bytes:
+    """Layer 1's TcbInfo: model sez-zone, fwids = the MEASURED digests in order."""
+    return _tcb_info("sez-zone", version, 1, [measurements[name] for name in MEASURED], debug)
 
 
 def decode_tcb_info(der: bytes) -> dict[str, object]:
@@ -199,6 +215,32 @@ def decode_tcb_info(der: bytes) -> dict[str, object]:
 
 
 # -- certificates --------------------------------------------------------------------------------
+
+
+def issue_applet_cert(applet: ec.EllipticCurvePublicKey, alias: ec.EllipticCurvePrivateKey,
+                      alias_cert: x509.Certificate, measurement: bytes,
+                      now: datetime.datetime) -> x509.Certificate:
+    """An applet key's certificate, signed by the alias key: a TcbInfo (layer 2, model
+    sez-applet) carries the applet's measurement, so the key is bound to its code."""
+    not_after = (alias_cert.not_valid_after_utc if hasattr(alias_cert, "not_valid_after_utc")
+                 else alias_cert.not_valid_after.replace(tzinfo=datetime.timezone.utc))
+    return (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([
+            x509.NameAttribute(NameOID.ORGANIZATION_NAME, "SEZ"),
+            x509.NameAttribute(NameOID.COMMON_NAME, f"SEZ Applet {measurement.hex()[:16]}"),
+        ]))
+        .issuer_name(alias_cert.subject)
+        .public_key(applet)
+        .serial_number(int.from_bytes(measurement[:16], "big") >> 1)
+        .not_valid_before(min(now - datetime.timedelta(hours=1),
+                              not_after - datetime.timedelta(seconds=1)))
+        .not_valid_after(not_after)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(x509.UnrecognizedExtension(
+            TCB_INFO_OID, _tcb_info("sez-applet", "", 2, [measurement], False)), critical=False)
+        .sign(alias, hashes.SHA384())
+    )
 
 
 def device_id_name(ueid_value: bytes, role: str) -> x509.Name:

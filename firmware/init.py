@@ -4,7 +4,8 @@
    unreachable before anything that parses host input starts.
 2. Fork layer 0, the key keeper (firmware.keeper), with the fuses, and wipe PID 1's copy. The
    keeper imports the crypto libraries and derives the keys while the monitor already serves.
-3. Fork the zone monitor (firmware.monitor), and fork it again whenever it dies.
+3. Fork the applet runner (firmware.runner), which holds nothing secret: jobs fork from it.
+4. Fork the zone monitor (firmware.monitor). Restart the monitor or the runner when one dies.
 
 A crash in a child never takes down PID 1 (whose exit would panic the kernel and power the
 machine off). The monitor module is imported before the first fork: a restart costs a fork,
@@ -43,11 +44,18 @@ def _run_keeper(hw: Hardware) -> None:
     keeper.main(hw)
 
 
+def _run_runner() -> None:
+    from . import runner
+
+    runner.main()
+
+
 def supervise(hw: Hardware) -> None:
     from . import monitor  # import once, before forking
 
     keeper = _spawn("key keeper", lambda: _run_keeper(hw))
     hw.wipe_fuses()
+    runner = _spawn("applet runner", _run_runner)
     restarts = 0
     current = _spawn("monitor", lambda: monitor.main(hw, restarts))
     while True:
@@ -59,6 +67,10 @@ def supervise(hw: Hardware) -> None:
         if pid == keeper:
             log(f"the key keeper (pid {pid}) ended with status {status:#x}: "
                 "the zone cannot attest until it is rebooted")
+        elif pid == runner:
+            log(f"the applet runner (pid {pid}) ended with status {status:#x}; restarting")
+            time.sleep(0.5)
+            runner = _spawn("applet runner", _run_runner)
         elif pid == current:
             log(f"monitor (pid {pid}) ended with status {status:#x}; restarting")
             restarts += 1

@@ -6,8 +6,14 @@ certificate the factory signed, issues the alias certificate, and wipes the UDS 
 private key. Then it serves the monitor on a root-only unix socket (SOCK_SEQPACKET, one CBOR
 message per packet, ``{id, op, args}`` -> ``{id, ok, result | error}``):
 
-``identity``   UEID, alias and DeviceID certificates (DER), measurements, debug
-``evidence``   ``{nonce}`` -> an EAT signed by the alias key (firmware.abi.evidence)
+``identity``      UEID, alias and DeviceID certificates (DER), measurements, debug
+``evidence``      ``{nonce, claims}`` -> an EAT signed by the alias key (firmware.abi.evidence)
+``bbram-load``    the persistent state and the store's status (firmware.bbram)
+``bbram-commit``  ``{state}`` -> make it the persistent state, durably
+``verify``        ``{key, message}`` -> the payload of a COSE_Sign1 that ``key`` (SPKI) signed
+``receipt``       ``{claims}`` -> a job receipt (COSE_Sign1 by the alias key)
+``applet-sign``   ``{measurement, data}`` -> the applet's own signature, its public key and
+                  its certificate (signed by the alias key)
 
 The monitor, which parses everything that crosses the channel, never holds a key: it can ask
 for evidence, not forge it.
@@ -16,6 +22,7 @@ for evidence, not forge it.
 from __future__ import annotations
 
 import datetime
+import hashlib
 import os
 import socket
 import time
@@ -23,10 +30,13 @@ from typing import Any
 
 import cbor2
 from cryptography import x509
-from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 
 from . import FIRMWARE_VERSION, dice
 from .abi import cose
+from .abi import receipt as receipt_claims
+from .bbram import Bbram, BbramError
 from .abi import evidence as claims
 from .abi.errors import Code
 from .hardware import Hardware
@@ -34,7 +44,8 @@ from .reactor import log, log_exception
 
 SOCKET_DIR = "/run/sez"
 SOCKET = f"{SOCKET_DIR}/keeper.sock"
-MAX_MESSAGE = 1 << 20
+MAX_MESSAGE = 16 << 20
+_SPKI = (serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
 
 
 class IdentityError(Exception):
@@ -74,6 +85,8 @@ class Identity:
         self.boot_counter = hw.boot_counter
         self.chain = [alias_cert.public_bytes(serialization.Encoding.DER),
                       certified.public_bytes(serialization.Encoding.DER)]
+        self.bbram = Bbram(dice.bbram_key(cdi))
+        self._applet_keys: dict[bytes, tuple[ec.EllipticCurvePrivateKey, bytes]] = {}
 
     def describe(self) -> dict[str, Any]:
         return {"ueid": self.ueid, "alias_cert": self.chain[0], "device_id_cert": self.chain[1],
@@ -97,7 +110,52 @@ class Identity:
             claims.DEBUG: self.debug,
             claims.FIRMWARE: FIRMWARE_VERSION,
         }
-        return cose.sign1(cbor2.dumps(payload), self.alias, self.chain)
+        return cose.sign1(cbor2.dumps(payload), self.alias, x5chain=self.chain)
+
+    def receipt(self, extra: dict[Any, Any]) -> bytes:
+        """A job receipt: the monitor's job claims, with this zone's identity and time."""
+        payload: dict[Any, Any] = {**extra, receipt_claims.UEID: self.ueid, receipt_claims.IAT: int(time.time()),
+                   receipt_claims.BOOTCOUNT: self.boot_counter,
+                   receipt_claims.PROFILE_KEY: receipt_claims.PROFILE}
+        return cose.sign1(cbor2.dumps(payload), self.alias, x5chain=self.chain)
+
+    def applet_sign(self, measurement: Any, data: Any) -> dict[str, Any]:
+        """Sign ``data`` with the applet's own key (derived from the CDI and its measurement)."""
+        if not isinstance(measurement, bytes) or len(measurement) != 48:
+            raise ValueError("measurement must be 48 bytes")
+        if not isinstance(data, bytes):
+            raise ValueError("data must be bytes")
+        if measurement not in self._applet_keys:
+            key = dice.applet_key(self.cdi, measurement)
+            cert = dice.issue_applet_cert(key.public_key(), self.alias,
+                                          x509.load_der_x509_certificate(self.chain[0]),
+                                          measurement,
+                                          datetime.datetime.now(datetime.timezone.utc))
+            self._applet_keys[measurement] = (key, cert.public_bytes(serialization.Encoding.DER))
+        key, cert_der = self._applet_keys[measurement]
+        return {"signature": key.sign(data, ec.ECDSA(hashes.SHA384())),
+                "public_key": key.public_key().public_bytes(*_SPKI),
+                "certificate": cert_der, "chain": self.chain}
+
+
+def verify_signed(spki: Any, message: Any) -> bytes:
+    """The payload of COSE_Sign1 ``message`` if the key ``spki`` made it; ValueError if not."""
+    try:
+        key = serialization.load_der_public_key(spki)
+    except Exception as exc:
+        raise ValueError(f"not a public key: {exc}") from exc
+    if not isinstance(key, ec.EllipticCurvePublicKey):
+        raise ValueError("not an EC public key")
+    try:
+        signed = cose.decode_sign1(message)
+        signed.verify(key)
+    except cose.CoseError as exc:
+        raise ValueError(str(exc)) from exc
+    return signed.payload
+
+
+def key_id(spki: bytes) -> bytes:
+    return hashlib.sha256(spki).digest()
 
 
 class Keeper:
@@ -120,8 +178,27 @@ class Keeper:
             if op == "evidence":
                 evidence = self.identity.evidence(args.get("nonce"), args.get("claims") or {})
                 return {"id": request_id, "ok": True, "result": {"evidence": evidence}}
+            if op == "bbram-load":
+                bbram = self.identity.bbram
+                state = bbram.load()
+                return {"id": request_id, "ok": True,
+                        "result": {"status": bbram.status, "seq": bbram.seq, "state": state}}
+            if op == "bbram-commit":
+                seq = self.identity.bbram.commit(args["state"])
+                return {"id": request_id, "ok": True, "result": {"seq": seq}}
+            if op == "verify":
+                payload = verify_signed(args.get("key"), args.get("message"))
+                return {"id": request_id, "ok": True, "result": {"payload": payload}}
+            if op == "receipt":
+                return {"id": request_id, "ok": True,
+                        "result": {"receipt": self.identity.receipt(args["claims"])}}
+            if op == "applet-sign":
+                return {"id": request_id, "ok": True, "result": self.identity.applet_sign(
+                    args.get("measurement"), args.get("data"))}
             return _error(request_id, Code.UNKNOWN_OP, f"keeper has no op {op!r}")
-        except ValueError as exc:
+        except BbramError as exc:
+            return _error(request_id, Code.BBRAM, str(exc))
+        except (ValueError, KeyError, TypeError) as exc:
             return _error(request_id, Code.BAD_ARGS, str(exc))
 
     def serve(self) -> None:

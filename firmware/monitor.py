@@ -10,19 +10,19 @@ from __future__ import annotations
 
 import os
 import resource
-import socket
 import struct
 import time
-from collections import deque
-
-import cbor2
 
 from . import FIRMWARE_VERSION
 from .abi import evidence as claims
 from .abi import wire
-from .abi.errors import BadArgs, Code, ProtocolError, UnknownOp, ZoneError, error_for_code
+from .abi.errors import BadArgs, Code, ProtocolError, UnknownOp, ZoneError
 from .hardware import Hardware
+from .jobs import Jobs
+from .links import KEEPER_SOCKET, Deferred, KeeperLink
+from .port import Port
 from .reactor import Reactor, Timer, log
+from .store import ZoneStore
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -31,16 +31,6 @@ if TYPE_CHECKING:
 CONTROL_PORT = "org.sez.ctl"
 #: A frame whose sender falls silent this long before finishing it is dropped.
 TRUNCATED_AFTER = 0.5
-#: Re-poll a port whose host end is closed this often.
-HOST_POLL = 0.05
-#: Responses queued for a host that does not read, before the oldest unsent ones are dropped.
-MAX_QUEUED = 64 * 1024 * 1024
-READ_BURST = 1 << 20
-KEEPER_SOCKET = "/run/sez/keeper.sock"
-#: Seconds between attempts to reach the key keeper, and the most a keeper call may take.
-KEEPER_RETRY = 0.05
-KEEPER_TIMEOUT = 30.0
-_PAGE = 4096
 VIRTIO_PORTS = "/sys/class/virtio-ports"
 INPUT_CLASS = "/sys/class/input"
 _INPUT_EVENT = struct.Struct("llHHi")  # struct input_event on x86-64
@@ -84,259 +74,6 @@ def find_power_buttons(root: str = INPUT_CLASS) -> list[str]:
     return found
 
 
-class Port:
-    """Non-blocking reader and writer over one virtio-serial port."""
-
-    def __init__(self, loop: Reactor, fd: int, path: str, on_data: Callable[[bytes], None],
-                 on_host_gone: Callable[[], None]) -> None:
-        self.path = path
-        self._on_data = on_data
-        self._on_host_gone = on_host_gone
-        self._fd = fd
-        os.set_blocking(fd, False)
-        self._loop = loop
-        self._out: deque[list[memoryview]] = deque()  # frames not yet fully written
-        self._queued = 0
-        self._head_started = False  # the first queued frame is partly written
-        self.host_present = True
-        self.dropped_frames = 0
-        self._loop.add_reader(self._fd, self._readable)
-
-    def _readable(self) -> None:
-        # virtio-serial hands out at most one page-sized buffer per read. A full page means
-        # more is likely queued: keep reading (up to READ_BURST bytes) so bulk data costs one
-        # wake-up, not one per page; a short read is the end of what has arrived.
-        total = 0
-        while total < READ_BURST:
-            try:
-                data = os.read(self._fd, READ_BURST)
-            except BlockingIOError:
-                return
-            except OSError as exc:
-                log(f"read {self.path}: {exc}")
-                data = b""
-            if not data:
-                self._host_closed()
-                return
-            self.host_present = True
-            self._on_data(data)
-            if len(data) < _PAGE:
-                return
-            total += len(data)
-
-    def _host_closed(self) -> None:
-        # The host end is closed: poll again later instead of spinning on EOF.
-        self._loop.remove_reader(self._fd)
-        self._loop.call_later(HOST_POLL, self._loop.add_reader, self._fd, self._readable)
-        if self.host_present:
-            self.host_present = False
-            self._on_host_gone()
-
-    def send(self, header: bytes, body: bytes) -> None:
-        """Queue one frame (header and body written with one writev, the body not copied)."""
-        frame = [memoryview(header), memoryview(body)]
-        size = len(header) + len(body)
-        if not self._out:  # nothing queued: try to write it at once
-            try:
-                n = os.writev(self._fd, frame)
-            except BlockingIOError:
-                n = 0
-            except OSError as exc:
-                self._write_failed(exc)
-                return
-            if n == size:
-                return
-            _consume(frame, n)
-            self._head_started = n > 0
-            self._out.append(frame)
-            self._queued += size - n
-            self._loop.add_writer(self._fd, self._flush)
-            return
-        if self._queued + size > MAX_QUEUED:
-            self.drop_unsent()
-        self._out.append(frame)
-        self._queued += size
-
-    def drop_unsent(self) -> None:
-        """Forget queued frames that have not started to go out (a new host session)."""
-        keep = 1 if self._head_started else 0
-        while len(self._out) > keep:
-            self._queued -= sum(len(part) for part in self._out.pop())
-            self.dropped_frames += 1
-
-    def _write_failed(self, exc: OSError) -> None:
-        """A write error other than "would block": the frame cannot go out; drop it."""
-        log(f"write {self.path}: {exc}; dropping a frame")
-        self.dropped_frames += 1
-
-    def _flush(self) -> None:
-        out = self._out
-        while out:
-            frame = out[0]
-            try:
-                n = os.writev(self._fd, frame)
-            except BlockingIOError:
-                return
-            except OSError as exc:
-                self._queued -= sum(len(part) for part in out.popleft())
-                self._head_started = False
-                self._write_failed(exc)
-                continue
-            self._queued -= n
-            if _consume(frame, n):
-                out.popleft()
-                self._head_started = False
-            else:
-                self._head_started = True
-        self._loop.remove_writer(self._fd)
-
-
-def _consume(parts: list[memoryview], n: int) -> bool:
-    """Drop the first ``n`` bytes of ``parts`` (in place); True if nothing is left."""
-    while parts and n >= len(parts[0]):
-        n -= len(parts.pop(0))
-    if n:
-        parts[0] = parts[0][n:]
-    return not parts
-
-
-class Deferred:
-    """A result that arrives later (from the key keeper): resolved once, then callbacks run."""
-
-    __slots__ = ("_callbacks", "done", "value", "error")
-
-    def __init__(self) -> None:
-        self._callbacks: list[Callable[[Deferred], None]] = []
-        self.done = False
-        self.value: Any = None
-        self.error: ZoneError | None = None
-
-    def add(self, callback: Callable[["Deferred"], None]) -> None:
-        if self.done:
-            callback(self)
-        else:
-            self._callbacks.append(callback)
-
-    def resolve(self, value: Any = None, error: ZoneError | None = None) -> None:
-        if self.done:
-            return
-        self.done, self.value, self.error = True, value, error
-        callbacks, self._callbacks = self._callbacks, []
-        for callback in callbacks:
-            callback(self)
-
-    def then(self, transform: Callable[[Any], Any]) -> "Deferred":
-        """A Deferred of ``transform(value)``; errors pass through."""
-        out = Deferred()
-
-        def chain(d: Deferred) -> None:
-            if d.error is not None:
-                out.resolve(error=d.error)
-                return
-            try:
-                out.resolve(transform(d.value))
-            except ZoneError as exc:
-                out.resolve(error=exc)
-
-        self.add(chain)
-        return out
-
-
-class KeeperLink:
-    """The monitor's connection to the key keeper (firmware.keeper), in the reactor.
-
-    Calls made before the keeper listens (it derives the keys while the monitor already
-    serves) wait for it, for at most KEEPER_TIMEOUT seconds.
-    """
-
-    def __init__(self, loop: Reactor, path: str) -> None:
-        self.loop = loop
-        self.path = path
-        self.sock: socket.socket | None = None
-        self._pending: dict[int, Deferred] = {}
-        self._queue: list[bytes] = []
-        self._next_id = 0
-        self._connect()
-
-    def _connect(self) -> None:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        try:
-            sock.connect(self.path)
-        except OSError:
-            sock.close()
-            self.loop.call_later(KEEPER_RETRY, self._connect)
-            return
-        sock.setblocking(False)
-        self.sock = sock
-        self.loop.add_reader(sock.fileno(), self._readable)
-        queue, self._queue = self._queue, []
-        for message in queue:
-            self._send(message)
-
-    def call(self, op: str, args: dict[str, Any]) -> Deferred:
-        self._next_id += 1
-        request_id = self._next_id
-        deferred = Deferred()
-        self._pending[request_id] = deferred
-        self.loop.call_later(KEEPER_TIMEOUT, self._expire, request_id)
-        message = cbor2.dumps({"id": request_id, "op": op, "args": args})
-        if self.sock is None:
-            self._queue.append(message)
-        else:
-            self._send(message)
-        return deferred
-
-    def _send(self, message: bytes) -> None:
-        try:
-            self.sock.send(message)  # type: ignore[union-attr]
-        except OSError as exc:
-            log(f"keeper: send failed: {exc}")
-            self._lost()
-
-    def _expire(self, request_id: int) -> None:
-        deferred = self._pending.pop(request_id, None)
-        if deferred is not None:
-            deferred.resolve(error=ZoneError(
-                f"the key keeper did not answer within {KEEPER_TIMEOUT:.0f} s",
-                code=Code.NO_IDENTITY))
-
-    def _readable(self) -> None:
-        try:
-            message = self.sock.recv(1 << 20)  # type: ignore[union-attr]
-        except BlockingIOError:
-            return
-        except OSError:
-            message = b""
-        if not message:
-            self._lost()
-            return
-        try:
-            reply = cbor2.loads(message)
-            deferred = self._pending.pop(reply["id"], None)
-        except Exception as exc:
-            log(f"keeper: unreadable reply: {exc!r}")
-            return
-        if deferred is None:
-            return
-        if reply.get("ok"):
-            deferred.resolve(reply.get("result"))
-        else:
-            error = reply.get("error") or {}
-            deferred.resolve(error=error_for_code(str(error.get("code")),
-                                                  str(error.get("message"))))
-
-    def _lost(self) -> None:
-        log("keeper: connection lost")
-        if self.sock is not None:
-            self.loop.remove_reader(self.sock.fileno())
-            self.sock.close()
-            self.sock = None
-        pending, self._pending = self._pending, {}
-        for deferred in pending.values():
-            deferred.resolve(error=ZoneError("the key keeper is gone", code=Code.NO_IDENTITY))
-        self.loop.call_later(KEEPER_RETRY, self._connect)
-
-
 class Monitor:
     def __init__(self, loop: Reactor, hw: Hardware, restarts: int = 0,
                  keeper_socket: str = KEEPER_SOCKET) -> None:
@@ -346,6 +83,8 @@ class Monitor:
         self.boot_counter = hw.boot_counter
         self.debug = hw.debug
         self.keeper = KeeperLink(loop, keeper_socket)
+        self.store = ZoneStore(self.keeper)
+        self.jobs = Jobs(loop, self.keeper, self.store)
         self.decoder = wire.FrameDecoder()
         self.encoder = wire.FrameEncoder()
         self.sessions = 0
@@ -367,6 +106,11 @@ class Monitor:
             "poweroff": self.op_poweroff,
             "attest": self.op_attest,
             "identity": self.op_identity,
+            "owner": self.op_owner,
+            "enroll": self.op_enroll,
+            "load": self.op_load,
+            "applets": self.op_applets,
+            "run": self.op_run,
         }
 
     # -- channel -----------------------------------------------------------------------------
@@ -381,7 +125,7 @@ class Monitor:
         else:
             path = f"fd {fd}"
             self.native = True
-        self.port = Port(self.loop, fd, path, self.on_data, self.on_host_gone)
+        self.port = Port(self.loop, fd, path, self.on_data, self.on_host_gone, repoll=True)
         log(f"serving {CONTROL_PORT} on {path} (firmware {FIRMWARE_VERSION}); zone ready")
 
     def _watch_power_button(self, fd: int) -> None:
@@ -524,6 +268,11 @@ class Monitor:
             "memory": {"total": mem.get("MemTotal", 0), "available": mem.get("MemAvailable", 0)},
             "host_sessions": self.sessions,
             "host_disconnects": self.host_disconnects,
+            "bbram": self.store.status,
+            "owner": self.store.owner()["owner"],
+            "applets": len(self.store.packages),
+            "jobs": {"active": len(self.jobs.active), "finished": self.jobs.finished,
+                     "failed": self.jobs.failed},
         }
 
     def op_echo(self, args: dict[str, Any]) -> dict[str, Any]:
@@ -563,12 +312,39 @@ class Monitor:
         nonce = args.get("nonce")
         if not isinstance(nonce, bytes) or not claims.NONCE_MIN <= len(nonce) <= claims.NONCE_MAX:
             raise BadArgs(f"attest takes {{nonce: {claims.NONCE_MIN} to {claims.NONCE_MAX} bytes}}")
-        return self.keeper.call("evidence", {"nonce": nonce}).then(
+        return self.store.ready.then(lambda _: self.keeper.call(
+            "evidence", {"nonce": nonce, "claims": self.store.claims()})).then(
             lambda result: {"evidence": result["evidence"]})
 
     def op_identity(self, args: dict[str, Any]) -> Deferred:
         """UEID, alias and DeviceID certificates (DER), measurements, debug."""
         return self.keeper.call("identity", {})
+
+    def op_owner(self, args: dict[str, Any]) -> Deferred:
+        """The enrolled owner's key fingerprint (SHA-256 of its SPKI), the epoch, the UEID."""
+        return self.store.ready.then(lambda _: self.store.owner())
+
+    def op_enroll(self, args: dict[str, Any]) -> Deferred:
+        """Bind ``owner`` (SPKI DER); replacing an owner needs ``authorization`` (see store)."""
+        return self.store.ready.then(
+            lambda _: self.store.enroll(args.get("owner"), args.get("authorization")))
+
+    def op_load(self, args: dict[str, Any]) -> Deferred:
+        """Load an owner-signed applet package (the bytes of a .sez file)."""
+        return self.store.ready.then(lambda _: self.store.load(args.get("package")))
+
+    def op_applets(self, args: dict[str, Any]) -> Deferred:
+        return self.store.ready.then(lambda _: {"applets": self.store.listing()})
+
+    def op_run(self, args: dict[str, Any]) -> Deferred:
+        """Run ``applet`` (name or id) on ``input``; answer {job, applet, output, receipt}."""
+        data, nonce = args.get("input", b""), args.get("nonce", b"")
+        if not isinstance(data, bytes):
+            raise BadArgs("run takes {applet, input: bytes, nonce: bytes}")
+        if not isinstance(nonce, bytes) or len(nonce) > 64:
+            raise BadArgs("the nonce must be 0 to 64 bytes")
+        return self.store.ready.then(
+            lambda _: self.jobs.run(self.store.find(args.get("applet")), data, nonce))
 
     def op_poweroff(self, args: dict[str, Any]) -> dict[str, Any]:
         """Answer, then sync and power the machine off (QEMU exits)."""

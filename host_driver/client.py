@@ -195,6 +195,34 @@ class Zone:
         """UEID, alias and DeviceID certificates (DER), measurements, debug."""
         return dict(await self.request("identity", timeout=timeout))
 
+    async def owner(self) -> dict[str, Any]:
+        """{owner: SHA-256 hex of the owner's public key or None, epoch, ueid}."""
+        return dict(await self.request("owner"))
+
+    async def enroll(self, owner: bytes, authorization: bytes | None = None) -> dict[str, Any]:
+        """Bind ``owner`` (SPKI DER). Replacing an owner needs ``authorization``
+        (host_driver.applet.enroll_authorization by the current owner). Raises ZoneError
+        ``not-owner`` if it is missing or wrong."""
+        args: dict[str, Any] = {"owner": owner}
+        if authorization is not None:
+            args["authorization"] = authorization
+        return dict(await self.request("enroll", args))
+
+    async def load(self, signed: bytes, *, timeout: float | None = None) -> dict[str, Any]:
+        """Load a signed applet (.sez bytes): {id, name, version, measurement, limits}.
+        ZoneError codes: not-owner, rollback, bad-package."""
+        return dict(await self.request("load", {"package": signed}, timeout=timeout))
+
+    async def applets(self) -> list[dict[str, Any]]:
+        return list((await self.request("applets"))["applets"])
+
+    async def run(self, applet: str, data: bytes, *, nonce: bytes = b"",
+                  timeout: float | None = None) -> dict[str, Any]:
+        """Run ``applet`` (name or id) on ``data``: {job, applet, output, receipt}. A failing
+        applet raises ZoneError ``applet-failed`` saying why."""
+        return dict(await self.request("run", {"applet": applet, "input": data, "nonce": nonce},
+                                       timeout=timeout))
+
     async def poweroff(self) -> None:
         """Ask the zone to sync and power the machine off (QEMU exits)."""
         await self.request("poweroff")

@@ -74,6 +74,22 @@ class SyncZone:
     def identity(self, *, timeout: float | None = None) -> dict[str, Any]:
         return self._call(self.zone.identity(timeout=timeout), timeout)
 
+    def owner(self) -> dict[str, Any]:
+        return self._call(self.zone.owner())
+
+    def enroll(self, owner: bytes, authorization: bytes | None = None) -> dict[str, Any]:
+        return self._call(self.zone.enroll(owner, authorization))
+
+    def load(self, signed: bytes, *, timeout: float | None = None) -> dict[str, Any]:
+        return self._call(self.zone.load(signed, timeout=timeout), timeout)
+
+    def applets(self) -> list[dict[str, Any]]:
+        return self._call(self.zone.applets())
+
+    def run(self, applet: str, data: bytes, *, nonce: bytes = b"",
+            timeout: float | None = None) -> dict[str, Any]:
+        return self._call(self.zone.run(applet, data, nonce=nonce, timeout=timeout), timeout)
+
     def poweroff(self) -> None:
         self._call(self.zone.poweroff())
 

@@ -26,6 +26,7 @@ relayed the evidence is not trusted. Checks, in order (each failure raises
 from __future__ import annotations
 
 import datetime
+import hashlib
 import hmac
 import json
 from dataclasses import dataclass, field
@@ -40,11 +41,12 @@ from cryptography.x509.verification import Criticality, ExtensionPolicy, PolicyB
 
 from firmware.abi import cose
 from firmware.abi import evidence as claims
+from firmware.abi import receipt as receipt_claims
 from firmware.abi.errors import SezError
 from firmware.dice import MEASURED, TCB_INFO_OID, decode_tcb_info
 
-__all__ = ["AttestationResult", "Reference", "VerificationError", "verify_evidence",
-           "load_root"]
+__all__ = ["AttestationResult", "ReceiptResult", "Reference", "VerificationError",
+           "verify_evidence", "verify_receipt", "load_root"]
 
 
 class VerificationError(SezError):
@@ -90,10 +92,48 @@ class AttestationResult:
         assert isinstance(key, ec.EllipticCurvePublicKey)
         return key
 
+    @property
+    def owner(self) -> bytes | None:
+        """SHA-256 of the enrolled owner's public key, or None."""
+        owner = self.claims.get("sez.owner")
+        return owner if isinstance(owner, bytes) else None
+
+    @property
+    def applets(self) -> list[dict[str, Any]]:
+        """The loaded applets: [{name, version, measurement}]."""
+        applets = self.claims.get("sez.applets")
+        return list(applets) if isinstance(applets, list) else []
+
     def as_dict(self) -> dict[str, Any]:
         return {"ueid": self.ueid.hex(), "boot_counter": self.boot_counter, "debug": self.debug,
                 "firmware": self.firmware, "issued_at": self.issued_at,
-                "measurements": {k: v.hex() for k, v in self.measurements.items()}}
+                "measurements": {k: v.hex() for k, v in self.measurements.items()},
+                "owner": self.owner.hex() if self.owner else None,
+                "bbram": self.claims.get("sez.bbram"),
+                "applets": [{**a, "measurement": bytes(a["measurement"]).hex()}
+                            for a in self.applets]}
+
+
+@dataclass(frozen=True)
+class ReceiptResult:
+    """What a verified receipt proves: this zone ran this applet on this input, with this
+    output, for this nonce."""
+
+    job: str
+    job_counter: int
+    applet_name: str
+    applet_version: int
+    applet_measurement: bytes
+    ueid: bytes
+    boot_counter: int
+    issued_at: int
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"job": self.job, "job_counter": self.job_counter,
+                "applet": {"name": self.applet_name, "version": self.applet_version,
+                           "measurement": self.applet_measurement.hex()},
+                "ueid": self.ueid.hex(), "boot_counter": self.boot_counter,
+                "issued_at": self.issued_at}
 
 
 # DICE certificates are not web PKI: CAs need basicConstraints, the alias certificate needs
@@ -126,14 +166,12 @@ def _serial_number(cert: x509.Certificate) -> str:
     return str(values[0].value) if values else ""
 
 
-def verify_evidence(evidence: bytes, *, nonce: bytes, root: x509.Certificate,
-                    reference: Reference | None = None, allow_debug: bool = False,
-                    expected_ueid: bytes | None = None,
-                    now: datetime.datetime | None = None) -> AttestationResult:
-    """Appraise ``evidence``; return what it proves, or raise VerificationError."""
-    now = now or datetime.datetime.now(datetime.timezone.utc)
+def _signed_by_zone(message_bytes: bytes, root: x509.Certificate, now: datetime.datetime
+                    ) -> tuple[dict[Any, Any], x509.Certificate, x509.Certificate]:
+    """The claims of a COSE_Sign1 that a zone's alias key signed, after the checks format,
+    certificate-validity, chain and signature; with the alias and DeviceID certificates."""
     try:
-        message = cose.decode_sign1(evidence)
+        message = cose.decode_sign1(message_bytes)
         chain = [x509.load_der_x509_certificate(der) for der in message.x5chain]
     except (cose.CoseError, ValueError) as exc:
         raise VerificationError("format", str(exc)) from exc
@@ -164,6 +202,16 @@ def verify_evidence(evidence: bytes, *, nonce: bytes, root: x509.Certificate,
         raise VerificationError("format", f"the payload is not CBOR: {exc}") from exc
     if not isinstance(payload, dict):
         raise VerificationError("format", "the payload is not a claims map")
+    return payload, alias, device_id
+
+
+def verify_evidence(evidence: bytes, *, nonce: bytes, root: x509.Certificate,
+                    reference: Reference | None = None, allow_debug: bool = False,
+                    expected_ueid: bytes | None = None,
+                    now: datetime.datetime | None = None) -> AttestationResult:
+    """Appraise ``evidence``; return what it proves, or raise VerificationError."""
+    now = now or datetime.datetime.now(datetime.timezone.utc)
+    payload, alias, device_id = _signed_by_zone(evidence, root, now)
     if payload.get(claims.PROFILE_KEY) != claims.PROFILE:
         raise VerificationError("profile", f"eat_profile is {payload.get(claims.PROFILE_KEY)!r}")
     claimed_nonce = payload.get(claims.NONCE)
@@ -208,3 +256,46 @@ def verify_evidence(evidence: bytes, *, nonce: bytes, root: x509.Certificate,
         debug=debug, firmware=str(payload.get(claims.FIRMWARE)),
         issued_at=int(payload.get(claims.IAT, 0)), alias_cert=alias, device_id_cert=device_id,
         claims=payload)
+
+
+def verify_receipt(receipt: bytes, *, input: bytes, output: bytes, nonce: bytes,
+                   root: x509.Certificate, expected_ueid: bytes | None = None,
+                   expected_measurement: bytes | None = None,
+                   now: datetime.datetime | None = None) -> ReceiptResult:
+    """Check a job receipt against the input, the output and the nonce the caller holds.
+
+    Checks: ``format``, ``certificate-validity``, ``chain``, ``signature`` (as for evidence),
+    ``profile``, ``input``, ``output``, ``nonce``, ``device`` (``expected_ueid``) and
+    ``applet`` (``expected_measurement``), each named in VerificationError.check.
+    """
+    now = now or datetime.datetime.now(datetime.timezone.utc)
+    payload, _, device_id = _signed_by_zone(receipt, root, now)
+    if payload.get(receipt_claims.PROFILE_KEY) != receipt_claims.PROFILE:
+        raise VerificationError("profile", "not a SEZ job receipt")
+    applet = payload.get(receipt_claims.APPLET)
+    ueid = payload.get(receipt_claims.UEID)
+    if not (isinstance(applet, dict) and isinstance(applet.get("measurement"), bytes)
+            and isinstance(ueid, bytes) and ueid.hex() == _serial_number(device_id)):
+        raise VerificationError("format", "applet or ueid claim missing or malformed")
+    for check, data, key in (("input", input, receipt_claims.INPUT),
+                             ("output", output, receipt_claims.OUTPUT)):
+        claimed = payload.get(key)
+        if not isinstance(claimed, bytes) or not hmac.compare_digest(
+                claimed, hashlib.sha384(data).digest()):
+            raise VerificationError(check, f"the receipt is for another {check}")
+    claimed_nonce = payload.get(receipt_claims.NONCE)
+    if not isinstance(claimed_nonce, bytes) or not hmac.compare_digest(claimed_nonce, nonce):
+        raise VerificationError("nonce", "the receipt does not answer this nonce")
+    if expected_ueid is not None and not hmac.compare_digest(ueid, expected_ueid):
+        raise VerificationError("device", f"the job ran on device {ueid.hex()}, "
+                                f"not {expected_ueid.hex()}")
+    if expected_measurement is not None and not hmac.compare_digest(applet["measurement"],
+                                                                     expected_measurement):
+        raise VerificationError("applet", "the job ran another applet")
+    return ReceiptResult(
+        job=str(payload.get(receipt_claims.JOB)),
+        job_counter=int(payload.get(receipt_claims.JOB_COUNTER, -1)),
+        applet_name=str(applet.get("name")), applet_version=int(applet.get("version", 0)),
+        applet_measurement=applet["measurement"], ueid=ueid,
+        boot_counter=int(payload.get(receipt_claims.BOOTCOUNT, -1)),
+        issued_at=int(payload.get(receipt_claims.IAT, 0)))

@@ -22,10 +22,11 @@ from cryptography.hazmat.primitives.asymmetric.utils import (
 from .errors import SezError
 
 __all__ = ["Sign1", "sign1", "decode_sign1", "COSE_SIGN1_TAG", "ALG_ES384", "HDR_ALG",
-           "HDR_X5CHAIN", "CoseError"]
+           "HDR_KID", "HDR_X5CHAIN", "CoseError"]
 
 COSE_SIGN1_TAG = 18
 HDR_ALG = 1
+HDR_KID = 4
 HDR_X5CHAIN = 33
 ALG_ES384 = -35
 _COORD = 48  # P-384 scalar size
@@ -75,9 +76,15 @@ def _to_be_signed(protected: bytes, payload: bytes) -> bytes:
     return cbor2.dumps(["Signature1", protected, b"", payload])
 
 
-def sign1(payload: bytes, key: ec.EllipticCurvePrivateKey, x5chain: list[bytes]) -> bytes:
-    """A tagged COSE_Sign1 over ``payload``, by ``key``, carrying ``x5chain``."""
-    protected = cbor2.dumps({HDR_ALG: ALG_ES384, HDR_X5CHAIN: x5chain})
+def sign1(payload: bytes, key: ec.EllipticCurvePrivateKey, *, x5chain: list[bytes] | None = None,
+          kid: bytes | None = None) -> bytes:
+    """A tagged COSE_Sign1 over ``payload``, by ``key``, carrying ``x5chain`` or ``kid``."""
+    headers: dict[int, object] = {HDR_ALG: ALG_ES384}
+    if x5chain is not None:
+        headers[HDR_X5CHAIN] = x5chain
+    if kid is not None:
+        headers[HDR_KID] = kid
+    protected = cbor2.dumps(headers)
     der = key.sign(_to_be_signed(protected, payload), ec.ECDSA(hashes.SHA384()))
     r, s = decode_dss_signature(der)
     signature = r.to_bytes(_COORD, "big") + s.to_bytes(_COORD, "big")

@@ -40,6 +40,12 @@ class Code:
     UNKNOWN_OP = "unknown-op"
     BAD_ARGS = "bad-args"
     NO_IDENTITY = "no-identity"  # the zone cannot attest (no fuses, or they do not match)
+    BBRAM = "bbram"  # persistent state unreadable (unauthenticated) or a commit failed
+    NOT_OWNER = "not-owner"  # no owner enrolled, or the signature is not the owner's
+    ROLLBACK = "rollback"  # an applet version lower than the highest seen for its name
+    BAD_PACKAGE = "bad-package"  # an applet package that is malformed or lies about itself
+    NO_SUCH_APPLET = "no-such-applet"
+    APPLET_FAILED = "applet-failed"  # the applet raised, crashed or broke a limit
     INTERNAL = "internal"  # a fault inside the zone; the zone keeps serving
 
     PROTOCOL = frozenset(

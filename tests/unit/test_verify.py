@@ -146,7 +146,7 @@ def test_claims_that_disagree_with_the_tcbinfo(factory: Factory, zone: Zone) -> 
     message = cose.decode_sign1(zone.evidence())
     claims = cbor2.loads(message.payload)
     claims["sez.measurements"] = {**claims["sez.measurements"], "firmware": bytes(48)}
-    forged = cose.sign1(cbor2.dumps(claims), zone.identity.alias, zone.identity.chain)
+    forged = cose.sign1(cbor2.dumps(claims), zone.identity.alias, x5chain=zone.identity.chain)
     assert check(forged, factory, zone) == "tcbinfo"
 
 

@@ -1,0 +1,35 @@
+"""The claims of a job receipt: a COSE_Sign1 (ES384) by the zone's alias key, x5chain
+[alias, DeviceID], over a CBOR map. It proves that this zone (the UEID, chained to the root)
+ran exactly this code (the applet's measurement) on exactly this input and produced exactly
+this output, for this caller's nonce.
+
+==================  =====  =====================================================
+claim               key    value
+==================  =====  =====================================================
+ueid                256    the device
+iat                 6      issue time (the zone's clock)
+eat_profile         265    PROFILE
+bootcount           267    the hardware boot counter
+sez.job             text   the job id (text)
+sez.job_counter     text   monotonic across the device's life (never repeats)
+sez.applet          text   {name, version, measurement (48 bytes)}
+sez.input           text   SHA-384 of the input
+sez.output          text   SHA-384 of the output
+sez.nonce           text   the caller's nonce (0 to 64 bytes)
+==================  =====  =====================================================
+"""
+
+from __future__ import annotations
+
+IAT = 6
+UEID = 256
+PROFILE_KEY = 265
+BOOTCOUNT = 267
+PROFILE = "urn:sez:receipt:1"
+JOB = "sez.job"
+JOB_COUNTER = "sez.job_counter"
+APPLET = "sez.applet"
+INPUT = "sez.input"
+OUTPUT = "sez.output"
+NONCE = "sez.nonce"
+NONCE_MAX = 64

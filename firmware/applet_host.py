@@ -1,0 +1,123 @@
+"""What runs inside a job's process, after it dropped its privileges (see firmware.runner).
+
+The job socket speaks the channel's frame format. The monitor sends one event frame,
+``{files, entry: [module, function], input}``; the applet's calls to the zone are request
+frames answered by response frames; the job ends with an event frame
+``{event: "done", output}`` or ``{event: "error", message}``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import socket
+import sys
+import traceback
+from typing import Any
+
+from .abi import wire
+
+
+class JobChannel:
+    def __init__(self, fd: int) -> None:
+        self.sock = socket.socket(fileno=fd)
+        self.sock.setblocking(True)
+        self.decoder = wire.FrameDecoder()
+        self.encoder = wire.FrameEncoder()
+        self.items: list[Any] = []
+        self.next_id = 0
+
+    def _next_frame(self) -> wire.Frame:
+        while not self.items:
+            data = self.sock.recv(1 << 20)
+            if not data:
+                raise ConnectionError("the monitor closed the job channel")
+            self.items = [i for i in self.decoder.feed(data) if isinstance(i, wire.Frame)]
+        return self.items.pop(0)  # type: ignore[no-any-return]
+
+    def send(self, kind: int, payload: Any) -> None:
+        self.sock.sendall(self.encoder.frame(kind, payload))
+
+    def receive_job(self) -> dict[str, Any]:
+        frame = self._next_frame()
+        return dict(frame.payload)
+
+    def call(self, op: str, args: dict[str, Any]) -> Any:
+        self.next_id += 1
+        self.send(wire.Kind.REQUEST, {"id": self.next_id, "op": op, "args": args})
+        frame = self._next_frame()
+        payload = frame.payload
+        if not payload.get("ok"):
+            error = payload.get("error") or {}
+            raise RuntimeError(f"zone refused {op}: {error.get('message')}")
+        return payload.get("result")
+
+
+class ZoneAPI:
+    """The applet's only way to the zone: ``run(data, zone)`` receives one of these."""
+
+    def __init__(self, channel: JobChannel) -> None:
+        self._channel = channel
+        self._signer: dict[str, bytes] | None = None
+
+    def random(self, n: int) -> bytes:
+        """``n`` bytes from the zone's CRNG."""
+        return os.urandom(n)
+
+    def sign(self, data: bytes) -> bytes:
+        """ECDSA P-384 / SHA-384 signature (DER) of ``data`` with this applet's own key: derived
+        from the zone's CDI and this applet's measurement, so no other code can make it."""
+        result = self._channel.call("sign", {"data": bytes(data)})
+        self._signer = result
+        return bytes(result["signature"])
+
+    def public_key(self) -> bytes:
+        """This applet's public key (SubjectPublicKeyInfo, DER)."""
+        return bytes(self._signed()["public_key"])
+
+    def certificate(self) -> bytes:
+        """This applet's key certificate (DER), signed by the zone's alias key; its TcbInfo
+        carries the applet's measurement. Chain: certificate_chain()."""
+        return bytes(self._signed()["certificate"])
+
+    def certificate_chain(self) -> list[bytes]:
+        """[alias, DeviceID] certificates (DER), up to the manufacturer root."""
+        return [bytes(c) for c in self._signed()["chain"]]
+
+    def _signed(self) -> dict[str, Any]:
+        if self._signer is None:
+            self.sign(b"")
+        assert self._signer is not None
+        return self._signer
+
+    def log(self, message: str) -> None:
+        """One line on the zone's console, prefixed with the job id."""
+        self._channel.call("log", {"message": str(message)[:500]})
+
+
+def run_job(fd: int, work: str) -> int:
+    channel = JobChannel(fd)
+    try:
+        job = channel.receive_job()
+        root = os.path.join(work, "pkg")
+        for path, data in job["files"].items():
+            target = os.path.join(root, path)
+            os.makedirs(os.path.dirname(target), exist_ok=True)
+            with open(target, "wb") as f:
+                f.write(data)
+        sys.path.insert(0, root)
+        sys.dont_write_bytecode = True
+        module, function = job["entry"]
+        entry = getattr(importlib.import_module(module), function)
+        output = entry(bytes(job["input"]), ZoneAPI(channel))
+        if not isinstance(output, (bytes, bytearray, memoryview)):
+            raise TypeError(f"{module}:{function} returned {type(output).__name__}, not bytes")
+        channel.send(wire.Kind.EVENT, {"event": "done", "output": bytes(output)})
+        return 0
+    except BaseException as exc:
+        message = "".join(traceback.format_exception_only(type(exc), exc)).strip()
+        try:
+            channel.send(wire.Kind.EVENT, {"event": "error", "message": message[-1000:]})
+        except OSError:
+            pass
+        return 1

@@ -1,0 +1,216 @@
+"""Jobs: one applet run each, in its own confined process (firmware.runner), with a receipt.
+
+A job's life, all in the monitor's reactor::
+
+    allocate the job counter (store) -> socketpair -> runner forks the confined process ->
+    send {files, entry, input} -> answer the applet's calls (sign, log) -> "done" + exit ->
+    receipt from the key keeper -> the caller gets {job, output, receipt}
+
+Limits: the runner enforces memory, processes and CPU time; the monitor enforces wall time
+(then kills the job's cgroup) and output size (the job socket accepts no larger frame). A job
+that raises, crashes or breaks a limit ends in ``applet-failed`` saying why; the zone goes on.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import socket
+from typing import Any
+
+from .abi import receipt as receipt_claims
+from .abi import wire
+from .abi.applet import Package
+from .abi.errors import Code, ZoneError
+from .links import Deferred, KeeperLink, RunnerLink
+from .port import Port
+from .reactor import Reactor, log
+from .store import ZoneStore
+
+UID_BASE = 20000
+UID_SLOTS = 10000
+#: Applet log lines per job that reach the console (the rest are counted).
+LOG_LINES = 20
+
+
+def _failed(message: str) -> ZoneError:
+    return ZoneError(message, code=Code.APPLET_FAILED)
+
+
+class Job:
+    def __init__(self, jobs: "Jobs", counter: int, package: Package, data: bytes,
+                 nonce: bytes) -> None:
+        self.jobs = jobs
+        self.id = str(counter)
+        self.counter = counter
+        self.package = package
+        self.input = data
+        self.nonce = nonce
+        self.result = Deferred()
+        self.output: bytes | None = None
+        self.failure: ZoneError | None = None
+        self.exited = False
+        self.log_lines = 0
+        limits = package.limits
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.decoder = wire.FrameDecoder(max_payload=limits["output_bytes"] + 4096)
+        self.encoder = wire.FrameEncoder()
+        self.port = Port(jobs.loop, ours.detach(), f"job {self.id}", self._data, self._eof)
+        uid = UID_BASE + counter % UID_SLOTS
+        jobs.runner.start(self.id, uid, limits, theirs.detach())
+        module, function = package.entry
+        self._send(wire.Kind.EVENT, {"files": package.files, "entry": [module, function],
+                                     "input": data})
+        self.timer = jobs.loop.call_later(limits["wall_seconds"], self._timeout)
+
+    def _send(self, kind: int, payload: Any) -> None:
+        header, body = self.encoder.parts(kind, payload)
+        self.port.send(header, body)
+
+    def _data(self, data: bytes) -> None:
+        for item in self.decoder.feed(data):
+            if isinstance(item, wire.Fault):
+                limit = self.package.limits["output_bytes"]
+                self._fail(f"the applet sent more than its output limit ({limit} bytes)"
+                           if item.code == Code.FRAME_TOO_LARGE else
+                           f"the applet broke the job protocol ({item.code})")
+                return
+            payload = item.payload if isinstance(item.payload, dict) else {}
+            if item.kind == wire.Kind.REQUEST:
+                self._call(payload)
+            elif payload.get("event") == "done":
+                output = payload.get("output")
+                if not isinstance(output, bytes):
+                    self._fail("the applet's output is not bytes")
+                elif len(output) > self.package.limits["output_bytes"]:
+                    self._fail(f"output of {len(output)} bytes exceeds the applet's limit")
+                else:
+                    self.output = output
+                    self._finish()
+            elif payload.get("event") == "error":
+                self._fail(f"the applet raised: {str(payload.get('message'))[-500:]}")
+
+    def _call(self, request: dict[str, Any]) -> None:
+        request_id, op, args = request.get("id"), request.get("op"), request.get("args") or {}
+
+        def reply(d: Deferred) -> None:
+            if self.port is None:
+                return
+            if d.error is not None:
+                self._send(wire.Kind.RESPONSE, {"id": request_id, "ok": False, "error": {
+                    "code": d.error.code, "message": d.error.message}})
+            else:
+                self._send(wire.Kind.RESPONSE, {"id": request_id, "ok": True, "result": d.value})
+
+        if op == "sign" and isinstance(args.get("data"), bytes):
+            self.jobs.keeper.call("applet-sign", {"measurement": self.package.measurement,
+                                                  "data": args["data"]}).add(reply)
+        elif op == "log":
+            self.log_lines += 1
+            if self.log_lines <= LOG_LINES:
+                log(f"job {self.id} ({self.package.name}): {str(args.get('message'))[:300]}")
+            Deferred.of({}).add(reply)
+        else:
+            refused = Deferred()
+            refused.resolve(error=ZoneError(f"applets may call sign and log, not {op!r}",
+                                            code=Code.UNKNOWN_OP))
+            reply(refused)
+
+    def _eof(self) -> None:
+        if self.output is None and self.failure is None:
+            self._fail("the applet's process ended without an answer")
+
+    def _timeout(self) -> None:
+        self._fail(f"the applet ran longer than wall_seconds "
+                   f"({self.package.limits['wall_seconds']} s)")
+
+    def exit(self, status: int, oom: bool) -> None:
+        """The runner saw the job's process end (``status`` as os.waitstatus_to_exitcode)."""
+        self.exited = True
+        if self.output is None and self.failure is None:
+            limits = self.package.limits
+            if oom:
+                self._fail(f"the applet exceeded its memory ({limits['memory_mb']} MiB)")
+            elif status in (-24, -9):  # SIGXCPU, or SIGKILL at the hard CPU limit
+                self._fail(f"the applet was killed (signal {-status}): CPU time "
+                           f"({limits['cpu_seconds']} s) or another limit")
+            elif status < 0:
+                self._fail(f"the applet's process died of signal {-status}")
+            else:
+                self._fail(f"the applet's process exited with status {status} without an answer")
+        self._release()
+
+    def _fail(self, message: str) -> None:
+        if self.failure is not None or self.output is not None:
+            return
+        self.failure = _failed(message)
+        self.jobs.runner.kill(self.id)
+        self._close()
+        self.result.resolve(error=self.failure)
+
+    def _finish(self) -> None:
+        assert self.output is not None
+        self._close()
+        applet = {"name": self.package.name, "version": self.package.version,
+                  "measurement": self.package.measurement}
+        claims = {
+            receipt_claims.JOB: self.id,
+            receipt_claims.JOB_COUNTER: self.counter,
+            receipt_claims.APPLET: applet,
+            receipt_claims.INPUT: hashlib.sha384(self.input).digest(),
+            receipt_claims.OUTPUT: hashlib.sha384(self.output).digest(),
+            receipt_claims.NONCE: self.nonce,
+        }
+        output = self.output
+        self.jobs.keeper.call("receipt", {"claims": claims}).then(
+            lambda r: {"job": self.id, "applet": applet, "output": output,
+                       "receipt": r["receipt"]}).add(
+            lambda d: self.result.resolve(d.value, d.error))
+
+    def _close(self) -> None:
+        self.timer.cancel()
+        if self.port is not None:
+            self.port.close()
+            self.port = None  # type: ignore[assignment]
+        self._release()
+
+    def _release(self) -> None:
+        if self.exited and self.port is None:
+            self.jobs.active.pop(self.id, None)
+
+
+class Jobs:
+    def __init__(self, loop: Reactor, keeper: KeeperLink, store: ZoneStore) -> None:
+        self.loop = loop
+        self.keeper = keeper
+        self.store = store
+        self.active: dict[str, Job] = {}
+        self.runner = RunnerLink(loop, self._event)
+        self.finished = 0
+        self.failed = 0
+
+    def run(self, package: Package, data: bytes, nonce: bytes) -> Deferred:
+        def start(counter: int) -> Deferred:
+            job = Job(self, counter, package, data, nonce)
+            self.active[job.id] = job
+
+            def count(d: Deferred) -> None:
+                if d.error is None:
+                    self.finished += 1
+                else:
+                    self.failed += 1
+
+            job.result.add(count)
+            return job.result
+
+        return self.store.allocate_job().then(start)
+
+    def _event(self, event: dict[str, Any]) -> None:
+        kind = event.get("event")
+        job = self.active.get(str(event.get("job")))
+        if kind == "exit" and job is not None:
+            job.exit(int(event.get("status", 0)), bool(event.get("oom")))
+        elif kind == "lost":
+            for active in list(self.active.values()):
+                active.exited = True
+                active._fail("the applet runner went away")
+

@@ -1,0 +1,219 @@
+"""The monitor's links to the other zone processes: the key keeper and the applet runner.
+
+Both listen on root-only unix sockets (SOCK_SEQPACKET, one CBOR message per packet). Calls
+return a :class:`Deferred`; a call made before the other side listens (it may still be starting)
+waits for it, for at most its timeout.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from typing import Any, Callable
+
+import cbor2
+
+from .abi.errors import Code, ZoneError, error_for_code
+from .reactor import Reactor, log
+
+KEEPER_SOCKET = "/run/sez/keeper.sock"
+RUNNER_SOCKET = "/run/sez/runner.sock"
+#: Seconds between attempts to reach the key keeper, and the most a keeper call may take.
+KEEPER_RETRY = 0.05
+KEEPER_TIMEOUT = 30.0
+
+
+class Deferred:
+    """A result that arrives later (from the key keeper): resolved once, then callbacks run."""
+
+    __slots__ = ("_callbacks", "done", "value", "error")
+
+    def __init__(self) -> None:
+        self._callbacks: list[Callable[[Deferred], None]] = []
+        self.done = False
+        self.value: Any = None
+        self.error: ZoneError | None = None
+
+    def add(self, callback: Callable[["Deferred"], None]) -> None:
+        if self.done:
+            callback(self)
+        else:
+            self._callbacks.append(callback)
+
+    def resolve(self, value: Any = None, error: ZoneError | None = None) -> None:
+        if self.done:
+            return
+        self.done, self.value, self.error = True, value, error
+        callbacks, self._callbacks = self._callbacks, []
+        for callback in callbacks:
+            callback(self)
+
+    def then(self, transform: Callable[[Any], Any]) -> "Deferred":
+        """A Deferred of ``transform(value)`` (which may itself return a Deferred); errors pass
+        through, and a ZoneError that ``transform`` raises becomes the error."""
+        out = Deferred()
+
+        def chain(d: Deferred) -> None:
+            if d.error is not None:
+                out.resolve(error=d.error)
+                return
+            try:
+                value = transform(d.value)
+            except ZoneError as exc:
+                out.resolve(error=exc)
+                return
+            if isinstance(value, Deferred):
+                value.add(lambda inner: out.resolve(inner.value, inner.error))
+            else:
+                out.resolve(value)
+
+        self.add(chain)
+        return out
+
+    @staticmethod
+    def of(value: Any = None) -> "Deferred":
+        done = Deferred()
+        done.resolve(value)
+        return done
+
+
+class _Link:
+    """A SOCK_SEQPACKET client that connects when the server is up and queues until then."""
+
+    def __init__(self, loop: Reactor, path: str, name: str) -> None:
+        self.loop = loop
+        self.path = path
+        self.name = name
+        self.sock: socket.socket | None = None
+        self._queue: list[tuple[bytes, list[int]]] = []
+        self._connect()
+
+    def _connect(self) -> None:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        try:
+            sock.connect(self.path)
+        except OSError:
+            sock.close()
+            self.loop.call_later(KEEPER_RETRY, self._connect)
+            return
+        sock.setblocking(False)
+        self.sock = sock
+        self.loop.add_reader(sock.fileno(), self._readable)
+        queue, self._queue = self._queue, []
+        for message, fds in queue:
+            self.send(message, fds)
+
+    def send(self, message: bytes, fds: list[int] | None = None) -> None:
+        """Send ``message`` (and pass ``fds``, which are closed here once sent)."""
+        fds = fds or []
+        if self.sock is None:
+            self._queue.append((message, fds))
+            return
+        try:
+            if fds:
+                socket.send_fds(self.sock, [message], fds)
+            else:
+                self.sock.send(message)
+        except OSError as exc:
+            log(f"{self.name}: send failed: {exc}")
+            self._queue.append((message, fds))
+            self._lost()
+            return
+        for fd in fds:
+            os.close(fd)
+
+    def _readable(self) -> None:
+        try:
+            message = self.sock.recv(1 << 24)  # type: ignore[union-attr]
+        except BlockingIOError:
+            return
+        except OSError:
+            message = b""
+        if not message:
+            self._lost()
+            return
+        try:
+            decoded = cbor2.loads(message)
+        except Exception as exc:
+            log(f"{self.name}: unreadable message: {exc!r}")
+            return
+        self.received(decoded)
+
+    def received(self, message: Any) -> None:
+        raise NotImplementedError
+
+    def lost(self) -> None:
+        """The server went away (a subclass fails what waited on it)."""
+
+    def _lost(self) -> None:
+        log(f"{self.name}: connection lost")
+        if self.sock is not None:
+            self.loop.remove_reader(self.sock.fileno())
+            self.sock.close()
+            self.sock = None
+        self.lost()
+        self.loop.call_later(KEEPER_RETRY, self._connect)
+
+
+class KeeperLink(_Link):
+    """Calls to the key keeper: ``call(op, args)`` -> Deferred of the result."""
+
+    def __init__(self, loop: Reactor, path: str = KEEPER_SOCKET) -> None:
+        self._pending: dict[int, Deferred] = {}
+        self._next_id = 0
+        super().__init__(loop, path, "keeper")
+
+    def call(self, op: str, args: dict[str, Any]) -> Deferred:
+        self._next_id += 1
+        request_id = self._next_id
+        deferred = Deferred()
+        self._pending[request_id] = deferred
+        self.loop.call_later(KEEPER_TIMEOUT, self._expire, request_id)
+        self.send(cbor2.dumps({"id": request_id, "op": op, "args": args}))
+        return deferred
+
+    def _expire(self, request_id: int) -> None:
+        deferred = self._pending.pop(request_id, None)
+        if deferred is not None:
+            deferred.resolve(error=ZoneError(
+                f"the key keeper did not answer within {KEEPER_TIMEOUT:.0f} s",
+                code=Code.NO_IDENTITY))
+
+    def received(self, reply: Any) -> None:
+        request_id = reply.get("id") if isinstance(reply, dict) else None
+        deferred = self._pending.pop(request_id, None) if isinstance(request_id, int) else None
+        if deferred is None:
+            return
+        if reply.get("ok"):
+            deferred.resolve(reply.get("result"))
+        else:
+            error = reply.get("error") or {}
+            deferred.resolve(error=error_for_code(str(error.get("code")),
+                                                  str(error.get("message"))))
+
+    def lost(self) -> None:
+        pending, self._pending = self._pending, {}
+        for deferred in pending.values():
+            deferred.resolve(error=ZoneError("the key keeper is gone", code=Code.NO_IDENTITY))
+
+
+class RunnerLink(_Link):
+    """Requests to the applet runner; its events (started, exit) go to ``on_event``."""
+
+    def __init__(self, loop: Reactor, on_event: Callable[[dict[str, Any]], None],
+                 path: str = RUNNER_SOCKET) -> None:
+        self.on_event = on_event
+        super().__init__(loop, path, "runner")
+
+    def start(self, job: str, uid: int, limits: dict[str, int], fd: int) -> None:
+        self.send(cbor2.dumps({"op": "start", "job": job, "uid": uid, "limits": limits}), [fd])
+
+    def kill(self, job: str) -> None:
+        self.send(cbor2.dumps({"op": "kill", "job": job}))
+
+    def received(self, message: Any) -> None:
+        if isinstance(message, dict):
+            self.on_event(message)
+
+    def lost(self) -> None:
+        self.on_event({"event": "lost"})

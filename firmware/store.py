@@ -1,0 +1,225 @@
+"""The zone's persistent state and the policy on it: ownership, applets, rollback counters,
+the event log and the job counter. Kept in BBRAM through the key keeper (firmware.bbram).
+
+State (one CBOR map)::
+
+    owner        SPKI (DER) of the enrolled owner, or absent
+    owner_epoch  +1 at every enrolment (an owner's authorization names the epoch it replaces)
+    rollback     {name: highest version ever loaded}
+    applets      {name: canonical package}  (versions of one name replace each other)
+    events       the last EVENTS_KEPT enrolments and loads, oldest first
+    job_lease    job counters below this may have been used: a boot starts at the lease and
+                 reserves JOB_LEASE more, so the counter never repeats across power cuts
+
+Updates are serialised: each one starts from the state the previous one committed, and the
+zone's copy changes only once BBRAM has the new state durably.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from typing import Any, Callable
+
+import cbor2
+
+from .abi import applet as applets
+from .abi.errors import BadArgs, Code, ZoneError
+from .links import Deferred, KeeperLink
+
+EVENTS_KEPT = 128
+JOB_LEASE = 1024
+
+
+def fingerprint(spki: bytes) -> bytes:
+    return hashlib.sha256(spki).digest()
+
+
+class ZoneStore:
+    def __init__(self, keeper: KeeperLink) -> None:
+        self.keeper = keeper
+        self.state: dict[str, Any] = {}
+        self.status = "loading"
+        self.packages: dict[str, applets.Package] = {}
+        self.ueid = b""
+        self.unreadable: list[str] = []
+        self.next_job = 0
+        self._tail = Deferred.of()
+        identity = keeper.call("identity", {}).then(self._identified)
+        self.ready = identity.then(lambda _: keeper.call("bbram-load", {})).then(self._loaded)
+
+    def _identified(self, identity: dict[str, Any]) -> None:
+        self.ueid = bytes(identity["ueid"])
+
+    def _loaded(self, result: dict[str, Any]) -> Deferred:
+        self.status = str(result["status"])
+        self.state = dict(result["state"])
+        for name, raw in self.state.get("applets", {}).items():
+            try:
+                self.packages[name] = applets.parse(raw)
+            except ZoneError as exc:  # a package this firmware cannot read any more
+                self.unreadable.append(f"{name}: {exc}")
+        self.next_job = int(self.state.get("job_lease", 0))
+        if self.status not in ("ok", "fresh"):
+            return Deferred.of()
+        return self.update(lambda state: state.update(job_lease=self.next_job + JOB_LEASE))
+
+    def _require_store(self) -> None:
+        if self.status not in ("ok", "fresh"):
+            raise ZoneError(f"BBRAM is {self.status}: the zone's state cannot be used",
+                            code=Code.BBRAM)
+
+    def update(self, mutate: Callable[[dict[str, Any]], Any]) -> Deferred:
+        """Apply ``mutate`` to a copy of the state after every earlier update, commit it, and
+        resolve to what ``mutate`` returned once BBRAM holds it."""
+        done = Deferred()
+
+        def run(_: Deferred) -> None:
+            try:
+                self._require_store()
+                new = dict(self.state)
+                result = mutate(new)
+            except ZoneError as exc:
+                done.resolve(error=exc)
+                return
+
+            def committed(_: Any) -> Any:
+                self.state = new
+                self.status = "ok"
+                return result
+
+            self.keeper.call("bbram-commit", {"state": new}).then(committed).add(
+                lambda d: done.resolve(d.value, d.error))
+
+        previous, self._tail = self._tail, done
+        previous.add(run)
+        return done
+
+    # -- ownership ---------------------------------------------------------------------------
+
+    def owner(self) -> dict[str, Any]:
+        owner = self.state.get("owner")
+        return {"owner": fingerprint(owner).hex() if owner else None,
+                "epoch": int(self.state.get("owner_epoch", 0)), "ueid": self.ueid}
+
+    def enroll(self, new_owner: Any, authorization: Any) -> Deferred:
+        """First enrolment is free; a new owner needs the current owner's signature over
+        ``{op: "enroll", owner, ueid, epoch}`` (COSE_Sign1)."""
+        if not isinstance(new_owner, bytes) or not 50 <= len(new_owner) <= 1024:
+            raise BadArgs("enroll takes {owner: SubjectPublicKeyInfo (DER)}")
+        current = self.state.get("owner")
+        if current is None:
+            return self.update(lambda state: self._set_owner(state, new_owner, None))
+        if not isinstance(authorization, bytes):
+            raise ZoneError("a new owner needs the current owner's authorization",
+                            code=Code.NOT_OWNER)
+        expected = {"op": "enroll", "owner": new_owner, "ueid": self.ueid,
+                    "epoch": int(self.state.get("owner_epoch", 0))}
+
+        def check(result: dict[str, Any]) -> Deferred:
+            try:
+                signed = cbor2.loads(result["payload"])
+            except Exception:
+                signed = None
+            if signed != expected:
+                raise ZoneError("the authorization is for another owner, device or epoch",
+                                code=Code.NOT_OWNER)
+            return self.update(lambda state: self._set_owner(state, new_owner, current))
+
+        return self._verify(current, authorization).then(check)
+
+    def _verify(self, spki: bytes, message: bytes) -> Deferred:
+        verified = Deferred()
+
+        def done(d: Deferred) -> None:
+            if d.error is not None and d.error.code == Code.BAD_ARGS:
+                verified.resolve(error=ZoneError(f"not signed by the owner: {d.error.message}",
+                                                 code=Code.NOT_OWNER))
+            else:
+                verified.resolve(d.value, d.error)
+
+        self.keeper.call("verify", {"key": spki, "message": message}).add(done)
+        return verified
+
+    def _set_owner(self, state: dict[str, Any], owner: bytes, previous: bytes | None) -> dict[str, Any]:
+        if state.get("owner") != previous:
+            raise ZoneError("the owner changed meanwhile", code=Code.NOT_OWNER)
+        state["owner"] = owner
+        state["owner_epoch"] = int(state.get("owner_epoch", 0)) + 1
+        self._log(state, {"kind": "enroll", "owner": fingerprint(owner)})
+        return {"owner": fingerprint(owner).hex(), "epoch": state["owner_epoch"]}
+
+    # -- applets -------------------------------------------------------------------------------
+
+    def load(self, signed: Any) -> Deferred:
+        """Load an owner-signed package: signature, then format, then the rollback counter."""
+        if not isinstance(signed, bytes):
+            raise BadArgs("load takes {package: the signed .sez bytes}")
+        owner = self.state.get("owner")
+        if owner is None:
+            raise ZoneError("no owner is enrolled: the zone loads no code", code=Code.NOT_OWNER)
+
+        def admit(result: dict[str, Any]) -> Deferred:
+            package = applets.parse(bytes(result["payload"]))
+            return self.update(lambda state: self._admit(state, package))
+
+        return self._verify(owner, signed).then(admit)
+
+    def _admit(self, state: dict[str, Any], package: applets.Package) -> dict[str, Any]:
+        highest = dict(state.get("rollback", {}))
+        seen = int(highest.get(package.name, 0))
+        if package.version < seen:
+            raise ZoneError(f"{package.name} version {package.version} is lower than version "
+                            f"{seen}, already loaded once", code=Code.ROLLBACK)
+        highest[package.name] = package.version
+        state["rollback"] = highest
+        state["applets"] = {**state.get("applets", {}), package.name: package.raw}
+        self.packages[package.name] = package
+        self._log(state, {"kind": "load", "name": package.name, "version": package.version,
+                          "measurement": package.measurement})
+        return describe(package)
+
+    def find(self, applet: Any) -> applets.Package:
+        """The loaded applet with this name, or whose id (measurement prefix) this is."""
+        if not isinstance(applet, str) or not applet:
+            raise BadArgs("applet must be a name or an id")
+        if applet in self.packages:
+            return self.packages[applet]
+        matches = [p for p in self.packages.values() if p.measurement.hex().startswith(applet)]
+        if len(matches) != 1 or len(applet) < 8:
+            raise ZoneError(f"no loaded applet {applet!r}", code=Code.NO_SUCH_APPLET)
+        return matches[0]
+
+    def listing(self) -> list[dict[str, Any]]:
+        return [describe(p) for _, p in sorted(self.packages.items())]
+
+    # -- jobs ----------------------------------------------------------------------------------
+
+    def allocate_job(self) -> Deferred:
+        """The next job counter, reserving another lease in BBRAM when this one is used up."""
+        self._require_store()
+        counter = self.next_job
+        self.next_job += 1
+        if self.next_job < int(self.state.get("job_lease", 0)):
+            return Deferred.of(counter)
+        return self.update(lambda state: state.update(job_lease=counter + 1 + JOB_LEASE)
+                           ).then(lambda _: counter)
+
+    def _log(self, state: dict[str, Any], event: dict[str, Any]) -> None:
+        event["at"] = int(time.time())
+        state["events"] = (list(state.get("events", [])) + [event])[-EVENTS_KEPT:]
+
+    def claims(self) -> dict[str, Any]:
+        """What evidence says about this state (the monitor's claims; see abi.evidence)."""
+        owner = self.state.get("owner")
+        return {
+            "sez.owner": fingerprint(owner) if owner else None,
+            "sez.applets": [{"name": p.name, "version": p.version, "measurement": p.measurement}
+                            for _, p in sorted(self.packages.items())],
+            "sez.bbram": self.status,
+        }
+
+
+def describe(package: applets.Package) -> dict[str, Any]:
+    return {"id": package.id, "name": package.name, "version": package.version,
+            "measurement": package.measurement.hex(), "limits": package.limits}
