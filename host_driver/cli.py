@@ -9,6 +9,7 @@ the host side; this module and the pytest plugin are the only host-driver module
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import logging
 import os
@@ -28,9 +29,12 @@ from emulator.machine import Machine, MachineStatus
 from emulator.paths import SezHome, image_dir
 from firmware.abi.errors import SezError
 
+from .applet import (build_applet, enroll_authorization, generate_owner_key, load_owner_key,
+                     owner_spki, package_of)
 from .errors import ChannelError, ZoneTimeout
 from .sync import SyncZone
-from .verify import Reference, VerificationError, load_root, verify_evidence
+from .verify import (Reference, VerificationError, load_root, verify_evidence,
+                     verify_receipt)
 
 __all__ = ["main", "boot_zone", "BOOT_TIMEOUT"]
 
@@ -302,6 +306,102 @@ def cmd_demo(args: argparse.Namespace) -> None:
     print(f"demo done: console log in {machine.console_log}")
 
 
+def _zone(name: str, timeout: float = 60.0) -> SyncZone:
+    SezHome.default().existing_device(name)
+    return SyncZone(Machine(name).channel, timeout=timeout)
+
+
+def _read(path: str) -> bytes:
+    try:
+        return Path(path).read_bytes()
+    except OSError as exc:
+        raise SezError(f"cannot read {path}: {exc.strerror}") from exc
+
+
+def cmd_owner_keygen(args: argparse.Namespace) -> None:
+    try:
+        key = generate_owner_key(args.output)
+    except FileExistsError:
+        raise SezError(f"{args.output} exists: refusing to overwrite a key") from None
+    fingerprint = hashlib.sha256(owner_spki(key)).hexdigest()
+    _emit(args, {"key": args.output, "owner": fingerprint},
+          f"owner key (ECDSA P-384) in {args.output}; fingerprint {fingerprint}")
+
+
+def cmd_owner_enroll(args: argparse.Namespace) -> None:
+    new = owner_spki(load_owner_key(args.key))
+    with _zone(args.name) as zone:
+        current = zone.owner()
+        authorization = None
+        if current["owner"] is not None and current["owner"] != hashlib.sha256(new).hexdigest():
+            if not args.authorize:
+                raise SezError(f"zone {args.name} has an owner ({current['owner'][:16]}…): "
+                               "replacing it needs --authorize CURRENT_OWNER.pem")
+            authorization = enroll_authorization(load_owner_key(args.authorize), new,
+                                                 bytes(current["ueid"]), int(current["epoch"]))
+        result = zone.enroll(new, authorization)
+    _emit(args, result, f"zone {args.name} owned by {result['owner']} (epoch {result['epoch']})")
+
+
+def cmd_applet_build(args: argparse.Namespace) -> None:
+    signed = build_applet(args.directory, load_owner_key(args.key))
+    Path(args.output).write_bytes(signed)
+    package = package_of(signed)
+    _emit(args, {"file": args.output, "name": package.name, "version": package.version,
+                 "id": package.id, "measurement": package.measurement.hex()},
+          f"{package.name} v{package.version} -> {args.output} ({len(signed)} bytes)\n"
+          f"  measurement sha384:{package.measurement.hex()}")
+
+
+def cmd_load(args: argparse.Namespace) -> None:
+    signed = _read(args.file)
+    with _zone(args.name) as zone:
+        loaded = zone.load(signed)
+    _emit(args, loaded, f"loaded {loaded['name']} v{loaded['version']}: id {loaded['id']}\n"
+          f"  measurement sha384:{loaded['measurement']}")
+
+
+def cmd_applets(args: argparse.Namespace) -> None:
+    with _zone(args.name) as zone:
+        listing = zone.applets()
+    _emit(args, listing, "\n".join(f"{a['id']}  {a['name']} v{a['version']}" for a in listing)
+          or "no applets loaded")
+
+
+def cmd_run(args: argparse.Namespace) -> None:
+    data = _read(args.input)
+    nonce = bytes.fromhex(args.nonce) if args.nonce else b""
+    with _zone(args.name, timeout=args.timeout) as zone:
+        result = zone.run(args.applet, data, nonce=nonce)
+    if args.output:
+        Path(args.output).write_bytes(result["output"])
+    if args.receipt:
+        Path(args.receipt).write_bytes(result["receipt"])
+    if args.json:
+        _emit(args, {"job": result["job"], "applet": _jsonable(result["applet"]),
+                     "output": result["output"].hex(), "receipt": result["receipt"].hex()}, "")
+    elif not args.output:
+        sys.stdout.buffer.write(result["output"])
+        sys.stdout.flush()
+    else:
+        print(f"job {result['job']}: {len(result['output'])} bytes -> {args.output}"
+              + (f", receipt -> {args.receipt}" if args.receipt else ""))
+
+
+def cmd_verify_receipt(args: argparse.Namespace) -> None:
+    root = load_root(args.root or Factory().root_cert_path)
+    try:
+        result = verify_receipt(_read(args.file), input=_read(args.input),
+                                output=_read(args.output), nonce=bytes.fromhex(args.nonce),
+                                root=root)
+    except VerificationError as exc:
+        raise SezError(f"verification failed: {exc}") from exc
+    _emit(args, {"ok": True, **result.as_dict()},
+          f"receipt verified: job {result.job} (counter {result.job_counter}) ran "
+          f"{result.applet_name} v{result.applet_version} on device {result.ueid.hex()}; input, "
+          "output and nonce match")
+
+
 def _jsonable(value: Any) -> Any:
     if isinstance(value, bytes):
         return value.hex()
@@ -376,6 +476,47 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("name")
     c.add_argument("--follow", "-f", action="store_true", help="keep printing new output")
     c.add_argument("--tail", type=int, default=None, help="only the last N lines")
+
+    owner = sub.add_parser("owner", help="the zone's owner").add_subparsers(
+        dest="owner_command", required=True, metavar="COMMAND")
+    c = command("keygen", cmd_owner_keygen, "make an owner key (ECDSA P-384, PEM)", owner)
+    c.add_argument("-o", "--output", required=True, metavar="KEY.pem")
+    c = command("enroll", cmd_owner_enroll, "bind an owner key into the zone's BBRAM", owner)
+    c.add_argument("name")
+    c.add_argument("--key", required=True, metavar="KEY.pem", help="the new owner's key")
+    c.add_argument("--authorize", metavar="CURRENT.pem",
+                   help="the current owner's key, to hand the zone over")
+
+    applet = sub.add_parser("applet", help="applet packages").add_subparsers(
+        dest="applet_command", required=True, metavar="COMMAND")
+    c = command("build", cmd_applet_build, "pack and sign an applet directory", applet)
+    c.add_argument("directory")
+    c.add_argument("--key", required=True, metavar="KEY.pem", help="the owner's key")
+    c.add_argument("-o", "--output", required=True, metavar="FILE.sez")
+
+    c = command("load", cmd_load, "load a signed applet; prints its id and measurement")
+    c.add_argument("name")
+    c.add_argument("file", metavar="FILE.sez")
+
+    c = command("applets", cmd_applets, "the applets loaded in a zone")
+    c.add_argument("name")
+
+    c = command("run", cmd_run, "run an applet on an input; output and receipt")
+    c.add_argument("name")
+    c.add_argument("applet", help="the manifest name (its loaded version) or the id")
+    c.add_argument("--input", required=True, metavar="FILE")
+    c.add_argument("--nonce", help="the caller's nonce (hex, up to 64 bytes), bound in the receipt")
+    c.add_argument("-o", "--output", metavar="OUT", help="write the output here (else stdout)")
+    c.add_argument("--receipt", metavar="FILE", help="write the receipt (COSE_Sign1) here")
+    c.add_argument("--timeout", type=float, default=120.0)
+
+    c = command("verify-receipt", cmd_verify_receipt,
+                "check a receipt against input, output and nonce")
+    c.add_argument("file")
+    c.add_argument("--input", required=True, metavar="IN")
+    c.add_argument("--output", required=True, metavar="OUT")
+    c.add_argument("--nonce", required=True, help="hex (may be empty: '')")
+    c.add_argument("--root", help="manufacturer root certificate (default: the factory's)")
 
     c = command("demo", cmd_demo, "the main job end to end: boot, talk, power off",
                 json_flag=False)
