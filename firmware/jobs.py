@@ -116,8 +116,11 @@ class Job:
             reply(refused)
 
     def _eof(self) -> None:
-        if self.output is None and self.failure is None:
-            self._fail("the applet's process ended without an answer")
+        """The job's socket closed: its process is ending. Why, exit() says (from the runner);
+        should that never come, the wall-time timer ends the job."""
+        if self.port is not None:
+            self.port.close()
+            self.port = None  # type: ignore[assignment]
 
     def _timeout(self) -> None:
         self._fail(f"the applet ran longer than wall_seconds "

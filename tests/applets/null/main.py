@@ -1,0 +1,2 @@
+def run(data, zone):
+    return data
