@@ -6,6 +6,9 @@ Figures:
   h2z / z2h  throughput host-to-zone (op sink) and zone-to-host (op source), MB/s
   attest     attestation round trip (evidence for a fresh nonce), milliseconds
   verify     appraising that evidence on the host (chain, COSE, claims), milliseconds
+  load       loading a signed 100 KiB applet (signature, format, BBRAM commit), milliseconds
+  jobs/s     null applet jobs (with receipts), one at a time and 4 in flight
+  job/echo   a null job's round trip over a null request's (what isolation + receipt cost)
 
 Baseline, measured in the same run: the very same monitor code and client, with the monitor
 running natively on the host behind a PTY pair instead of inside QEMU. The ratio zone/native
@@ -20,6 +23,7 @@ import asyncio
 import json
 import os
 import pty
+import shutil
 import statistics
 import subprocess
 import sys
@@ -33,6 +37,7 @@ from emulator.image import load_image
 from emulator.machine import Machine
 from emulator.paths import SezHome
 from host_driver import Zone
+from host_driver.applet import build_applet, generate_owner_key, owner_spki
 from host_driver.cli import boot_zone
 from host_driver.verify import Reference, verify_evidence
 
@@ -59,6 +64,42 @@ async def attest_figures(url: str, root: Any, reference: Reference,
             verify_evidence(evidence, nonce=nonce, root=root, reference=reference)
             verify_ms.append((time.perf_counter() - t) * 1000)
     return {"attest_ms": statistics.median(attest_ms), "verify_ms": statistics.median(verify_ms)}
+
+
+async def applet_figures(url: str, tmp: Path, runs: int, jobs: int) -> dict[str, float]:
+    key = generate_owner_key(tmp / "owner.pem")
+    null = Path(__file__).parent.parent / "tests" / "applets" / "null"
+    big = tmp / "big"
+    shutil.copytree(null, big)
+    (big / "data.bin").write_bytes(os.urandom(100 * 1024))
+    async with await Zone.connect(url, timeout=120) as zone:
+        await zone.enroll(owner_spki(key))
+        await zone.load(build_applet(null, key))
+        load_ms = []
+        for version in range(1, runs + 1):
+            manifest = (null / "manifest.toml").read_text().replace("version = 1",
+                                                                   f"version = {version}")
+            (big / "manifest.toml").write_text(manifest.replace('name = "null"', 'name = "big"'))
+            signed = build_applet(big, key)
+            t = time.perf_counter()
+            await zone.load(signed)
+            load_ms.append((time.perf_counter() - t) * 1000)
+        for _ in range(5):  # warm up
+            await zone.run("null", b"")
+        t = time.perf_counter()
+        for _ in range(jobs):
+            await zone.run("null", b"")
+        sequential = jobs / (time.perf_counter() - t)
+        job_ms = 1000 / sequential
+        t = time.perf_counter()
+        await asyncio.gather(*(zone.run("null", b"") for _ in range(jobs)))
+        concurrent = jobs / (time.perf_counter() - t)
+        t = time.perf_counter()
+        for _ in range(200):
+            await zone.request("echo", {"data": b""})
+        echo_ms = (time.perf_counter() - t) * 1000 / 200
+    return {"load_100k_ms": statistics.median(load_ms), "jobs_per_s_sequential": sequential,
+            "jobs_per_s_concurrent": concurrent, "job_over_echo": job_ms / echo_ms}
 
 
 async def channel_figures(url: str, requests: int, volume: int, runs: int) -> dict[str, float]:
@@ -115,6 +156,8 @@ def main() -> int:
     ap.add_argument("--mib", type=int, default=16, help="MiB moved each way per run")
     ap.add_argument("--runs", type=int, default=3, help="throughput runs")
     ap.add_argument("--attests", type=int, default=20, help="attestations to time")
+    ap.add_argument("--loads", type=int, default=5, help="100 KiB applet loads to time")
+    ap.add_argument("--jobs", type=int, default=40, help="null jobs per throughput figure")
     args = ap.parse_args()
     volume = args.mib << 20
 
@@ -136,6 +179,8 @@ def main() -> int:
             identity = asyncio.run(attest_figures(
                 machine.channel, Factory(home).root_cert(),
                 Reference.from_manifest(load_image().directory / "manifest.json"), args.attests))
+            applet = asyncio.run(applet_figures(machine.channel, Path(tmp), args.loads,
+                                                args.jobs))
         finally:
             machine.stop(kill=True)
     native = native_figures(args.requests, volume, args.runs)
@@ -146,6 +191,7 @@ def main() -> int:
         "native": native,
         "ratio_zone_over_native": {k: zone[k] / native[k] for k in zone},
         "attestation": identity,
+        "applets": applet,
     }
     print(f"cold boot to hello   median {statistics.median(boots):6.2f} s   "
           f"(runs: {', '.join(f'{b:.2f}' for b in boots)})")
@@ -155,6 +201,10 @@ def main() -> int:
         print(f"{label:20} {zone[key]:12.3f} {native[key]:12.3f} {zone[key] / native[key]:12.2f}")
     print(f"attest round trip    median {identity['attest_ms']:8.1f} ms   (evidence signed in the zone)")
     print(f"verify evidence      median {identity['verify_ms']:8.1f} ms   (on the host)")
+    print(f"load 100 KiB applet  median {applet['load_100k_ms']:8.1f} ms")
+    print(f"null jobs            {applet['jobs_per_s_sequential']:8.1f} /s one at a time, "
+          f"{applet['jobs_per_s_concurrent']:.1f} /s with {args.jobs} in flight")
+    print(f"null job / echo      {applet['job_over_echo']:8.1f} x (round trip ratio)")
     out = Path(__file__).parent / "results"
     out.mkdir(exist_ok=True)
     (out / "latest.json").write_text(json.dumps(results, indent=2) + "\n")

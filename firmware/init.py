@@ -38,13 +38,21 @@ def _spawn(name: str, body: Callable[[], None]) -> int:
         os._exit(code)
 
 
+def _background() -> None:
+    """Start at low priority: the monitor (answering the host) goes first during boot; the
+    process restores its priority once it is set up (firmware.reactor.foreground)."""
+    os.setpriority(os.PRIO_PROCESS, 0, 10)
+
+
 def _run_keeper(hw: Hardware) -> None:
+    _background()
     from . import keeper
 
     keeper.main(hw)
 
 
 def _run_runner() -> None:
+    _background()
     from . import runner
 
     runner.main()
@@ -53,11 +61,11 @@ def _run_runner() -> None:
 def supervise(hw: Hardware) -> None:
     from . import monitor  # import once, before forking
 
+    restarts = 0
+    current = _spawn("monitor", lambda: monitor.main(hw, restarts))
     keeper = _spawn("key keeper", lambda: _run_keeper(hw))
     hw.wipe_fuses()
     runner = _spawn("applet runner", _run_runner)
-    restarts = 0
-    current = _spawn("monitor", lambda: monitor.main(hw, restarts))
     while True:
         try:
             pid, status = os.wait()
@@ -79,6 +87,11 @@ def supervise(hw: Hardware) -> None:
 
 
 def main() -> None:
+    try:  # the zone's own processes (children inherit it) are the last the OOM killer picks
+        with open("/proc/self/oom_score_adj", "w") as f:
+            f.write("-1000")
+    except OSError:
+        pass
     hw = Hardware.read()
     seal_fw_cfg()
     while True:  # PID 1 must never return

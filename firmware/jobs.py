@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import socket
-from typing import Any
+from typing import Any, Callable
 
 from .abi import receipt as receipt_claims
 from .abi import wire
@@ -26,6 +26,8 @@ from .port import Port
 from .reactor import Reactor, log
 from .store import ZoneStore
 
+#: Jobs running at once; more wait in order (each holds up to its memory_mb).
+MAX_RUNNING = 4
 UID_BASE = 20000
 UID_SLOTS = 10000
 #: Applet log lines per job that reach the console (the rest are counted).
@@ -188,24 +190,41 @@ class Jobs:
         self.store = store
         self.active: dict[str, Job] = {}
         self.runner = RunnerLink(loop, self._event)
+        self.waiting: list[tuple[int, Package, bytes, bytes, Deferred]] = []
+        self.running = 0
         self.finished = 0
         self.failed = 0
 
     def run(self, package: Package, data: bytes, nonce: bytes) -> Deferred:
-        def start(counter: int) -> Deferred:
+        """Run ``package`` on ``data`` once a slot is free (MAX_RUNNING at once)."""
+
+        def queue(counter: int) -> Deferred:
+            result = Deferred()
+            self.waiting.append((counter, package, data, nonce, result))
+            self._start_waiting()
+            return result
+
+        return self.store.allocate_job().then(queue)
+
+    def _start_waiting(self) -> None:
+        while self.waiting and self.running < MAX_RUNNING:
+            counter, package, data, nonce, result = self.waiting.pop(0)
+            self.running += 1
             job = Job(self, counter, package, data, nonce)
             self.active[job.id] = job
+            job.result.add(self._when_done(result))
 
-            def count(d: Deferred) -> None:
-                if d.error is None:
-                    self.finished += 1
-                else:
-                    self.failed += 1
+    def _when_done(self, result: Deferred) -> Callable[[Deferred], None]:
+        def done(job: Deferred) -> None:
+            self.running -= 1
+            if job.error is None:
+                self.finished += 1
+            else:
+                self.failed += 1
+            result.resolve(job.value, job.error)
+            self._start_waiting()
 
-            job.result.add(count)
-            return job.result
-
-        return self.store.allocate_job().then(start)
+        return done
 
     def _event(self, event: dict[str, Any]) -> None:
         kind = event.get("event")

@@ -40,7 +40,7 @@ from .bbram import Bbram, BbramError
 from .abi import evidence as claims
 from .abi.errors import Code
 from .hardware import Hardware
-from .reactor import log, log_exception
+from .reactor import foreground, log, log_exception
 
 SOCKET_DIR = "/run/sez"
 SOCKET = f"{SOCKET_DIR}/keeper.sock"
@@ -244,5 +244,6 @@ def main(hw: Hardware) -> None:
     except Exception:
         failure = "layer 0 failed (see the console)"
         log_exception("layer 0 failed")
+    foreground()
     Keeper(identity, failure).serve()
 

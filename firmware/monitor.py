@@ -355,10 +355,15 @@ class Monitor:
 
 
 def _wait_for_port(name: str) -> str:
+    started = time.monotonic()
+    warned = False
     while True:
         try:
             return find_port(name)
         except FileNotFoundError:
+            if not warned and time.monotonic() - started > 5:
+                log(f"still waiting for the virtio-serial port {name}")
+                warned = True
             time.sleep(0.01)
 
 

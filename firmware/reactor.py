@@ -17,13 +17,26 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any, Callable
 
-__all__ = ["Reactor", "Timer", "log", "log_exception"]
+__all__ = ["Reactor", "Timer", "log", "log_exception", "foreground"]
 
 
 def log(message: str) -> None:
-    """One line on the zone's console (ttyS0, captured by the emulator in console.log)."""
-    sys.stderr.write(f"sez: {message}\n")
+    """One line on the zone's console (ttyS0, captured by the emulator in console.log),
+    stamped with the zone's uptime in seconds."""
+    try:
+        with open("/proc/uptime", "rb") as f:
+            uptime = f.read().split()[0].decode()
+    except OSError:
+        uptime = "?"
+    sys.stderr.write(f"[{uptime:>8}] sez: {message}\n")
     sys.stderr.flush()
+
+
+def foreground() -> None:
+    """Back to normal priority (after a start at low priority, see firmware.init)."""
+    import os
+
+    os.setpriority(os.PRIO_PROCESS, 0, 0)
 
 
 def log_exception(message: str) -> None:

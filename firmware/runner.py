@@ -26,12 +26,14 @@ from typing import Any
 import cbor2
 
 from .applet_host import run_job  # imported here, so a job's process starts with it loaded
-from .reactor import Reactor, log, log_exception
+from .reactor import Reactor, foreground, log, log_exception
 
 SOCKET = "/run/sez/runner.sock"
 CGROUP_ROOT = "/sys/fs/cgroup"
 JOBS_CGROUP = f"{CGROUP_ROOT}/sez-jobs"
 WORK_ROOT = "/tmp/sez-jobs"
+#: Memory kept for the zone's own processes (PID 1, keeper, runner, monitor, page cache).
+ZONE_RESERVE = 192 << 20
 
 
 def _write(path: str, value: str) -> None:
@@ -62,6 +64,9 @@ class Runner:
         _write(f"{CGROUP_ROOT}/cgroup.subtree_control", "+memory +pids")
         os.makedirs(JOBS_CGROUP, exist_ok=True)
         _write(f"{JOBS_CGROUP}/cgroup.subtree_control", "+memory +pids")
+        # All jobs together may use the memory the zone's own processes do not need: a
+        # burst of jobs can exhaust their budget, never the zone.
+        _write(f"{JOBS_CGROUP}/memory.max", str(_jobs_memory_budget()))
         os.makedirs(WORK_ROOT, mode=0o711, exist_ok=True)
         os.makedirs(os.path.dirname(SOCKET), mode=0o700, exist_ok=True)
         try:
@@ -170,12 +175,21 @@ class Runner:
         shutil.rmtree(work, ignore_errors=True)
 
 
+def _jobs_memory_budget() -> int:
+    total = 0
+    for line in _read("/proc/meminfo").splitlines():
+        if line.startswith("MemTotal:"):
+            total = int(line.split()[1]) * 1024
+    return max(64 << 20, total - ZONE_RESERVE)
+
+
 def _child(fd: int, cgroup: str, work: str, uid: int, limits: dict[str, int]) -> None:
     """The job process: confine itself, drop to ``uid``, run the applet. Never returns."""
     code = 70
     try:
         os.setsid()
         _write(f"{cgroup}/cgroup.procs", str(os.getpid()))
+        _write("/proc/self/oom_score_adj", "1000")  # under pressure, jobs die first
         null = os.open("/dev/null", os.O_RDWR)
         for std in (0, 1, 2):
             os.dup2(null, std)
@@ -202,6 +216,7 @@ def main() -> None:
     loop = Reactor()
     runner = Runner(loop)
     runner.setup()
+    foreground()
     log("runner: ready")
     loop.run()
 

@@ -19,14 +19,16 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+from cryptography import x509
 from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec
 
 from emulator.device import Device
 from emulator.errors import BootTimeout, LaunchError
 from emulator.factory import Factory
 from emulator.image import build_image, load_image
 from emulator.machine import Machine, MachineStatus
-from emulator.paths import SezHome, image_dir
+from emulator.paths import SezHome, image_dir, project_root
 from firmware.abi.errors import SezError
 
 from .applet import (build_applet, enroll_authorization, generate_owner_key, load_owner_key,
@@ -300,6 +302,7 @@ def cmd_demo(args: argparse.Namespace) -> None:
             print(f"    {len(evidence)} bytes in {took * 1000:.0f} ms; verified: device "
                   f"{result.ueid.hex()}, boot {result.boot_counter}, firmware "
                   f"{result.firmware}, kernel/initramfs/cmdline/firmware match the reference")
+            _demo_applets(zone, home, factory, step)
     finally:
         step(f"powering zone {name!r} off")
         machine.stop()
@@ -400,6 +403,47 @@ def cmd_verify_receipt(args: argparse.Namespace) -> None:
           f"receipt verified: job {result.job} (counter {result.job_counter}) ran "
           f"{result.applet_name} v{result.applet_version} on device {result.ueid.hex()}; input, "
           "output and nonce match")
+
+
+def _demo_applets(zone: SyncZone, home: SezHome, factory: Factory,
+                  step: Callable[[str], None]) -> None:
+    key_path = home.root / "demo-owner.pem"
+    key = load_owner_key(key_path) if key_path.exists() else generate_owner_key(key_path)
+    mine = owner_spki(key)
+    current = zone.owner()["owner"]
+    if current is None:
+        step(f"enroll: the owner key {key_path} becomes the zone's owner (BBRAM)")
+        zone.enroll(mine)
+    elif current != hashlib.sha256(mine).hexdigest():
+        raise SezError("the demo zone has another owner (sez tamper it, or use --name)")
+    examples = project_root() / "docs" / "examples"
+    for name in ("aggregate", "key-custody"):
+        step(f"load: {name}, packed and signed by the owner")
+        loaded = zone.load(build_applet(examples / name, key))
+        print(f"    id {loaded['id']}, measurement sha384:{loaded['measurement'][:32]}…")
+    step("run aggregate on 6 salary records, with a nonce; verify the receipt")
+    records = "\n".join(json.dumps({"group": g, "value": v}) for g, v in (
+        ("eng", 120), ("eng", 135), ("eng", 128), ("ops", 90), ("ops", 95), ("ceo", 400)))
+    nonce = os.urandom(16)
+    t = time.perf_counter()
+    ran = zone.run("aggregate", records.encode(), nonce=nonce)
+    took = time.perf_counter() - t
+    print(f"    {ran['output'].decode()}  ({took * 1000:.0f} ms, job {ran['job']})")
+    checked = verify_receipt(ran["receipt"], input=records.encode(), output=ran["output"],
+                             nonce=nonce, root=factory.root_cert())
+    print(f"    receipt verified: {checked.applet_name} v{checked.applet_version} on device "
+          f"{checked.ueid.hex()[:16]}…, job counter {checked.job_counter}; "
+          "no single record (the lone 'ceo') was revealed")
+    step("run key-custody: a signature by a key that never leaves the zone")
+    message = b"pay 100 to Alice"
+    answer = json.loads(zone.run("key-custody", json.dumps(
+        {"op": "sign", "message": message.hex()}).encode())["output"])
+    certificate = x509.load_der_x509_certificate(bytes.fromhex(answer["certificate"]))
+    public = certificate.public_key()
+    assert isinstance(public, ec.EllipticCurvePublicKey)
+    public.verify(bytes.fromhex(answer["signature"]), message, ec.ECDSA(hashes.SHA384()))
+    print(f"    signature verified with the applet's certificate ({certificate.subject.rfc4514_string()},"
+          " issued by the zone's alias key)")
 
 
 def _jsonable(value: Any) -> Any:
