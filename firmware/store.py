@@ -110,6 +110,9 @@ class ZoneStore:
         current = self.state.get("owner")
         if current is None:
             return self.update(lambda state: self._set_owner(state, new_owner, None))
+        if current == new_owner:  # enrolling the owner again changes nothing
+            return Deferred.of({"owner": fingerprint(current).hex(),
+                                "epoch": int(self.state.get("owner_epoch", 0))})
         if not isinstance(authorization, bytes):
             raise ZoneError("a new owner needs the current owner's authorization",
                             code=Code.NOT_OWNER)

@@ -124,3 +124,56 @@ def test_missing_qemu_is_one_line(sez_home: SezHome) -> None:
     assert sez("device", "new", "qemuless").returncode == 0
     proc = sez("boot", "qemuless", env={"SEZ_QEMU": "qemu-system-none"}, timeout=30)
     assert "qemu-system-none not found" in one_line_error(proc)
+
+
+EXAMPLES = Path(__file__).parent.parent.parent / "docs" / "examples"
+
+
+def test_trusted_code_cli(sez_home: SezHome, tmp_path: Path) -> None:
+    name = "cli-applet-zone"
+    assert sez("device", "new", name).returncode == 0
+    assert sez("boot", name).returncode == 0
+    try:
+        key = tmp_path / "owner.pem"
+        assert sez("owner", "keygen", "-o", str(key)).returncode == 0
+        assert "refusing to overwrite" in one_line_error(sez("owner", "keygen", "-o", str(key)))
+        for _ in range(2):  # enrolling the same owner again changes nothing
+            enrolled = sez("owner", "enroll", name, "--key", str(key), "--json")
+            assert enrolled.returncode == 0, enrolled.stderr
+            assert json.loads(enrolled.stdout)["epoch"] == 1
+        other = tmp_path / "other.pem"
+        sez("owner", "keygen", "-o", str(other))
+        assert "--authorize" in one_line_error(sez("owner", "enroll", name, "--key", str(other)))
+        package = tmp_path / "aggregate.sez"
+        built = sez("applet", "build", str(EXAMPLES / "aggregate"), "--key", str(key),
+                    "-o", str(package), "--json")
+        assert built.returncode == 0, built.stderr
+        loaded = sez("load", name, str(package), "--json")
+        assert loaded.returncode == 0, loaded.stderr
+        assert json.loads(loaded.stdout)["measurement"] == json.loads(built.stdout)["measurement"]
+        listed = sez("applets", name, "--json")
+        assert [a["name"] for a in json.loads(listed.stdout)] == ["aggregate"]
+        records = tmp_path / "records.jsonl"
+        records.write_text("".join(json.dumps({"group": "g", "value": v}) + "\n"
+                                   for v in (1, 2, 3)))
+        out, receipt = tmp_path / "out.json", tmp_path / "receipt.cbor"
+        ran = sez("run", name, json.loads(built.stdout)["id"], "--input", str(records),
+                  "--nonce", "c0ffee", "-o", str(out), "--receipt", str(receipt))
+        assert ran.returncode == 0, ran.stderr
+        assert json.loads(out.read_text())["overall"]["sum"] == 6
+        ok = sez("verify-receipt", str(receipt), "--input", str(records), "--output", str(out),
+                 "--nonce", "c0ffee", "--json")
+        assert ok.returncode == 0, ok.stderr
+        assert json.loads(ok.stdout)["applet"]["name"] == "aggregate"
+        out.write_text(out.read_text().replace("6", "7"))
+        bad = sez("verify-receipt", str(receipt), "--input", str(records), "--output", str(out),
+                  "--nonce", "c0ffee")
+        assert "verification failed: output" in one_line_error(bad)
+        assert one_line_error(sez("run", name, "nosuch", "--input", str(records))) == \
+            "sez: error: [no-such-applet] no loaded applet 'nosuch'"
+        stranger = tmp_path / "stranger.sez"
+        sez("applet", "build", str(EXAMPLES / "aggregate"), "--key", str(other), "-o",
+            str(stranger))
+        assert "not-owner" in one_line_error(sez("load", name, str(stranger)))
+    finally:
+        sez("stop", name, "--kill")
