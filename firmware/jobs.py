@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import socket
+import time
 from typing import Any, Callable
 
 from .abi import receipt as receipt_claims
@@ -24,7 +25,7 @@ from .abi.errors import Code, ZoneError
 from .links import Deferred, KeeperLink, RunnerLink
 from .port import Port
 from .reactor import Reactor, log
-from .store import ZoneStore
+from .store import FINAL, ZoneStore
 
 #: Jobs running at once; more wait in order (each holds up to its memory_mb).
 MAX_RUNNING = 4
@@ -183,48 +184,150 @@ class Job:
             self.jobs.active.pop(self.id, None)
 
 
+class Queued:
+    """A job waiting for a slot; ``detached`` jobs live in the outbox (store) as well."""
+
+    __slots__ = ("counter", "package", "data", "nonce", "result", "detached")
+
+    def __init__(self, counter: int, package: Package, data: bytes, nonce: bytes,
+                 detached: bool) -> None:
+        self.counter, self.package, self.data, self.nonce = counter, package, data, nonce
+        self.result = Deferred()
+        self.detached = detached
+
+
 class Jobs:
+    """Runs jobs MAX_RUNNING at a time, in order. ``run`` is interactive (the answer carries
+    the result); ``submit`` is detached: the job and its result live in the outbox (BBRAM)
+    until the host acknowledges the result, whether or not a host is attached meanwhile."""
+
     def __init__(self, loop: Reactor, keeper: KeeperLink, store: ZoneStore) -> None:
         self.loop = loop
         self.keeper = keeper
         self.store = store
         self.active: dict[str, Job] = {}
         self.runner = RunnerLink(loop, self._event)
-        self.waiting: list[tuple[int, Package, bytes, bytes, Deferred]] = []
+        self.waiting: list[Queued] = []
+        self.waiters: dict[str, list[Deferred]] = {}
         self.running = 0
         self.finished = 0
         self.failed = 0
+        self.interrupted = 0
 
     def run(self, package: Package, data: bytes, nonce: bytes) -> Deferred:
-        """Run ``package`` on ``data`` once a slot is free (MAX_RUNNING at once)."""
+        """Run ``package`` on ``data`` once a slot is free; resolve to the job's result."""
 
         def queue(counter: int) -> Deferred:
-            result = Deferred()
-            self.waiting.append((counter, package, data, nonce, result))
-            self._start_waiting()
-            return result
+            queued = Queued(counter, package, data, nonce, detached=False)
+            self._queue(queued)
+            return queued.result
 
         return self.store.allocate_job().then(queue)
 
+    def submit(self, package: Package, data: bytes, nonce: bytes, key: bytes | None) -> Deferred:
+        """Queue a detached job; resolve to {job, state, duplicate} once it is durable. A
+        retried submission (same ``key``) gets the first one's job, and runs nothing."""
+        if key is not None:
+            found = self.store.find_key(key)
+            if found is not None:
+                return Deferred.of({"job": found[0], "state": found[1], "duplicate": True})
+
+        def queued(job: str) -> dict[str, Any]:
+            self._queue(Queued(int(job), package, data, nonce, detached=True))
+            return {"job": job, "state": "queued", "duplicate": False}
+
+        return self.store.submit(package, data, nonce, key).then(queued)
+
+    def recover(self) -> None:
+        """After a boot: queue the outbox's queued jobs again; a job that was running when the
+        power went is ``interrupted``, or queued again if its applet is idempotent."""
+        for job, entry in sorted(self.store.outbox().items(), key=lambda kv: int(kv[0])):
+            state = entry["state"]
+            if state not in ("queued", "running"):
+                continue
+            package = self.store.packages.get(str(entry["applet"]))
+            if package is not None and package.measurement == entry["measurement"] and (
+                    state == "queued" or package.idempotent):
+                self._queue(Queued(int(job), package, entry["input"], entry["nonce"],
+                                   detached=True))
+                continue
+            self.interrupted += 1
+            why = ("the job was running when the power went" if state == "running" else
+                   "the applet it was queued for has been replaced")
+            self.store.set_job(job, state="interrupted", input=b"", finished=int(time.time()),
+                               error={"code": Code.INTERRUPTED, "message": why})
+
+    def _queue(self, queued: Queued) -> None:
+        self.waiting.append(queued)
+        self._start_waiting()
+
     def _start_waiting(self) -> None:
         while self.waiting and self.running < MAX_RUNNING:
-            counter, package, data, nonce, result = self.waiting.pop(0)
+            queued = self.waiting.pop(0)
             self.running += 1
-            job = Job(self, counter, package, data, nonce)
-            self.active[job.id] = job
-            job.result.add(self._when_done(result))
+            if queued.detached:  # durable "running" first: a power cut then means interrupted
+                self.store.set_job(str(queued.counter), state="running").add(
+                    self._launcher(queued))
+            else:
+                self._launch(queued)
 
-    def _when_done(self, result: Deferred) -> Callable[[Deferred], None]:
+    def _launcher(self, queued: Queued) -> Callable[[Deferred], None]:
+        return lambda _: self._launch(queued)
+
+    def _launch(self, queued: Queued) -> None:
+        job = Job(self, queued.counter, queued.package, queued.data, queued.nonce)
+        self.active[job.id] = job
+        job.result.add(self._when_done(queued))
+
+    def _when_done(self, queued: Queued) -> Callable[[Deferred], None]:
         def done(job: Deferred) -> None:
             self.running -= 1
             if job.error is None:
                 self.finished += 1
             else:
                 self.failed += 1
-            result.resolve(job.value, job.error)
+            if queued.detached:
+                self._record(str(queued.counter), job)
+            queued.result.resolve(job.value, job.error)
             self._start_waiting()
 
         return done
+
+    def _record(self, job: str, result: Deferred) -> None:
+        now = int(time.time())
+        if result.error is None:
+            change = {"state": "done", "output": result.value["output"],
+                      "receipt": result.value["receipt"], "input": b"", "finished": now}
+        else:
+            change = {"state": "failed", "input": b"", "finished": now,
+                      "error": {"code": result.error.code, "message": result.error.message}}
+        self.store.set_job(job, **change).add(lambda _: self._notify(job))
+
+    def result(self, job: str, wait: float) -> Deferred:
+        """The outbox entry of ``job``; with ``wait``, once it is final or ``wait`` s passed."""
+        entry = self.store.outbox().get(job)
+        if entry is None:
+            raise ZoneError(f"no job {job!r} in the outbox (never submitted, or acknowledged)",
+                            code=Code.NO_SUCH_JOB)
+        if entry["state"] in FINAL or wait <= 0:
+            return Deferred.of(_answer(job, entry))
+        waiter = Deferred()
+        self.waiters.setdefault(job, []).append(waiter)
+        self.loop.call_later(wait, lambda: waiter.resolve(_answer(job, self.store.outbox().get(
+            job, entry))))
+        return waiter
+
+    def _notify(self, job: str) -> None:
+        entry = self.store.outbox().get(job)
+        for waiter in self.waiters.pop(job, []):
+            if entry is not None:
+                waiter.resolve(_answer(job, entry))
+
+    def listing(self) -> list[dict[str, Any]]:
+        return [{"job": job, "applet": e["applet"], "state": e["state"],
+                 "submitted": e.get("submitted"), "finished": e.get("finished"),
+                 **({"error": e["error"]} if e.get("error") else {})}
+                for job, e in sorted(self.store.outbox().items(), key=lambda kv: int(kv[0]))]
 
     def _event(self, event: dict[str, Any]) -> None:
         kind = event.get("event")
@@ -236,3 +339,10 @@ class Jobs:
                 active.exited = True
                 active._fail("the applet runner went away")
 
+
+def _answer(job: str, entry: dict[str, Any]) -> dict[str, Any]:
+    answer = {"job": job, "state": entry["state"], "applet": entry["applet"]}
+    for key in ("output", "receipt", "error"):
+        if entry.get(key) is not None:
+            answer[key] = entry[key]
+    return answer

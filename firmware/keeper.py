@@ -40,11 +40,11 @@ from .bbram import Bbram, BbramError
 from .abi import evidence as claims
 from .abi.errors import Code
 from .hardware import Hardware
+from .links import MAX_MESSAGE, size_buffers
 from .reactor import foreground, log, log_exception
 
 SOCKET_DIR = "/run/sez"
 SOCKET = f"{SOCKET_DIR}/keeper.sock"
-MAX_MESSAGE = 16 << 20
 _SPKI = (serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
 
 
@@ -213,6 +213,7 @@ class Keeper:
         server.listen(4)
         while True:
             conn, _ = server.accept()
+            size_buffers(conn)
             with conn:
                 while True:
                     try:

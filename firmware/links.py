@@ -17,10 +17,22 @@ from .abi.errors import Code, ZoneError, error_for_code
 from .reactor import Reactor, log
 
 KEEPER_SOCKET = "/run/sez/keeper.sock"
+#: Largest message between zone processes (the whole BBRAM state travels in one).
+MAX_MESSAGE = 16 << 20
+_SO_SNDBUFFORCE, _SO_RCVBUFFORCE = 32, 33  # Linux: root may exceed wmem_max/rmem_max
 RUNNER_SOCKET = "/run/sez/runner.sock"
 #: Seconds between attempts to reach the key keeper, and the most a keeper call may take.
 KEEPER_RETRY = 0.05
 KEEPER_TIMEOUT = 30.0
+
+
+def size_buffers(sock: socket.socket) -> None:
+    """A SOCK_SEQPACKET message must fit the socket buffer whole: make room for MAX_MESSAGE."""
+    for option in (_SO_SNDBUFFORCE, _SO_RCVBUFFORCE):
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, option, MAX_MESSAGE + (1 << 16))
+        except OSError:  # not root (the host-native baseline): the defaults must do
+            pass
 
 
 class Deferred:
@@ -90,6 +102,7 @@ class _Link:
 
     def _connect(self) -> None:
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        size_buffers(sock)
         try:
             sock.connect(self.path)
         except OSError:
@@ -124,7 +137,7 @@ class _Link:
 
     def _readable(self) -> None:
         try:
-            message = self.sock.recv(1 << 24)  # type: ignore[union-attr]
+            message = self.sock.recv(MAX_MESSAGE)  # type: ignore[union-attr]
         except BlockingIOError:
             return
         except OSError:

@@ -29,6 +29,8 @@ if TYPE_CHECKING:
     from typing import Any, Callable
 
 CONTROL_PORT = "org.sez.ctl"
+#: A host that reads none of the zone's answers for this long counts as one stall.
+STALL_AFTER = 2.0
 #: A frame whose sender falls silent this long before finishing it is dropped.
 TRUNCATED_AFTER = 0.5
 VIRTIO_PORTS = "/sys/class/virtio-ports"
@@ -85,10 +87,13 @@ class Monitor:
         self.keeper = KeeperLink(loop, keeper_socket)
         self.store = ZoneStore(self.keeper)
         self.jobs = Jobs(loop, self.keeper, self.store)
+        self.store.ready.add(lambda d: self.jobs.recover() if d.error is None else None)
         self.decoder = wire.FrameDecoder()
         self.encoder = wire.FrameEncoder()
         self.sessions = 0
         self.host_disconnects = 0
+        self.host_stalls = 0
+        self._stalled = False
         self.frames_in = self.frames_out = self.bytes_in = self.bytes_out = 0
         self.errors: dict[str, int] = {}
         self.ops_served: dict[str, int] = {}
@@ -111,6 +116,10 @@ class Monitor:
             "load": self.op_load,
             "applets": self.op_applets,
             "run": self.op_run,
+            "submit": self.op_submit,
+            "result": self.op_result,
+            "ack": self.op_ack,
+            "jobs": self.op_jobs,
         }
 
     # -- channel -----------------------------------------------------------------------------
@@ -126,6 +135,7 @@ class Monitor:
             path = f"fd {fd}"
             self.native = True
         self.port = Port(self.loop, fd, path, self.on_data, self.on_host_gone, repoll=True)
+        self.loop.call_later(STALL_AFTER / 2, self._watch_host)
         log(f"serving {CONTROL_PORT} on {path} (firmware {FIRMWARE_VERSION}); zone ready")
 
     def _watch_power_button(self, fd: int) -> None:
@@ -141,6 +151,21 @@ class Monitor:
             if kind == _EV_KEY and code == _KEY_POWER and value == 1:
                 log("power button pressed: powering off")
                 _power_off()
+
+    def _watch_host(self) -> None:
+        """Count stalls: episodes in which the host reads nothing for STALL_AFTER seconds."""
+        since = self.port.blocked_since if self.port is not None else None
+        stalled = since is not None and time.monotonic() - since > STALL_AFTER
+        if stalled and not self._stalled:
+            self.host_stalls += 1
+            log(f"the host has read nothing for {STALL_AFTER:.0f} s (stall {self.host_stalls})")
+        self._stalled = stalled
+        self.loop.call_later(STALL_AFTER / 2, self._watch_host)
+
+    def host_claims(self) -> dict[str, int]:
+        """What the zone saw of its host: sessions, disconnects, stalls, unreadable input."""
+        return {"sessions": self.sessions, "disconnects": self.host_disconnects,
+                "stalls": self.host_stalls, "errors": sum(self.errors.values())}
 
     def on_host_gone(self) -> None:
         self.host_disconnects += 1
@@ -268,11 +293,14 @@ class Monitor:
             "memory": {"total": mem.get("MemTotal", 0), "available": mem.get("MemAvailable", 0)},
             "host_sessions": self.sessions,
             "host_disconnects": self.host_disconnects,
+            "host": self.host_claims(),
             "bbram": self.store.status,
             "owner": self.store.owner()["owner"],
             "applets": len(self.store.packages),
-            "jobs": {"active": len(self.jobs.active), "finished": self.jobs.finished,
-                     "failed": self.jobs.failed},
+            "jobs": {"active": len(self.jobs.active), "queued": len(self.jobs.waiting),
+                     "finished": self.jobs.finished, "failed": self.jobs.failed,
+                     "interrupted": self.jobs.interrupted, "outbox": len(self.store.outbox())},
+            "bbram_commits": self.store.commits,
         }
 
     def op_echo(self, args: dict[str, Any]) -> dict[str, Any]:
@@ -313,7 +341,9 @@ class Monitor:
         if not isinstance(nonce, bytes) or not claims.NONCE_MIN <= len(nonce) <= claims.NONCE_MAX:
             raise BadArgs(f"attest takes {{nonce: {claims.NONCE_MIN} to {claims.NONCE_MAX} bytes}}")
         return self.store.ready.then(lambda _: self.keeper.call(
-            "evidence", {"nonce": nonce, "claims": self.store.claims()})).then(
+            "evidence", {"nonce": nonce,
+                         "claims": {**self.store.claims(), "sez.host": self.host_claims()}})
+        ).then(
             lambda result: {"evidence": result["evidence"]})
 
     def op_identity(self, args: dict[str, Any]) -> Deferred:
@@ -345,6 +375,39 @@ class Monitor:
             raise BadArgs("the nonce must be 0 to 64 bytes")
         return self.store.ready.then(
             lambda _: self.jobs.run(self.store.find(args.get("applet")), data, nonce))
+
+    def op_submit(self, args: dict[str, Any]) -> Deferred:
+        """Queue a detached job: {job, state, duplicate}. ``key`` (bytes, optional) makes a
+        retried submission return the first one's job instead of running again."""
+        data, nonce, key = args.get("input", b""), args.get("nonce", b""), args.get("key")
+        if not isinstance(data, bytes):
+            raise BadArgs("submit takes {applet, input: bytes, nonce: bytes, key: bytes}")
+        if not isinstance(nonce, bytes) or len(nonce) > 64:
+            raise BadArgs("the nonce must be 0 to 64 bytes")
+        if key is not None and (not isinstance(key, bytes) or not 8 <= len(key) <= 64):
+            raise BadArgs("the idempotency key must be 8 to 64 bytes")
+        return self.store.ready.then(lambda _: self.jobs.submit(
+            self.store.find(args.get("applet")), data, nonce, key))
+
+    def op_result(self, args: dict[str, Any]) -> Deferred:
+        """A detached job's state, and its output and receipt (or error) once final. ``wait``
+        (seconds, at most 60) holds the answer until then. The result stays in the outbox
+        until ``ack``."""
+        job, wait = args.get("job"), args.get("wait", 0)
+        if not isinstance(job, str) or type(wait) not in (int, float) or not 0 <= wait <= 60:
+            raise BadArgs("result takes {job: text, wait: 0..60 seconds}")
+        return self.store.ready.then(lambda _: self.jobs.result(job, float(wait)))
+
+    def op_ack(self, args: dict[str, Any]) -> Deferred:
+        """The host has a job's result: the zone may forget it."""
+        job = args.get("job")
+        if not isinstance(job, str):
+            raise BadArgs("ack takes {job: text}")
+        return self.store.ready.then(lambda _: self.store.ack(job))
+
+    def op_jobs(self, args: dict[str, Any]) -> Deferred:
+        """The outbox: every detached job not yet acknowledged, with its state."""
+        return self.store.ready.then(lambda _: {"jobs": self.jobs.listing()})
 
     def op_poweroff(self, args: dict[str, Any]) -> dict[str, Any]:
         """Answer, then sync and power the machine off (QEMU exits)."""

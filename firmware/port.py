@@ -7,6 +7,7 @@ descriptor is writable; header and body leave with one writev, the body not copi
 from __future__ import annotations
 
 import os
+import time
 from collections import deque
 
 from .reactor import Reactor, log
@@ -45,6 +46,7 @@ class Port:
         self._head_started = False  # the first queued frame is partly written
         self.host_present = True
         self.dropped_frames = 0
+        self.blocked_since: float | None = None  # when a write last found no room
         self._loop.add_reader(self.fd, self._readable)
 
     def _readable(self) -> None:
@@ -104,6 +106,7 @@ class Port:
             self._head_started = n > 0
             self._out.append(frame)
             self._queued += size - n
+            self.blocked_since = time.monotonic()
             self._loop.add_writer(self.fd, self._flush)
             return
         if self._queued + size > MAX_QUEUED:
@@ -142,6 +145,7 @@ class Port:
                 self._head_started = False
             else:
                 self._head_started = True
+        self.blocked_since = None
         self._loop.remove_writer(self.fd)
 
 

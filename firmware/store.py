@@ -10,6 +10,10 @@ State (one CBOR map)::
     events       the last EVENTS_KEPT enrolments and loads, oldest first
     job_lease    job counters below this may have been used: a boot starts at the lease and
                  reserves JOB_LEASE more, so the counter never repeats across power cuts
+    outbox       {job: record} of detached jobs until the host acknowledges their result:
+                 {applet, measurement, input, nonce, key, state, output, receipt, error,
+                 submitted, finished}; state queued -> running -> done | failed | interrupted
+    acked        {key: job} of the last ACKED_KEPT acknowledged jobs (idempotent retries)
 
 Updates are serialised: each one starts from the state the previous one committed, and the
 zone's copy changes only once BBRAM has the new state durably.
@@ -29,6 +33,11 @@ from .links import Deferred, KeeperLink
 
 EVENTS_KEPT = 128
 JOB_LEASE = 1024
+#: Detached jobs the outbox holds (queued, running or unacknowledged), and their bytes.
+OUTBOX_JOBS = 1024
+OUTBOX_BYTES = 3 << 20
+ACKED_KEPT = 1024
+FINAL = ("done", "failed", "interrupted")
 
 
 def fingerprint(spki: bytes) -> bytes:
@@ -44,7 +53,9 @@ class ZoneStore:
         self.ueid = b""
         self.unreadable: list[str] = []
         self.next_job = 0
-        self._tail = Deferred.of()
+        self.commits = 0
+        self._pending: list[tuple[Callable[[dict[str, Any]], Any], Deferred]] = []
+        self._committing = False
         identity = keeper.call("identity", {}).then(self._identified)
         self.ready = identity.then(lambda _: keeper.call("bbram-load", {})).then(self._loaded)
 
@@ -70,30 +81,48 @@ class ZoneStore:
                             code=Code.BBRAM)
 
     def update(self, mutate: Callable[[dict[str, Any]], Any]) -> Deferred:
-        """Apply ``mutate`` to a copy of the state after every earlier update, commit it, and
-        resolve to what ``mutate`` returned once BBRAM holds it."""
+        """Apply ``mutate`` to the state and commit it; resolve to what ``mutate`` returned
+        once BBRAM holds it. Updates that arrive while a commit is in flight are committed
+        together by the next one (group commit), each on top of the ones before it; one that
+        raises ZoneError fails alone and changes nothing."""
         done = Deferred()
+        self._pending.append((mutate, done))
+        if not self._committing:
+            self._commit_pending()
+        return done
 
-        def run(_: Deferred) -> None:
+    def _commit_pending(self) -> None:
+        batch, self._pending = self._pending, []
+        if not batch:
+            self._committing = False
+            return
+        self._committing = True
+        new = dict(self.state)
+        applied: list[tuple[Deferred, Any]] = []
+        for mutate, done in batch:
+            trial = dict(new)
             try:
                 self._require_store()
-                new = dict(self.state)
-                result = mutate(new)
+                result = mutate(trial)
             except ZoneError as exc:
                 done.resolve(error=exc)
-                return
+                continue
+            new = trial
+            applied.append((done, result))
+        if not applied:
+            self._commit_pending()
+            return
 
-            def committed(_: Any) -> Any:
+        def committed(d: Deferred) -> None:
+            if d.error is None:
                 self.state = new
                 self.status = "ok"
-                return result
+                self.commits += 1
+            for done, result in applied:
+                done.resolve(result, d.error)
+            self._commit_pending()
 
-            self.keeper.call("bbram-commit", {"state": new}).then(committed).add(
-                lambda d: done.resolve(d.value, d.error))
-
-        previous, self._tail = self._tail, done
-        previous.add(run)
-        return done
+        self.keeper.call("bbram-commit", {"state": new}).add(committed)
 
     # -- ownership ---------------------------------------------------------------------------
 
@@ -164,7 +193,12 @@ class ZoneStore:
 
         def admit(result: dict[str, Any]) -> Deferred:
             package = applets.parse(bytes(result["payload"]))
-            return self.update(lambda state: self._admit(state, package))
+
+            def admitted(described: dict[str, Any]) -> dict[str, Any]:
+                self.packages[package.name] = package
+                return described
+
+            return self.update(lambda state: self._admit(state, package)).then(admitted)
 
         return self._verify(owner, signed).then(admit)
 
@@ -177,7 +211,6 @@ class ZoneStore:
         highest[package.name] = package.version
         state["rollback"] = highest
         state["applets"] = {**state.get("applets", {}), package.name: package.raw}
-        self.packages[package.name] = package
         self._log(state, {"kind": "load", "name": package.name, "version": package.version,
                           "measurement": package.measurement})
         return describe(package)
@@ -208,6 +241,66 @@ class ZoneStore:
         return self.update(lambda state: state.update(job_lease=counter + 1 + JOB_LEASE)
                            ).then(lambda _: counter)
 
+    # -- the outbox of detached jobs -------------------------------------------------------------
+
+    def outbox(self) -> dict[str, dict[str, Any]]:
+        return dict(self.state.get("outbox", {}))
+
+    def find_key(self, key: bytes) -> tuple[str, str] | None:
+        """(job, state) of the job submitted under idempotency ``key``, if any."""
+        for job, record in self.outbox().items():
+            if record.get("key") == key:
+                return job, str(record["state"])
+        acked = self.state.get("acked", {}).get(key)
+        return (str(acked), "acknowledged") if acked is not None else None
+
+    def submit(self, package: applets.Package, data: bytes, nonce: bytes,
+               key: bytes | None) -> Deferred:
+        """Queue a detached job durably; resolve to its id once BBRAM holds it."""
+        outbox = self.outbox()
+        used = sum(_record_bytes(r) for r in outbox.values())
+        if len(outbox) >= OUTBOX_JOBS or used + len(data) > OUTBOX_BYTES:
+            raise ZoneError(f"the outbox is full ({len(outbox)} jobs, {used} bytes): fetch and "
+                            "acknowledge results first", code=Code.OUTBOX_FULL)
+
+        def record(counter: int) -> Deferred:
+            job = str(counter)
+            entry = {"applet": package.name, "measurement": package.measurement, "input": data,
+                     "nonce": nonce, "key": key, "state": "queued", "counter": counter,
+                     "submitted": int(time.time())}
+            return self.update(lambda state: _put(state, job, entry)).then(lambda _: job)
+
+        return self.allocate_job().then(record)
+
+    def set_job(self, job: str, **changes: Any) -> Deferred:
+        def change(state: dict[str, Any]) -> None:
+            entry = state.get("outbox", {}).get(job)
+            if entry is not None:
+                _put(state, job, {**entry, **changes})
+
+        return self.update(change)
+
+    def ack(self, job: str) -> Deferred:
+        """Forget a finished job's result: the host has it."""
+        entry = self.outbox().get(job)
+        if entry is None:
+            raise ZoneError(f"no job {job!r} in the outbox", code=Code.NO_SUCH_JOB)
+        if entry["state"] not in FINAL:
+            raise ZoneError(f"job {job} is {entry['state']}: nothing to acknowledge yet",
+                            code=Code.BAD_ARGS)
+
+        def remove(state: dict[str, Any]) -> dict[str, Any]:
+            outbox = dict(state.get("outbox", {}))
+            removed = outbox.pop(job, None)
+            state["outbox"] = outbox
+            if removed is not None and removed.get("key") is not None:
+                acked = dict(state.get("acked", {}))
+                acked[removed["key"]] = job
+                state["acked"] = dict(list(acked.items())[-ACKED_KEPT:])
+            return {"job": job, "acknowledged": removed is not None}
+
+        return self.update(remove)
+
     def _log(self, state: dict[str, Any], event: dict[str, Any]) -> None:
         event["at"] = int(time.time())
         state["events"] = (list(state.get("events", [])) + [event])[-EVENTS_KEPT:]
@@ -221,6 +314,14 @@ class ZoneStore:
                             for _, p in sorted(self.packages.items())],
             "sez.bbram": self.status,
         }
+
+
+def _put(state: dict[str, Any], job: str, entry: dict[str, Any]) -> None:
+    state["outbox"] = {**state.get("outbox", {}), job: entry}
+
+
+def _record_bytes(entry: dict[str, Any]) -> int:
+    return sum(len(entry.get(k) or b"") for k in ("input", "output", "receipt"))
 
 
 def describe(package: applets.Package) -> dict[str, Any]:

@@ -10,7 +10,8 @@ import logging
 from firmware.abi.errors import BadArgs, ProtocolError, SezError, UnknownOp, ZoneError
 
 from .client import DEFAULT_TIMEOUT, Zone, ZoneState
-from .errors import ChannelBusy, ChannelClosed, ChannelError, ConnectError, StateError, ZoneTimeout
+from .errors import (ChannelBusy, ChannelClosed, ChannelError, ConnectError, StateError,
+                     ZoneTimeout, ZoneUnresponsive)
 from .sync import SyncZone
 
 logging.getLogger(__name__).addHandler(logging.NullHandler())
@@ -30,5 +31,6 @@ __all__ = [
     "ChannelBusy",
     "ChannelClosed",
     "ZoneTimeout",
+    "ZoneUnresponsive",
     "StateError",
 ]

@@ -374,6 +374,12 @@ def cmd_applets(args: argparse.Namespace) -> None:
 def cmd_run(args: argparse.Namespace) -> None:
     data = _read(args.input)
     nonce = bytes.fromhex(args.nonce) if args.nonce else b""
+    if args.detach:
+        with _zone(args.name, timeout=args.timeout) as zone:
+            queued = zone.submit(args.applet, data, nonce=nonce,
+                                 key=bytes.fromhex(args.key) if args.key else None)
+        _emit(args, queued, str(queued["job"]))
+        return
     with _zone(args.name, timeout=args.timeout) as zone:
         result = zone.run(args.applet, data, nonce=nonce)
     if args.output:
@@ -389,6 +395,43 @@ def cmd_run(args: argparse.Namespace) -> None:
     else:
         print(f"job {result['job']}: {len(result['output'])} bytes -> {args.output}"
               + (f", receipt -> {args.receipt}" if args.receipt else ""))
+
+
+def cmd_result(args: argparse.Namespace) -> None:
+    """Fetch a detached job's result, write it, then acknowledge it (it leaves the zone)."""
+    with _zone(args.name, timeout=60.0) as zone:
+        answer = zone.result(args.job, wait=args.wait)
+        state = answer["state"]
+        if state == "done":
+            if args.output:
+                Path(args.output).write_bytes(answer["output"])
+            if args.receipt:
+                Path(args.receipt).write_bytes(answer["receipt"])
+            if not args.output and not args.json:
+                sys.stdout.buffer.write(answer["output"])
+                sys.stdout.flush()
+        if state in ("done", "failed", "interrupted") and not args.keep:
+            zone.ack(args.job)
+    if state not in ("done", "failed", "interrupted"):
+        raise SezError(f"job {args.job} is {state}: not finished (wait with --wait SECONDS)")
+    if state != "done":
+        error = answer.get("error") or {}
+        raise SezError(f"job {args.job} {state}: [{error.get('code')}] {error.get('message')}")
+    if args.json:
+        _emit(args, {"job": args.job, "state": state, "output": answer["output"].hex(),
+                     "receipt": answer["receipt"].hex()}, "")
+    elif args.output:
+        print(f"job {args.job}: {len(answer['output'])} bytes -> {args.output}"
+              + (f", receipt -> {args.receipt}" if args.receipt else ""))
+
+
+def cmd_jobs(args: argparse.Namespace) -> None:
+    with _zone(args.name) as zone:
+        listing = zone.jobs()
+    _emit(args, listing, "\n".join(
+        f"{j['job']:>8}  {j['state']:<11}  {j['applet']}"
+        + (f"  ({j['error']['message']})" if j.get("error") else "") for j in listing)
+        or "the outbox is empty")
 
 
 def cmd_verify_receipt(args: argparse.Namespace) -> None:
@@ -553,6 +596,22 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("-o", "--output", metavar="OUT", help="write the output here (else stdout)")
     c.add_argument("--receipt", metavar="FILE", help="write the receipt (COSE_Sign1) here")
     c.add_argument("--timeout", type=float, default=120.0)
+    c.add_argument("--detach", action="store_true",
+                   help="queue the job in the zone's outbox; print its id and return at once")
+    c.add_argument("--key", help="with --detach: an idempotency key (hex, 8-64 bytes); "
+                   "resubmitting with it returns the first job")
+
+    c = command("result", cmd_result, "a detached job's output and receipt (then acknowledged)")
+    c.add_argument("name")
+    c.add_argument("job")
+    c.add_argument("-o", "--output", metavar="OUT", help="write the output here (else stdout)")
+    c.add_argument("--receipt", metavar="FILE", help="write the receipt here")
+    c.add_argument("--wait", type=float, default=0.0, metavar="SECONDS",
+                   help="wait up to this long (at most 60) for the job to finish")
+    c.add_argument("--keep", action="store_true", help="do not acknowledge: leave it in the zone")
+
+    c = command("jobs", cmd_jobs, "the zone's outbox: detached jobs and their states")
+    c.add_argument("name")
 
     c = command("verify-receipt", cmd_verify_receipt,
                 "check a receipt against input, output and nonce")

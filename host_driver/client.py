@@ -25,7 +25,9 @@ from firmware.abi import wire
 from firmware.abi.errors import Code, ProtocolError, ZoneError, error_for_code
 
 from .channel import Channel, open_channel
-from .errors import ChannelClosed, StateError, ZoneTimeout
+from firmware.abi.errors import SezError
+
+from .errors import ChannelClosed, StateError, ZoneTimeout, ZoneUnresponsive
 
 __all__ = ["Zone", "ZoneState", "DEFAULT_TIMEOUT", "HELLO_RETRY"]
 
@@ -33,6 +35,10 @@ log = logging.getLogger(__name__)
 
 #: Seconds a request waits for its answer unless told otherwise.
 DEFAULT_TIMEOUT = 10.0
+#: Seconds between heartbeats, and how long one may go unanswered before the zone counts as
+#: frozen or gone: a dead zone is detected within HEARTBEAT + HEARTBEAT_TIMEOUT seconds.
+HEARTBEAT = 2.0
+HEARTBEAT_TIMEOUT = 8.0
 #: Seconds before hello is sent again when the zone neither answers nor reports a fault. (A
 #: booting zone answers the hello waiting in the channel once its monitor starts; a zone that
 #: swallowed the hello into a frame an earlier host left half-sent reports truncated-frame
@@ -50,12 +56,16 @@ class ZoneState(enum.Enum):
 class Zone:
     """A session with one zone over its control channel."""
 
-    def __init__(self, url: str, *, timeout: float = DEFAULT_TIMEOUT) -> None:
+    def __init__(self, url: str, *, timeout: float = DEFAULT_TIMEOUT,
+                 heartbeat: float | None = HEARTBEAT) -> None:
         self.url = url
         self.timeout = timeout
+        self.heartbeat = heartbeat
+        self._heartbeat_task: asyncio.Task[None] | None = None
         self.state = ZoneState.IDLE
         self.session: dict[str, Any] = {}
         self.faults: list[ZoneError] = []
+        self.failure: Exception | None = None
         self._channel: Channel | None = None
         self._decoder = wire.FrameDecoder()
         self._encoder = wire.FrameEncoder()
@@ -66,10 +76,13 @@ class Zone:
 
     @classmethod
     async def connect(cls, url: str, *, timeout: float = DEFAULT_TIMEOUT,
-                      hello_timeout: float | None = None) -> "Zone":
+                      hello_timeout: float | None = None,
+                      heartbeat: float | None = HEARTBEAT) -> "Zone":
         """Open the channel and start a session (``hello``); ``hello_timeout`` bounds the wait
-        for a zone that is still booting (default: ``timeout``)."""
-        zone = cls(url, timeout=timeout)
+        for a zone that is still booting (default: ``timeout``). Every ``heartbeat`` seconds
+        (None: never) the client checks that the zone answers; when it has not for
+        HEARTBEAT_TIMEOUT seconds, every waiting and later call raises ZoneUnresponsive."""
+        zone = cls(url, timeout=timeout, heartbeat=heartbeat)
         await zone.open(hello_timeout=hello_timeout)
         return zone
 
@@ -84,7 +97,33 @@ class Zone:
             await self.close()
             raise
         self.state = ZoneState.RUNNING
+        if self.heartbeat:
+            self._heartbeat_task = asyncio.ensure_future(self._beat(self.heartbeat))
         return self.session
+
+    async def _beat(self, interval: float) -> None:
+        while self.state is ZoneState.RUNNING:
+            await asyncio.sleep(interval)
+            if self.state is not ZoneState.RUNNING:
+                return
+            try:
+                await self.request("echo", {"data": b""}, timeout=HEARTBEAT_TIMEOUT)
+            except ZoneTimeout:
+                self.log.error("no heartbeat answer within %.0f s", HEARTBEAT_TIMEOUT)
+                self._dead(ZoneUnresponsive(
+                    f"the zone answered no heartbeat within {HEARTBEAT_TIMEOUT:.0f} s: it is "
+                    "frozen or gone", op="heartbeat", seconds=HEARTBEAT_TIMEOUT))
+                return
+            except SezError:
+                return
+
+    def _dead(self, exc: Exception) -> None:
+        self.state = ZoneState.CLOSED
+        channel, self._channel = self._channel, None
+        if channel is not None:
+            channel.close()
+        self._fail_pending(exc)
+        self.failure = exc
 
     async def _handshake(self, timeout: float) -> dict[str, Any]:
         """Send ``hello`` until the zone answers it, for at most ``timeout`` seconds.
@@ -118,6 +157,9 @@ class Zone:
     async def close(self) -> None:
         """Close the channel; requests still waiting fail with ChannelClosed. Idempotent."""
         self.state = ZoneState.CLOSED
+        beat, self._heartbeat_task = self._heartbeat_task, None
+        if beat is not None and beat is not asyncio.current_task():
+            beat.cancel()
         channel, self._channel = self._channel, None
         if channel is not None:
             channel.close()
@@ -153,6 +195,8 @@ class Zone:
         ``timeout`` seconds (default ``self.timeout``), ChannelClosed if the channel goes away.
         """
         if self.state is not ZoneState.RUNNING:
+            if self.failure is not None:
+                raise self.failure
             raise StateError(f"request() needs state running, the zone client is {self.state.value}")
         timeout = self.timeout if timeout is None else timeout
         request_id, future = self._send(op, args or {})
@@ -222,6 +266,30 @@ class Zone:
         applet raises ZoneError ``applet-failed`` saying why."""
         return dict(await self.request("run", {"applet": applet, "input": data, "nonce": nonce},
                                        timeout=timeout))
+
+    async def submit(self, applet: str, data: bytes, *, nonce: bytes = b"",
+                     key: bytes | None = None) -> dict[str, Any]:
+        """Queue a detached job: {job, state, duplicate}. With ``key`` (8-64 random bytes
+        kept by the caller), resubmitting after a lost answer returns the same job and runs
+        nothing twice. ZoneError ``outbox-full`` when the outbox has no room."""
+        args: dict[str, Any] = {"applet": applet, "input": data, "nonce": nonce}
+        if key is not None:
+            args["key"] = key
+        return dict(await self.request("submit", args))
+
+    async def result(self, job: str, *, wait: float = 0.0) -> dict[str, Any]:
+        """{job, state, applet, output?, receipt?, error?}; ``wait`` (<= 60 s) holds the answer
+        until the job is final. The result stays in the zone until ``ack``."""
+        return dict(await self.request("result", {"job": job, "wait": wait},
+                                       timeout=self.timeout + wait))
+
+    async def ack(self, job: str) -> None:
+        """Tell the zone the host has the result of ``job``: it leaves the outbox."""
+        await self.request("ack", {"job": job})
+
+    async def jobs(self) -> list[dict[str, Any]]:
+        """The outbox: detached jobs not yet acknowledged, with their states."""
+        return list((await self.request("jobs"))["jobs"])
 
     async def poweroff(self) -> None:
         """Ask the zone to sync and power the machine off (QEMU exits)."""

@@ -9,6 +9,7 @@
      |    |    +-- ChannelBusy     another driver holds it
      |    +-- ChannelClosed        it closed under us (QEMU gone, close() called)
      +-- ZoneTimeout               no answer in time (also a builtin TimeoutError)
+     |    +-- ZoneUnresponsive     the zone stopped answering heartbeats: frozen or gone
      +-- StateError                a call at the wrong time (names the state)
      +-- emulator.errors.*         image, device, machine lifecycle, boot
 """
@@ -19,7 +20,7 @@ from firmware.abi.errors import BadArgs, ProtocolError, SezError, UnknownOp, Zon
 
 __all__ = [
     "SezError", "ZoneError", "ProtocolError", "UnknownOp", "BadArgs",
-    "ChannelError", "ConnectError", "ChannelBusy", "ChannelClosed", "ZoneTimeout", "StateError",
+    "ChannelError", "ConnectError", "ChannelBusy", "ChannelClosed", "ZoneTimeout", "ZoneUnresponsive", "StateError",
 ]
 
 
@@ -46,6 +47,11 @@ class ZoneTimeout(SezError, TimeoutError):
         super().__init__(message)
         self.op = op
         self.seconds = seconds
+
+
+class ZoneUnresponsive(ZoneTimeout):
+    """The zone answered no heartbeat in time: it is frozen or gone. Every waiting call and
+    every later one on this client raises it."""
 
 
 class StateError(SezError):

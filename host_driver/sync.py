@@ -14,7 +14,7 @@ import concurrent.futures
 import threading
 from typing import Any, Coroutine, TypeVar
 
-from .client import DEFAULT_TIMEOUT, Zone
+from .client import DEFAULT_TIMEOUT, HEARTBEAT, Zone
 from .errors import ZoneTimeout
 
 __all__ = ["SyncZone"]
@@ -25,7 +25,8 @@ _MARGIN = 5.0
 
 class SyncZone:
     def __init__(self, url: str, *, timeout: float = DEFAULT_TIMEOUT,
-                 hello_timeout: float | None = None) -> None:
+                 hello_timeout: float | None = None,
+                 heartbeat: float | None = HEARTBEAT) -> None:
         self.timeout = timeout
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="sez-zone",
@@ -33,7 +34,8 @@ class SyncZone:
         self._thread.start()
         try:
             self.zone: Zone = self._call(Zone.connect(url, timeout=timeout,
-                                                      hello_timeout=hello_timeout),
+                                                      hello_timeout=hello_timeout,
+                                                      heartbeat=heartbeat),
                                          hello_timeout or timeout)
         except BaseException:
             self._stop_loop()
@@ -89,6 +91,19 @@ class SyncZone:
     def run(self, applet: str, data: bytes, *, nonce: bytes = b"",
             timeout: float | None = None) -> dict[str, Any]:
         return self._call(self.zone.run(applet, data, nonce=nonce, timeout=timeout), timeout)
+
+    def submit(self, applet: str, data: bytes, *, nonce: bytes = b"",
+               key: bytes | None = None) -> dict[str, Any]:
+        return self._call(self.zone.submit(applet, data, nonce=nonce, key=key))
+
+    def result(self, job: str, *, wait: float = 0.0) -> dict[str, Any]:
+        return self._call(self.zone.result(job, wait=wait), self.timeout + wait)
+
+    def ack(self, job: str) -> None:
+        self._call(self.zone.ack(job))
+
+    def jobs(self) -> list[dict[str, Any]]:
+        return self._call(self.zone.jobs())
 
     def poweroff(self) -> None:
         self._call(self.zone.poweroff())

@@ -11,6 +11,7 @@ An applet is a directory of Python files and a ``manifest.toml``::
     wall_seconds = 10
     output_bytes = 1048576
     processes = 8
+    idempotent = false        # optional: may a job cut off by a power loss run again?
 
 The package is one canonical CBOR map (sorted keys, definite lengths)::
 
@@ -75,6 +76,8 @@ def validate_manifest(raw: Any) -> dict[str, Any]:
         raise PackageError("version must be an integer >= 1")
     if not isinstance(entry, str) or not _ENTRY.match(entry):
         raise PackageError("entry must be 'module:function'")
+    if not isinstance(raw.get("idempotent", False), bool):
+        raise PackageError("idempotent must be true or false")
     given = raw.get("limits", {})
     if not isinstance(given, dict) or set(given) - set(LIMITS):
         raise PackageError(f"limits may only set {', '.join(LIMITS)}")
@@ -129,6 +132,10 @@ class Package:
     @property
     def limits(self) -> dict[str, int]:
         return dict(self.manifest["limits"])
+
+    @property
+    def idempotent(self) -> bool:
+        return bool(self.manifest.get("idempotent", False))
 
     @property
     def id(self) -> str:

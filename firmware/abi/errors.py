@@ -46,6 +46,9 @@ class Code:
     BAD_PACKAGE = "bad-package"  # an applet package that is malformed or lies about itself
     NO_SUCH_APPLET = "no-such-applet"
     APPLET_FAILED = "applet-failed"  # the applet raised, crashed or broke a limit
+    OUTBOX_FULL = "outbox-full"  # no room for another detached job until results are acked
+    NO_SUCH_JOB = "no-such-job"  # not in the outbox (never submitted, or acknowledged)
+    INTERRUPTED = "interrupted"  # the job was running when the power went
     INTERNAL = "internal"  # a fault inside the zone; the zone keeps serving
 
     PROTOCOL = frozenset(

@@ -52,7 +52,7 @@ async def test_one_mebibyte_echo_is_intact(sez_zone: BootedZone) -> None:
 
 
 async def test_200_pipelined_requests_are_matched_by_id(sez_zone: BootedZone) -> None:
-    async with await Zone.connect(sez_zone.url) as zone:
+    async with await Zone.connect(sez_zone.url, heartbeat=None) as zone:
         before = (await zone.stats())["frames_in"]
         payloads = [os.urandom(i % 97 + 1) for i in range(200)]
         results = await asyncio.gather(*(zone.echo(p, timeout=60) for p in payloads))

@@ -1,0 +1,232 @@
+"""Out of band: the zone keeps working when the host does not (real QEMU, real faults)."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from emulator.device import Device
+from emulator.factory import Factory
+from emulator.image import load_image
+from emulator.paths import SezHome
+from firmware.abi import wire
+from firmware.abi.errors import Code
+from host_driver import SyncZone, Zone, ZoneError, ZoneUnresponsive
+from host_driver.applet import build_applet, owner_spki
+from host_driver.pytest_plugin import BootedZone
+from host_driver.verify import verify_receipt
+
+from .conftest import RawChannel
+
+pytestmark = pytest.mark.e2e
+APPLETS = Path(__file__).parent.parent / "applets"
+
+
+@pytest.fixture(scope="module")
+def oob(sez_zone_factory: Callable[..., BootedZone]) -> Iterator[BootedZone]:
+    booted = sez_zone_factory("oob-zone")
+    key = ec.generate_private_key(ec.SECP384R1())
+    with SyncZone(booted.url, timeout=60) as zone:
+        zone.enroll(owner_spki(key))
+        zone.load(build_applet(APPLETS / "slow", key))
+        zone.load(build_applet(APPLETS / "null", key))
+    yield booted
+
+
+def driver(url: str, script: str, *args: str) -> subprocess.Popen[bytes]:
+    return subprocess.Popen([sys.executable, "-c", textwrap.dedent(script), url, *args],
+                            stdout=subprocess.PIPE, stdin=subprocess.PIPE)
+
+
+def collect(url: str, jobs: dict[str, bytes], root: Any) -> dict[str, int]:
+    """Fetch, verify and acknowledge every job's result; return job -> job counter."""
+    import cbor2
+
+    from firmware.abi import cose
+
+    counters = {}
+    with SyncZone(url, timeout=90) as zone:
+        for job, data in jobs.items():
+            answer = zone.result(job, wait=60)
+            assert answer["state"] == "done", (job, answer)
+            assert answer["output"] == data
+            checked = verify_receipt(answer["receipt"], input=data, output=data, nonce=b"",
+                                     root=root)
+            assert checked.job == job
+            counters[job] = cbor2.loads(cose.decode_sign1(answer["receipt"]).payload)[
+                "sez.job_counter"]
+            zone.ack(job)
+    return counters
+
+
+SUBMITTER = """
+    import sys
+    from host_driver import SyncZone
+    with SyncZone(sys.argv[1], timeout=60) as zone:
+        for i in range(int(sys.argv[2])):
+            data = f"{sys.argv[3]}:{i}".encode()
+            job = zone.submit("slow", data, key=f"submit-key-{sys.argv[4]}-{i:04d}".encode())
+            print(job["job"], data.decode(), flush=True)
+        print("submitted", flush=True)
+        sys.stdin.read()
+"""
+
+
+def test_driver_killed_with_jobs_queued(oob: BootedZone, sez_home: SezHome) -> None:
+    proc = driver(oob.url, SUBMITTER, "21", "0.3", "kill")
+    assert proc.stdout is not None
+    jobs: dict[str, bytes] = {}
+    for line in iter(proc.stdout.readline, b"submitted\n"):
+        job, data = line.decode().split()
+        jobs[job] = data.encode()
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(10)
+    assert len(jobs) == 21
+    with SyncZone(oob.url, timeout=30) as zone:
+        before = zone.info()["jobs"]
+        states = {j["job"]: j["state"] for j in zone.jobs()}
+        assert set(jobs) <= set(states)
+        assert "queued" in states.values(), "jobs were still waiting when the driver died"
+        # A retried submission (same key) gets the same job back and runs nothing.
+        again = zone.submit("slow", b"0.3:0", key=b"submit-key-kill-0000")
+        assert again["duplicate"] is True and again["job"] in jobs
+    counters = collect(oob.url, jobs, Factory(sez_home).root_cert())
+    assert len(set(counters.values())) == 21, "no job ran twice"
+    with SyncZone(oob.url) as zone:
+        after = zone.info()["jobs"]
+        assert after["finished"] - before["finished"] <= 21
+        assert not (set(jobs) & {j["job"] for j in zone.jobs()}), "acknowledged jobs are gone"
+        with pytest.raises(ZoneError) as failure:
+            zone.result(next(iter(jobs)))
+        assert failure.value.code == Code.NO_SUCH_JOB
+
+
+def test_driver_stopped_for_30_seconds(oob: BootedZone, sez_home: SezHome) -> None:
+    script = """
+        import sys
+        from host_driver import SyncZone
+        with SyncZone(sys.argv[1], timeout=60) as zone:
+            jobs = [zone.submit("slow", f"0.5:{i}".encode())["job"] for i in range(8)]
+            print("submitted", flush=True)
+            for job in jobs:
+                answer = zone.result(job, wait=60)
+                print(job, answer["state"], answer["output"].decode(), flush=True)
+                zone.ack(job)
+    """
+    proc = driver(oob.url, script)
+    assert proc.stdout is not None
+    assert proc.stdout.readline() == b"submitted\n"
+    proc.send_signal(signal.SIGSTOP)
+    time.sleep(30)
+    proc.send_signal(signal.SIGCONT)
+    out, _ = proc.communicate(timeout=120)
+    lines = out.decode().split("\n")
+    done = [line.split() for line in lines if line]
+    assert proc.returncode == 0
+    assert len(done) == 8 and all(state == "done" for _, state, _ in done)
+    assert sorted(output for _, _, output in done) == sorted(f"0.5:{i}" for i in range(8))
+    assert len({job for job, _, _ in done}) == 8
+
+
+def test_garbage_then_silence_then_a_new_host(oob: BootedZone) -> None:
+    raw = RawChannel(oob.url)
+    raw.write(os.urandom(3000).replace(b"SZ", b"sz"))
+    raw.write(wire.encode_request(1, "echo", {"data": b"x" * 4000})[:2000])
+    raw.close()
+    with SyncZone(oob.url, timeout=15) as zone:
+        assert zone.echo(b"first request") == b"first request"
+
+
+def test_a_frozen_zone_is_detected(oob: BootedZone) -> None:
+    async def frozen() -> float:
+        async with await Zone.connect(oob.url, heartbeat=1.0) as zone:
+            oob.machine.qmp("stop")
+            started = time.monotonic()
+            try:
+                with pytest.raises(ZoneUnresponsive):
+                    await zone.request("echo", {"data": b"x"}, timeout=60)
+            finally:
+                oob.machine.qmp("cont")
+            return time.monotonic() - started
+
+    import asyncio
+
+    detected = asyncio.run(frozen())
+    assert detected < 15, f"took {detected:.1f} s"
+    with SyncZone(oob.url) as zone:
+        assert zone.echo(b"thawed") == b"thawed"
+
+
+def test_outbox_is_bounded(oob: BootedZone) -> None:
+    with SyncZone(oob.url, timeout=60) as zone:
+        with pytest.raises(ZoneError) as failure:
+            for _ in range(4):
+                zone.submit("null", os.urandom(1 << 20))
+        assert failure.value.code == Code.OUTBOX_FULL
+        for job in zone.jobs():
+            zone.result(job["job"], wait=30)
+            zone.ack(job["job"])
+        assert zone.jobs() == []
+        assert zone.submit("null", b"room again")["state"] == "queued"
+
+
+LOADER = """
+    import sys, time
+    from host_driver import SyncZone
+    with SyncZone(sys.argv[1], timeout=20) as zone:
+        print("connected", flush=True)
+        i = 0
+        while True:
+            job = zone.submit("slow", f"0.05:{sys.argv[2]}-{i}".encode())
+            print(job["job"], flush=True)
+            i += 1
+"""
+
+
+def test_power_cuts_during_a_stream_of_jobs(oob: BootedZone, sez_home: SezHome) -> None:
+    """Pull the plug at random moments, 20 times: every job the zone accepted is delivered
+    exactly once with a verifying receipt, or reported interrupted; none is missing."""
+    rng = random.Random(1992)
+    device = Device.open("oob-zone", sez_home)
+    root = Factory(sez_home).root_cert()
+    accepted: set[str] = set()
+    delivered: set[str] = set()
+    interrupted: set[str] = set()
+    for cut in range(20):
+        proc = driver(oob.url, LOADER, str(cut))
+        assert proc.stdout is not None
+        assert proc.stdout.readline() == b"connected\n"
+        time.sleep(rng.uniform(0.0, 2.0))
+        oob.machine.stop(kill=True)
+        accepted |= {line.decode().strip() for line in proc.stdout.read().splitlines()}
+        proc.wait(30)
+        oob.machine.launch(load_image(), device)
+        with SyncZone(oob.url, timeout=60, hello_timeout=90) as zone:
+            outbox = {j["job"]: j for j in zone.jobs()}
+            assert zone.info()["bbram"] == "ok", f"cut {cut}"
+            missing = accepted - delivered - interrupted - set(outbox)
+            assert not missing, f"cut {cut}: accepted jobs vanished: {sorted(missing)}"
+            for job in list(outbox):
+                answer = zone.result(job, wait=30)
+                if answer["state"] == "interrupted":
+                    assert answer["error"]["code"] == Code.INTERRUPTED
+                    interrupted.add(job)
+                else:
+                    assert answer["state"] == "done", answer
+                    verify_receipt(answer["receipt"], input=answer["output"],
+                                   output=answer["output"], nonce=b"", root=root)
+                    assert job not in delivered, f"job {job} delivered twice"
+                    delivered.add(job)
+                zone.ack(job)
+    assert accepted == delivered | interrupted
+    assert len(delivered) > len(interrupted)
