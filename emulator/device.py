@@ -17,7 +17,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from .paths import SezHome
+from .paths import SezHome, write_atomic
 
 __all__ = ["Device"]
 
@@ -28,17 +28,6 @@ BBRAM_FILE = "bbram.img"
 BBRAM_SIZE = 8 << 20
 INFO_FILE = "device.json"
 BOOTS_FILE = "boot_counter"
-
-
-def _write_atomic(path: Path, data: bytes, mode: int = 0o600) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    try:
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
 
 
 @dataclass(frozen=True)
@@ -57,10 +46,10 @@ class Device:
         """Write a new device's files (the factory calls this; see Factory.provision)."""
         directory = home.device_dir(name)
         directory.mkdir(parents=True, mode=0o700)
-        _write_atomic(directory / FUSES_FILE, uds)
-        _write_atomic(directory / DEVICE_ID_FILE, device_id_cert, 0o644)
+        write_atomic(directory / FUSES_FILE, uds)
+        write_atomic(directory / DEVICE_ID_FILE, device_id_cert, 0o644)
         info = {"name": name, "created": int(time.time()), "ueid": ueid.hex()}
-        _write_atomic(directory / INFO_FILE, (json.dumps(info, indent=2) + "\n").encode(), 0o644)
+        write_atomic(directory / INFO_FILE, (json.dumps(info, indent=2) + "\n").encode(), 0o644)
         device = cls(name, directory)
         device.ensure_bbram()
         return device
@@ -98,5 +87,5 @@ class Device:
     def count_boot(self) -> int:
         """Advance the hardware boot counter (at every power-on) and return the new value."""
         value = self.boot_counter + 1
-        _write_atomic(self.directory / BOOTS_FILE, f"{value}\n".encode(), 0o644)
+        write_atomic(self.directory / BOOTS_FILE, f"{value}\n".encode(), 0o644)
         return value

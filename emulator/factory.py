@@ -13,7 +13,6 @@ share anything.
 from __future__ import annotations
 
 import datetime
-import os
 import secrets
 from pathlib import Path
 
@@ -26,7 +25,7 @@ from firmware import dice
 
 from .device import Device
 from .errors import EmulatorError
-from .paths import SezHome, check_name
+from .paths import SezHome, check_name, write_atomic
 
 __all__ = ["Factory", "FactoryError", "ROOT_VALIDITY", "DEVICE_VALIDITY"]
 
@@ -37,17 +36,6 @@ _SKEW = datetime.timedelta(hours=1)
 
 class FactoryError(EmulatorError):
     """The factory is missing, already set up, or cannot provision."""
-
-
-def _write(path: Path, data: bytes, mode: int) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    try:
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
 
 
 def _ca_usage(digital_signature: bool) -> x509.KeyUsage:
@@ -95,10 +83,10 @@ class Factory:
             .sign(key, hashes.SHA384())
         )
         self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
-        _write(self.root_key_path, key.private_bytes(
+        write_atomic(self.root_key_path, key.private_bytes(
             serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
             serialization.NoEncryption()), 0o600)
-        _write(self.root_cert_path, cert.public_bytes(serialization.Encoding.PEM), 0o644)
+        write_atomic(self.root_cert_path, cert.public_bytes(serialization.Encoding.PEM), 0o644)
         return cert
 
     def root_cert(self) -> x509.Certificate:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from .errors import DeviceNotFound
 
-__all__ = ["SezHome", "image_dir", "project_root", "check_name"]
+__all__ = ["SezHome", "image_dir", "project_root", "check_name", "write_atomic"]
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
@@ -22,6 +22,18 @@ def image_dir() -> Path:
     """The guest image: $SEZ_IMAGE, else images/build/ of this checkout."""
     env = os.environ.get("SEZ_IMAGE")
     return Path(env) if env else project_root() / "images" / "build"
+
+
+def write_atomic(path: Path, data: bytes, mode: int = 0o600) -> None:
+    """Write ``path`` whole or not at all (a temporary file, fsync, rename)."""
+    tmp = path.with_name(path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    try:
+        os.write(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
 
 
 def check_name(name: str) -> str:

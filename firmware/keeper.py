@@ -23,8 +23,6 @@ from __future__ import annotations
 
 import datetime
 import hashlib
-import os
-import socket
 import time
 from typing import Any
 
@@ -40,11 +38,10 @@ from .bbram import Bbram, BbramError
 from .abi import evidence as claims
 from .abi.errors import Code
 from .hardware import Hardware
-from .links import MAX_MESSAGE, size_buffers
+from .links import MAX_MESSAGE, listen, size_buffers
 from .reactor import foreground, log, log_exception
 
-SOCKET_DIR = "/run/sez"
-SOCKET = f"{SOCKET_DIR}/keeper.sock"
+SOCKET = "/run/sez/keeper.sock"
 _SPKI = (serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
 
 
@@ -202,15 +199,7 @@ class Keeper:
             return _error(request_id, Code.BAD_ARGS, str(exc))
 
     def serve(self) -> None:
-        os.makedirs(SOCKET_DIR, mode=0o700, exist_ok=True)
-        try:
-            os.unlink(SOCKET)
-        except FileNotFoundError:
-            pass
-        server = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        server.bind(SOCKET)
-        os.chmod(SOCKET, 0o600)
-        server.listen(4)
+        server = listen(SOCKET)
         while True:
             conn, _ = server.accept()
             size_buffers(conn)

@@ -26,6 +26,20 @@ KEEPER_RETRY = 0.05
 KEEPER_TIMEOUT = 30.0
 
 
+def listen(path: str) -> socket.socket:
+    """A root-only SOCK_SEQPACKET server socket at ``path`` (its directory made 0700)."""
+    os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    server.bind(path)
+    os.chmod(path, 0o600)
+    server.listen(4)
+    return server
+
+
 def size_buffers(sock: socket.socket) -> None:
     """A SOCK_SEQPACKET message must fit the socket buffer whole: make room for MAX_MESSAGE."""
     for option in (_SO_SNDBUFFORCE, _SO_RCVBUFFORCE):

@@ -26,6 +26,7 @@ from typing import Any
 import cbor2
 
 from .applet_host import run_job  # imported here, so a job's process starts with it loaded
+from .links import listen
 from .reactor import Reactor, foreground, log, log_exception
 
 SOCKET = "/run/sez/runner.sock"
@@ -68,15 +69,7 @@ class Runner:
         # burst of jobs can exhaust their budget, never the zone.
         _write(f"{JOBS_CGROUP}/memory.max", str(_jobs_memory_budget()))
         os.makedirs(WORK_ROOT, mode=0o711, exist_ok=True)
-        os.makedirs(os.path.dirname(SOCKET), mode=0o700, exist_ok=True)
-        try:
-            os.unlink(SOCKET)
-        except FileNotFoundError:
-            pass
-        server = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        server.bind(SOCKET)
-        os.chmod(SOCKET, 0o600)
-        server.listen(4)
+        server = listen(SOCKET)
         server.setblocking(False)
         self.server = server
         self.loop.add_reader(server.fileno(), self._accept)

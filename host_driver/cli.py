@@ -58,7 +58,7 @@ def boot_zone(name: str, *, debug: bool = False, accel: str = "auto",
     device = Device.open(name, home)
     machine = Machine(name, home)
     started = time.monotonic()
-    status = machine.launch(image, device, accel=accel, debug=debug)
+    machine.launch(image, device, accel=accel, debug=debug)
     remaining = max(1.0, timeout - (time.monotonic() - started))
     try:
         with SyncZone(machine.channel, hello_timeout=remaining) as zone:

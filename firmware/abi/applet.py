@@ -90,14 +90,19 @@ def validate_manifest(raw: Any) -> dict[str, Any]:
     return {**raw, "limits": limits}
 
 
-def pack_files(files: dict[str, bytes]) -> bytes:
-    """The canonical package of ``files`` (which must hold manifest.toml)."""
+def _declared_manifest(files: dict[str, bytes]) -> dict[str, Any]:
+    """The manifest that ``files``' manifest.toml declares, validated and completed."""
     if "manifest.toml" not in files:
         raise PackageError("no manifest.toml")
     try:
-        manifest = validate_manifest(tomllib.loads(files["manifest.toml"].decode()))
+        return validate_manifest(tomllib.loads(files["manifest.toml"].decode()))
     except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
         raise PackageError(f"manifest.toml: {exc}") from exc
+
+
+def pack_files(files: dict[str, bytes]) -> bytes:
+    """The canonical package of ``files`` (which must hold manifest.toml)."""
+    manifest = _declared_manifest(files)
     package = {
         "format": FORMAT,
         "manifest": manifest,
@@ -164,12 +169,7 @@ def parse(raw: bytes) -> Package:
     if set(inventory) != set(files) or any(
             hashlib.sha384(files[p]).hexdigest() != inventory[p] for p in files):
         raise PackageError("the inventory does not match the files")
-    if "manifest.toml" not in files:
-        raise PackageError("no manifest.toml")
-    try:
-        declared = validate_manifest(tomllib.loads(files["manifest.toml"].decode()))
-    except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
-        raise PackageError(f"manifest.toml: {exc}") from exc
+    declared = _declared_manifest(files)
     if package.get("manifest") != declared:
         raise PackageError("the packed manifest is not the one manifest.toml says")
     if cbor2.dumps(package, canonical=True) != raw:
