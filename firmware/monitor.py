@@ -1,9 +1,14 @@
 """Layer 1: the zone monitor. Serves the control port ``org.sez.ctl`` (DESIGN §6).
 
-One reactor (firmware.reactor) owns the port. Bytes go through :class:`~firmware.abi.wire.FrameDecoder`;
-every frame becomes a response, every fault an error frame with ``id: null``; nothing that
-crosses the channel can raise out of the loop. Writes are non-blocking and queued, so a host
-that does not read never stalls the zone.
+One reactor (firmware.reactor) owns the port. Bytes go through
+:class:`~firmware.abi.wire.FrameDecoder`; every frame becomes a response, every fault an error
+frame with ``id: null``; nothing that crosses the channel can raise out of the loop. Writes are
+non-blocking and queued, so a host that does not read never stalls the zone.
+
+The operations are the ``op_*`` methods. What needs a key goes to the key keeper
+(firmware.links.KeeperLink); persistent state is firmware.store (kept in BBRAM by the keeper);
+jobs are firmware.jobs (run by firmware.runner). An operation that waits on another process
+returns a Deferred, answered when it resolves.
 """
 
 from __future__ import annotations
