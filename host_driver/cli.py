@@ -138,10 +138,7 @@ def cmd_attest(args: argparse.Namespace) -> None:
 def cmd_verify(args: argparse.Namespace) -> None:
     root = load_root(args.root or Factory().root_cert_path)
     reference = Reference.from_manifest(args.reference or image_dir() / "manifest.json")
-    try:
-        evidence = Path(args.file).read_bytes()
-    except OSError as exc:
-        raise SezError(f"cannot read {args.file}: {exc.strerror}") from exc
+    evidence = _read(args.file)
     try:
         expected = bytes.fromhex(args.ueid) if args.ueid else None
         result = verify_evidence(evidence, nonce=_nonce(args.nonce), root=root,
