@@ -224,9 +224,11 @@ class Jobs:
 
         return self.store.allocate_job().then(queue)
 
-    def submit(self, package: Package, data: bytes, nonce: bytes, key: bytes | None) -> Deferred:
+    def submit(self, package: Package, data: bytes, nonce: bytes, key: bytes | None,
+               scheduled: dict[str, Any] | None = None) -> Deferred:
         """Queue a detached job; resolve to {job, state, duplicate} once it is durable. A
-        retried submission (same ``key``) gets the first one's job, and runs nothing."""
+        retried submission (same ``key``) gets the first one's job, and runs nothing.
+        ``scheduled`` marks a scheduled run (firmware.schedules)."""
         if key is not None:
             found = self.store.find_key(key)
             if found is not None:
@@ -236,7 +238,7 @@ class Jobs:
             self._queue(Queued(int(job), package, data, nonce, detached=True))
             return {"job": job, "state": "queued", "duplicate": False}
 
-        return self.store.submit(package, data, nonce, key).then(queued)
+        return self.store.submit(package, data, nonce, key, scheduled).then(queued)
 
     def recover(self) -> None:
         """After a boot: queue the outbox's queued jobs again; a job that was running when the
@@ -326,6 +328,7 @@ class Jobs:
     def listing(self) -> list[dict[str, Any]]:
         return [{"job": job, "applet": e["applet"], "state": e["state"],
                  "submitted": e.get("submitted"), "finished": e.get("finished"),
+                 **({"schedule": e["schedule"], "run": e["run"]} if e.get("schedule") else {}),
                  **({"error": e["error"]} if e.get("error") else {})}
                 for job, e in sorted(self.store.outbox().items(), key=lambda kv: int(kv[0]))]
 

@@ -12,6 +12,7 @@ message per packet, ``{id, op, args}`` -> ``{id, ok, result | error}``):
 ``bbram-commit``  ``{state}`` -> make it the persistent state, durably
 ``verify``        ``{key, message}`` -> the payload of a COSE_Sign1 that ``key`` (SPKI) signed
 ``receipt``       ``{claims}`` -> a job receipt (COSE_Sign1 by the alias key)
+``audit-entry``   ``{claims}`` -> an audit-log entry (COSE_Sign1 by the alias key, with kid)
 ``applet-sign``   ``{measurement, data}`` -> the applet's own signature, its public key and
                   its certificate (signed by the alias key)
 
@@ -32,6 +33,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from . import FIRMWARE_VERSION, dice
+from .abi import audit as audit_claims
 from .abi import cose
 from .abi import receipt as receipt_claims
 from .bbram import Bbram, BbramError
@@ -111,10 +113,22 @@ class Identity:
 
     def receipt(self, extra: dict[Any, Any]) -> bytes:
         """A job receipt: the monitor's job claims, with this zone's identity and time."""
-        payload: dict[Any, Any] = {**extra, receipt_claims.UEID: self.ueid, receipt_claims.IAT: int(time.time()),
-                   receipt_claims.BOOTCOUNT: self.boot_counter,
-                   receipt_claims.PROFILE_KEY: receipt_claims.PROFILE}
-        return cose.sign1(cbor2.dumps(payload), self.alias, x5chain=self.chain)
+        return self._attested(receipt_claims.PROFILE, extra, x5chain=self.chain)
+
+    def audit_entry(self, extra: dict[Any, Any]) -> bytes:
+        """An audit-log entry: the chain travels beside the log, the entry names the key."""
+        return self._attested(audit_claims.PROFILE, extra,
+                              kid=hashlib.sha256(self.alias.public_key().public_bytes(*_SPKI))
+                              .digest())
+
+    def _attested(self, profile: str, extra: dict[Any, Any], **headers: Any) -> bytes:
+        """``extra`` with this zone's UEID, time, boot counter and ``profile``, signed by the
+        alias key. The monitor's claims may not set those."""
+        if set(extra) & claims.KEEPER_CLAIMS:
+            raise ValueError("the monitor may not set layer 0's claims")
+        payload: dict[Any, Any] = {**extra, claims.UEID: self.ueid, claims.IAT: int(time.time()),
+                                   claims.BOOTCOUNT: self.boot_counter, claims.PROFILE_KEY: profile}
+        return cose.sign1(cbor2.dumps(payload), self.alias, **headers)
 
     def applet_sign(self, measurement: Any, data: Any) -> dict[str, Any]:
         """Sign ``data`` with the applet's own key (derived from the CDI and its measurement)."""
@@ -189,6 +203,9 @@ class Keeper:
             if op == "receipt":
                 return {"id": request_id, "ok": True,
                         "result": {"receipt": self.identity.receipt(args["claims"])}}
+            if op == "audit-entry":
+                return {"id": request_id, "ok": True,
+                        "result": {"entry": self.identity.audit_entry(args["claims"])}}
             if op == "applet-sign":
                 return {"id": request_id, "ok": True, "result": self.identity.applet_sign(
                     args.get("measurement"), args.get("data"))}

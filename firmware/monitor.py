@@ -7,7 +7,8 @@ non-blocking and queued, so a host that does not read never stalls the zone.
 
 The operations are the ``op_*`` methods. What needs a key goes to the key keeper
 (firmware.links.KeeperLink); persistent state is firmware.store (kept in BBRAM by the keeper);
-jobs are firmware.jobs (run by firmware.runner). An operation that waits on another process
+jobs are firmware.jobs (run by firmware.runner); schedules are firmware.schedules, and the
+audit log firmware.audit. An operation that waits on another process
 returns a Deferred, answered when it resolves.
 """
 
@@ -27,6 +28,7 @@ from .jobs import Jobs
 from .links import KEEPER_SOCKET, Deferred, KeeperLink
 from .port import Port
 from .reactor import Reactor, Timer, log
+from .schedules import Schedules
 from .store import ZoneStore
 
 TYPE_CHECKING = False
@@ -92,7 +94,8 @@ class Monitor:
         self.keeper = KeeperLink(loop, keeper_socket)
         self.store = ZoneStore(self.keeper)
         self.jobs = Jobs(loop, self.keeper, self.store)
-        self.store.ready.add(lambda d: self.jobs.recover() if d.error is None else None)
+        self.schedules = Schedules(loop, self.store, self.jobs)
+        self.store.ready.add(self._resume)
         self.decoder = wire.FrameDecoder()
         self.encoder = wire.FrameEncoder()
         self.sessions = 0
@@ -125,7 +128,18 @@ class Monitor:
             "result": self.op_result,
             "ack": self.op_ack,
             "jobs": self.op_jobs,
+            "schedule": self.op_schedule,
+            "unschedule": self.op_unschedule,
+            "schedules": self.op_schedules,
+            "audit": self.op_audit,
+            "audit-ack": self.op_audit_ack,
         }
+
+    def _resume(self, ready: Deferred) -> None:
+        """Once the state is loaded: queued jobs run again, schedules tick again."""
+        if ready.error is None:
+            self.jobs.recover()
+            self.schedules.start()
 
     # -- channel -----------------------------------------------------------------------------
 
@@ -305,6 +319,9 @@ class Monitor:
             "jobs": {"active": len(self.jobs.active), "queued": len(self.jobs.waiting),
                      "finished": self.jobs.finished, "failed": self.jobs.failed,
                      "interrupted": self.jobs.interrupted, "outbox": len(self.store.outbox())},
+            "schedules": len(self.schedules.specs()),
+            "audit": {"kept": len(self.store.audit.entries()),
+                      "next": self.store.audit.next_seq()},
             "bbram_commits": self.store.commits,
         }
 
@@ -413,6 +430,42 @@ class Monitor:
     def op_jobs(self, args: dict[str, Any]) -> Deferred:
         """The outbox: every detached job not yet acknowledged, with its state."""
         return self.store.ready.then(lambda _: {"jobs": self.jobs.listing()})
+
+    def op_schedule(self, args: dict[str, Any]) -> Deferred:
+        """Install an owner-signed schedule (firmware.abi.schedule); it runs at once, then
+        every ``every`` seconds, with or without a host."""
+        return self.store.ready.then(lambda _: self.schedules.change(args.get("change"),
+                                                                     "schedule"))
+
+    def op_unschedule(self, args: dict[str, Any]) -> Deferred:
+        """Remove a schedule (an owner-signed unschedule change)."""
+        return self.store.ready.then(lambda _: self.schedules.change(args.get("change"),
+                                                                     "unschedule"))
+
+    def op_schedules(self, args: dict[str, Any]) -> Deferred:
+        """{ueid, epoch, schedules: [{name, applet, every, runs, skipped, ...}]}; a change
+        must name this epoch."""
+        return self.store.ready.then(lambda _: self.schedules.listing())
+
+    def op_audit(self, args: dict[str, Any]) -> Deferred:
+        """Audit-log entries after sequence number ``after`` (at most ``limit``), with the
+        certificate chain [alias, DeviceID] of the key that signed them."""
+        after, limit = args.get("after", 0), args.get("limit", 256)
+        if type(after) is not int or after < 0 or type(limit) is not int or not 1 <= limit <= 1024:
+            raise BadArgs("audit takes {after: sequence number >= 0, limit: 1..1024}")
+
+        def fetch(identity: dict[str, Any]) -> dict[str, Any]:
+            return {**self.store.audit.fetch(after, limit),
+                    "chain": [identity["alias_cert"], identity["device_id_cert"]]}
+
+        return self.store.ready.then(lambda _: self.keeper.call("identity", {})).then(fetch)
+
+    def op_audit_ack(self, args: dict[str, Any]) -> Deferred:
+        """The host has the entries up to sequence number ``upto``: the zone may forget them."""
+        upto = args.get("upto")
+        if type(upto) is not int or upto < 0:
+            raise BadArgs("audit-ack takes {upto: sequence number}")
+        return self.store.ready.then(lambda _: self.store.audit.ack(upto))
 
     def op_poweroff(self, args: dict[str, Any]) -> dict[str, Any]:
         """Answer, then sync and power the machine off (QEMU exits)."""

@@ -7,12 +7,17 @@ State (one CBOR map)::
     owner_epoch  +1 at every enrolment (an owner's authorization names the epoch it replaces)
     rollback     {name: highest version ever loaded}
     applets      {name: canonical package}  (versions of one name replace each other)
-    events       the last EVENTS_KEPT enrolments and loads, oldest first
+    audit, audit_next, audit_last
+                 the audit log (firmware.audit): enrolments, loads, schedule changes and
+                 scheduled runs, each committed together with the change it records
+    schedules    {name: {applet, measurement, input, every, runs}} (firmware.schedules)
+    schedule_epoch  +1 at every schedule change (a change names the epoch it replaces)
     job_lease    job counters below this may have been used: a boot starts at the lease and
                  reserves JOB_LEASE more, so the counter never repeats across power cuts
     outbox       {job: record} of detached jobs until the host acknowledges their result:
                  {applet, measurement, input, nonce, key, state, output, receipt, error,
-                 submitted, finished}; state queued -> running -> done | failed | interrupted
+                 submitted, finished, and for a scheduled run: schedule, run, skipped};
+                 state queued -> running -> done | failed | interrupted
     acked        {key: job} of the last ACKED_KEPT acknowledged jobs (idempotent retries)
 
 Updates are serialised: each one starts from the state the previous one committed, and the
@@ -29,9 +34,9 @@ import cbor2
 
 from .abi import applet as applets
 from .abi.errors import BadArgs, Code, ZoneError
+from .audit import AuditLog
 from .links import Deferred, KeeperLink
 
-EVENTS_KEPT = 128
 JOB_LEASE = 1024
 #: Detached jobs the outbox holds (queued, running or unacknowledged), and their bytes.
 OUTBOX_JOBS = 1024
@@ -56,6 +61,7 @@ class ZoneStore:
         self.commits = 0
         self._pending: list[tuple[Callable[[dict[str, Any]], Any], Deferred]] = []
         self._committing = False
+        self.audit = AuditLog(self, keeper)
         identity = keeper.call("identity", {}).then(self._identified)
         self.ready = identity.then(lambda _: keeper.call("bbram-load", {})).then(self._loaded)
 
@@ -137,8 +143,9 @@ class ZoneStore:
         if not isinstance(new_owner, bytes) or not 50 <= len(new_owner) <= 1024:
             raise BadArgs("enroll takes {owner: SubjectPublicKeyInfo (DER)}")
         current = self.state.get("owner")
+        event = {"kind": "enroll", "owner": fingerprint(new_owner)}
         if current is None:
-            return self.update(lambda state: self._set_owner(state, new_owner, None))
+            return self.audit.append(event, lambda state: self._set_owner(state, new_owner, None))
         if current == new_owner:  # enrolling the owner again changes nothing
             return Deferred.of({"owner": fingerprint(current).hex(),
                                 "epoch": int(self.state.get("owner_epoch", 0))})
@@ -156,9 +163,19 @@ class ZoneStore:
             if signed != expected:
                 raise ZoneError("the authorization is for another owner, device or epoch",
                                 code=Code.NOT_OWNER)
-            return self.update(lambda state: self._set_owner(state, new_owner, current))
+            return self.audit.append(event,
+                                     lambda state: self._set_owner(state, new_owner, current))
 
         return self._verify(current, authorization).then(check)
+
+    def verify_owner(self, message: Any) -> Deferred:
+        """The payload of COSE_Sign1 ``message`` if the enrolled owner signed it."""
+        if not isinstance(message, bytes):
+            raise BadArgs("expected the owner's signed document (COSE_Sign1 bytes)")
+        owner = self.state.get("owner")
+        if owner is None:
+            raise ZoneError("no owner is enrolled", code=Code.NOT_OWNER)
+        return self._verify(owner, message)
 
     def _verify(self, spki: bytes, message: bytes) -> Deferred:
         verified = Deferred()
@@ -178,7 +195,6 @@ class ZoneStore:
             raise ZoneError("the owner changed meanwhile", code=Code.NOT_OWNER)
         state["owner"] = owner
         state["owner_epoch"] = int(state.get("owner_epoch", 0)) + 1
-        self._log(state, {"kind": "enroll", "owner": fingerprint(owner)})
         return {"owner": fingerprint(owner).hex(), "epoch": state["owner_epoch"]}
 
     # -- applets -------------------------------------------------------------------------------
@@ -187,8 +203,7 @@ class ZoneStore:
         """Load an owner-signed package: signature, then format, then the rollback counter."""
         if not isinstance(signed, bytes):
             raise BadArgs("load takes {package: the signed .sez bytes}")
-        owner = self.state.get("owner")
-        if owner is None:
+        if self.state.get("owner") is None:
             raise ZoneError("no owner is enrolled: the zone loads no code", code=Code.NOT_OWNER)
 
         def admit(result: dict[str, Any]) -> Deferred:
@@ -198,9 +213,12 @@ class ZoneStore:
                 self.packages[package.name] = package
                 return described
 
-            return self.update(lambda state: self._admit(state, package)).then(admitted)
+            event = {"kind": "load", "name": package.name, "version": package.version,
+                     "measurement": package.measurement}
+            return self.audit.append(event, lambda state: self._admit(state, package)
+                                     ).then(admitted)
 
-        return self._verify(owner, signed).then(admit)
+        return self.verify_owner(signed).then(admit)
 
     def _admit(self, state: dict[str, Any], package: applets.Package) -> dict[str, Any]:
         highest = dict(state.get("rollback", {}))
@@ -211,8 +229,6 @@ class ZoneStore:
         highest[package.name] = package.version
         state["rollback"] = highest
         state["applets"] = {**state.get("applets", {}), package.name: package.raw}
-        self._log(state, {"kind": "load", "name": package.name, "version": package.version,
-                          "measurement": package.measurement})
         return describe(package)
 
     def find(self, applet: Any) -> applets.Package:
@@ -255,8 +271,9 @@ class ZoneStore:
         return (str(acked), "acknowledged") if acked is not None else None
 
     def submit(self, package: applets.Package, data: bytes, nonce: bytes,
-               key: bytes | None) -> Deferred:
-        """Queue a detached job durably; resolve to its id once BBRAM holds it."""
+               key: bytes | None, scheduled: dict[str, Any] | None = None) -> Deferred:
+        """Queue a detached job durably; resolve to its id once BBRAM holds it. A scheduled
+        run (``scheduled``: {schedule, run, skipped}) also counts the run in its schedule."""
         outbox = self.outbox()
         used = sum(_record_bytes(r) for r in outbox.values())
         if len(outbox) >= OUTBOX_JOBS or used + len(data) > OUTBOX_BYTES:
@@ -267,18 +284,32 @@ class ZoneStore:
             job = str(counter)
             entry = {"applet": package.name, "measurement": package.measurement, "input": data,
                      "nonce": nonce, "key": key, "state": "queued", "counter": counter,
-                     "submitted": int(time.time())}
-            return self.update(lambda state: _put(state, job, entry)).then(lambda _: job)
+                     "submitted": int(time.time()), **(scheduled or {})}
+
+            def put(state: dict[str, Any]) -> None:
+                _put(state, job, entry)
+                if scheduled is not None and scheduled["schedule"] in state.get("schedules", {}):
+                    schedules = dict(state["schedules"])
+                    name = scheduled["schedule"]
+                    schedules[name] = {**schedules[name], "runs": scheduled["run"]}
+                    state["schedules"] = schedules
+
+            return self.update(put).then(lambda _: job)
 
         return self.allocate_job().then(record)
 
     def set_job(self, job: str, **changes: Any) -> Deferred:
+        """Change a job's record. A scheduled run's final state is committed together with
+        its audit-log entry."""
         def change(state: dict[str, Any]) -> None:
             entry = state.get("outbox", {}).get(job)
             if entry is not None:
                 _put(state, job, {**entry, **changes})
 
-        return self.update(change)
+        entry = self.outbox().get(job)
+        if entry is None or entry.get("schedule") is None or changes.get("state") not in FINAL:
+            return self.update(change)
+        return self.audit.append(_run_event(job, entry, changes), change)
 
     def ack(self, job: str) -> Deferred:
         """Forget a finished job's result: the host has it."""
@@ -301,10 +332,6 @@ class ZoneStore:
 
         return self.update(remove)
 
-    def _log(self, state: dict[str, Any], event: dict[str, Any]) -> None:
-        event["at"] = int(time.time())
-        state["events"] = (list(state.get("events", [])) + [event])[-EVENTS_KEPT:]
-
     def claims(self) -> dict[str, Any]:
         """What evidence says about this state (the monitor's claims; see abi.evidence)."""
         owner = self.state.get("owner")
@@ -318,6 +345,19 @@ class ZoneStore:
 
 def _put(state: dict[str, Any], job: str, entry: dict[str, Any]) -> None:
     state["outbox"] = {**state.get("outbox", {}), job: entry}
+
+
+def _run_event(job: str, entry: dict[str, Any], final: dict[str, Any]) -> dict[str, Any]:
+    """The audit-log event of a scheduled run that ended (abi.audit)."""
+    event = {"kind": "run", "schedule": entry["schedule"], "run": entry["run"], "job": job,
+             "applet": entry["applet"], "measurement": entry["measurement"],
+             "input": hashlib.sha384(entry["input"]).digest(), "state": final["state"],
+             "skipped": entry.get("skipped", 0)}
+    if final.get("output") is not None:
+        event["output"] = hashlib.sha384(final["output"]).digest()
+    if final.get("error") is not None:
+        event["error"] = final["error"]["message"]
+    return event
 
 
 def _record_bytes(entry: dict[str, Any]) -> int:

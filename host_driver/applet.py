@@ -21,10 +21,12 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from firmware.abi import applet as applets
 from firmware.abi import cose
+from firmware.abi import schedule as schedules
 from firmware.abi.errors import SezError
 
 __all__ = ["generate_owner_key", "load_owner_key", "owner_spki", "read_applet_files",
-           "build_applet", "package_of", "package_measurement", "enroll_authorization"]
+           "build_applet", "package_of", "package_measurement", "enroll_authorization",
+           "schedule_change", "unschedule_change"]
 
 _SPKI = (serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
 
@@ -95,3 +97,20 @@ def enroll_authorization(current: ec.EllipticCurvePrivateKey, new_owner: bytes, 
     """The current owner's consent to hand the zone ``ueid`` over to ``new_owner`` (SPKI)."""
     return _sign(cbor2.dumps({"op": "enroll", "owner": new_owner, "ueid": ueid,
                               "epoch": epoch}), current)
+
+
+def schedule_change(key: ec.EllipticCurvePrivateKey, *, ueid: bytes, epoch: int, name: str,
+                    applet: str, measurement: bytes, input: bytes, every: int) -> bytes:
+    """The owner's order to run ``applet`` (pinned to ``measurement``) on ``input`` every
+    ``every`` seconds on device ``ueid``; ``epoch`` is the zone's schedule epoch now."""
+    change = schedules.Change("schedule", ueid, epoch, name, applet, measurement, input, every)
+    schedules.parse(change.document())  # refuse here what the zone would refuse
+    return _sign(cbor2.dumps(change.document()), key)
+
+
+def unschedule_change(key: ec.EllipticCurvePrivateKey, *, ueid: bytes, epoch: int,
+                      name: str) -> bytes:
+    """The owner's order to remove schedule ``name`` from device ``ueid``."""
+    change = schedules.Change("unschedule", ueid, epoch, name)
+    schedules.parse(change.document())
+    return _sign(cbor2.dumps(change.document()), key)

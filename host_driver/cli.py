@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+import cbor2
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -32,11 +33,11 @@ from emulator.paths import SezHome, image_dir, project_root
 from firmware.abi.errors import SezError
 
 from .applet import (build_applet, enroll_authorization, generate_owner_key, load_owner_key,
-                     owner_spki, package_of)
+                     owner_spki, package_of, schedule_change, unschedule_change)
 from .errors import ChannelError, ZoneTimeout
 from .sync import SyncZone
-from .verify import (Reference, VerificationError, load_root, verify_evidence,
-                     verify_receipt)
+from .verify import (AuditAnchor, AuditResult, Reference, VerificationError, load_root,
+                     verify_audit, verify_evidence, verify_receipt)
 
 __all__ = ["main", "boot_zone", "BOOT_TIMEOUT"]
 
@@ -427,6 +428,7 @@ def cmd_jobs(args: argparse.Namespace) -> None:
         listing = zone.jobs()
     _emit(args, listing, "\n".join(
         f"{j['job']:>8}  {j['state']:<11}  {j['applet']}"
+        + (f"  (schedule {j['schedule']}#{j['run']})" if j.get("schedule") else "")
         + (f"  ({j['error']['message']})" if j.get("error") else "") for j in listing)
         or "the outbox is empty")
 
@@ -443,6 +445,111 @@ def cmd_verify_receipt(args: argparse.Namespace) -> None:
           f"receipt verified: job {result.job} (counter {result.job_counter}) ran "
           f"{result.applet_name} v{result.applet_version} on device {result.ueid.hex()}; input, "
           "output and nonce match")
+
+
+def cmd_schedule(args: argparse.Namespace) -> None:
+    key = load_owner_key(args.key)
+    data = _read(args.input) if args.input else b""
+    with _zone(args.name) as zone:
+        current = zone.schedules()
+        matches = [a for a in zone.applets() if args.applet in (a["name"], a["id"])]
+        if len(matches) != 1:
+            raise SezError(f"zone {args.name} has no applet {args.applet!r} loaded (sez applets)")
+        applet = matches[0]
+        change = schedule_change(key, ueid=bytes(current["ueid"]), epoch=int(current["epoch"]),
+                                 name=args.schedule, applet=applet["name"],
+                                 measurement=bytes.fromhex(applet["measurement"]),
+                                 input=data, every=args.every)
+        result = zone.schedule(change)
+    _emit(args, result, f"schedule {args.schedule}: {applet['name']} v{applet['version']} "
+          f"every {args.every} s on {len(data)} bytes of input, from now on (epoch "
+          f"{result['epoch']})")
+
+
+def cmd_unschedule(args: argparse.Namespace) -> None:
+    key = load_owner_key(args.key)
+    with _zone(args.name) as zone:
+        current = zone.schedules()
+        result = zone.unschedule(unschedule_change(key, ueid=bytes(current["ueid"]),
+                                                   epoch=int(current["epoch"]),
+                                                   name=args.schedule))
+    _emit(args, result, f"schedule {args.schedule} removed (epoch {result['epoch']})")
+
+
+def cmd_schedules(args: argparse.Namespace) -> None:
+    with _zone(args.name) as zone:
+        listing = zone.schedules()
+    lines = [f"{s['name']:<16} {s['applet']} every {s['every']} s: {s['runs']} runs"
+             + (f", next in {s['next_in']:.0f} s" if s["next_in"] is not None else "")
+             + (f", {s['skipped']} skipped ({s['skipping']})" if s["skipped"] else "")
+             for s in listing["schedules"]]
+    _emit(args, _jsonable(listing), "\n".join(lines) or "no schedules")
+
+
+def _anchor(path: str | None) -> AuditAnchor | None:
+    if not path or not Path(path).exists():
+        return None
+    try:
+        return AuditAnchor.from_dict(json.loads(Path(path).read_text()))
+    except (OSError, ValueError) as exc:
+        raise SezError(f"cannot read the audit anchor {path}: {exc}") from exc
+
+
+def _verified_audit(args: argparse.Namespace, chain: list[bytes], entries: list[bytes]
+                    ) -> AuditResult:
+    """Verify a fetched or saved log against the root (and the anchor file, then move it on)."""
+    root = load_root(args.root or Factory().root_cert_path)
+    start = _anchor(args.anchor)
+    try:
+        result = verify_audit(chain, entries, root=root, anchor=start)
+    except VerificationError as exc:
+        raise SezError(f"verification failed: {exc}") from exc
+    if args.anchor and result.anchor is not None:
+        Path(args.anchor).write_text(json.dumps(result.anchor.as_dict()) + "\n")
+    lines = [f"{e.seq:>6}  {time.strftime('%Y-%m-%d %H:%M:%S', time.gmtime(e.at))}  boot "
+             f"{e.boot_counter}  {_describe_event(e.event)}" for e in result.entries]
+    _emit(args, {"ok": True, "ueid": result.ueid.hex(),
+                 "entries": [e.as_dict() for e in result.entries],
+                 "anchor": result.anchor.as_dict() if result.anchor else None},
+          "\n".join(lines + [f"{len(result.entries)} entries verified: signed by device "
+                              f"{result.ueid.hex()}, chain unbroken"
+                              + (f" from the anchor (entry {start.seq})" if start else "")]))
+    return result
+
+
+def _describe_event(event: dict[str, Any]) -> str:
+    kind = event.get("kind")
+    if kind == "run":
+        outcome = (f"output sha384:{bytes(event['output']).hex()[:16]}…" if "output" in event
+                   else f"{event.get('error')}")
+        return (f"run {event.get('schedule')}#{event.get('run')} job {event.get('job')} "
+                f"{event.get('applet')}: {event.get('state')}, {outcome}"
+                + (f" ({event['skipped']} ticks skipped before)" if event.get("skipped") else ""))
+    details = ", ".join(f"{k} {v.hex()[:16] + '…' if isinstance(v, bytes) else v}"
+                        for k, v in sorted(event.items()) if k != "kind")
+    return f"{kind}: {details}"
+
+
+def cmd_audit(args: argparse.Namespace) -> None:
+    """Fetch the zone's audit log, verify it, save it; with --ack the zone forgets it."""
+    anchor = _anchor(args.anchor)
+    with _zone(args.name) as zone:
+        log = zone.audit(after=anchor.seq if anchor else 0)
+        if args.output:
+            Path(args.output).write_bytes(cbor2.dumps({"chain": log["chain"],
+                                                       "entries": log["entries"]}))
+        result = _verified_audit(args, log["chain"], log["entries"])
+        if args.ack and result.entries:
+            zone.audit_ack(result.entries[-1].seq)
+
+
+def cmd_verify_audit(args: argparse.Namespace) -> None:
+    try:
+        saved = cbor2.loads(_read(args.file))
+        chain, entries = list(saved["chain"]), list(saved["entries"])
+    except Exception as exc:
+        raise SezError(f"{args.file} is not a saved audit log (sez audit -o): {exc}") from exc
+    _verified_audit(args, chain, entries)
 
 
 def _demo_applets(zone: SyncZone, home: SezHome, factory: Factory,
@@ -616,6 +723,38 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("--input", required=True, metavar="IN")
     c.add_argument("--output", required=True, metavar="OUT")
     c.add_argument("--nonce", required=True, help="hex (may be empty: '')")
+    c.add_argument("--root", help="manufacturer root certificate (default: the factory's)")
+
+    c = command("schedule", cmd_schedule,
+                "run an applet every N seconds, host or no host (owner-signed)")
+    c.add_argument("name")
+    c.add_argument("schedule", help="the schedule's name (a-z, 0-9, '-')")
+    c.add_argument("applet", help="a loaded applet (name or id); its measurement is pinned")
+    c.add_argument("--every", type=int, required=True, metavar="SECONDS")
+    c.add_argument("--input", metavar="FILE", help="the input of every run (default: empty)")
+    c.add_argument("--key", required=True, metavar="KEY.pem", help="the owner's key")
+
+    c = command("unschedule", cmd_unschedule, "remove a schedule (owner-signed)")
+    c.add_argument("name")
+    c.add_argument("schedule")
+    c.add_argument("--key", required=True, metavar="KEY.pem", help="the owner's key")
+
+    c = command("schedules", cmd_schedules, "a zone's schedules, their runs and skips")
+    c.add_argument("name")
+
+    c = command("audit", cmd_audit, "fetch and verify the zone's hash-chained audit log")
+    c.add_argument("name")
+    c.add_argument("-o", "--output", metavar="FILE", help="save the log (CBOR) for verify-audit")
+    c.add_argument("--anchor", metavar="FILE", help="JSON: where the last verified fetch ended; "
+                   "the log must continue there (the file is moved on)")
+    c.add_argument("--ack", action="store_true",
+                   help="once verified, let the zone forget the entries")
+    c.add_argument("--root", help="manufacturer root certificate (default: the factory's)")
+
+    c = command("verify-audit", cmd_verify_audit, "verify a saved audit log (sez audit -o)")
+    c.add_argument("file")
+    c.add_argument("--anchor", metavar="FILE", help="JSON: the log must continue there "
+                   "(the file is moved on)")
     c.add_argument("--root", help="manufacturer root certificate (default: the factory's)")
 
     c = command("demo", cmd_demo, "the main job end to end: boot, talk, power off",

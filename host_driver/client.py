@@ -291,6 +291,39 @@ class Zone:
         """The outbox: detached jobs not yet acknowledged, with their states."""
         return list((await self.request("jobs"))["jobs"])
 
+    async def schedule(self, change: bytes) -> dict[str, Any]:
+        """Install an owner-signed schedule (host_driver.applet.schedule_change):
+        {name, op, epoch}. ZoneError codes: not-owner, no-such-schedule, audit-full."""
+        return dict(await self.request("schedule", {"change": change}))
+
+    async def unschedule(self, change: bytes) -> dict[str, Any]:
+        """Remove a schedule (host_driver.applet.unschedule_change)."""
+        return dict(await self.request("unschedule", {"change": change}))
+
+    async def schedules(self) -> dict[str, Any]:
+        """{ueid, epoch, schedules: [{name, applet, measurement, every, runs, skipped, ...}]}."""
+        return dict(await self.request("schedules"))
+
+    async def audit(self, *, after: int = 0, page: int = 256) -> dict[str, Any]:
+        """Every audit-log entry the zone keeps after sequence number ``after``:
+        {chain: [alias, DeviceID], entries: [COSE_Sign1 bytes], first, next}. Appraise it
+        with host_driver.verify.verify_audit."""
+        chain: list[bytes] = []
+        entries: list[bytes] = []
+        while True:
+            answer = await self.request("audit", {"after": after, "limit": page})
+            chain = [bytes(c) for c in answer["chain"]]
+            got = [bytes(e) for e in answer["entries"]]
+            entries += got
+            if not got:
+                return {"chain": chain, "entries": entries, "first": answer["first"],
+                        "next": answer["next"]}
+            after = max(after, int(answer["first"]) - 1) + len(got)
+
+    async def audit_ack(self, upto: int) -> dict[str, Any]:
+        """The host keeps the entries up to ``upto``: the zone forgets them."""
+        return dict(await self.request("audit-ack", {"upto": upto}))
+
     async def poweroff(self) -> None:
         """Ask the zone to sync and power the machine off (QEMU exits)."""
         await self.request("poweroff")

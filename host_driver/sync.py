@@ -105,6 +105,21 @@ class SyncZone:
     def jobs(self) -> list[dict[str, Any]]:
         return self._call(self.zone.jobs())
 
+    def schedule(self, change: bytes) -> dict[str, Any]:
+        return self._call(self.zone.schedule(change))
+
+    def unschedule(self, change: bytes) -> dict[str, Any]:
+        return self._call(self.zone.unschedule(change))
+
+    def schedules(self) -> dict[str, Any]:
+        return self._call(self.zone.schedules())
+
+    def audit(self, *, after: int = 0) -> dict[str, Any]:
+        return self._call(self.zone.audit(after=after))
+
+    def audit_ack(self, upto: int) -> dict[str, Any]:
+        return self._call(self.zone.audit_ack(upto))
+
     def poweroff(self) -> None:
         self._call(self.zone.poweroff())
 

@@ -35,10 +35,12 @@ from typing import Any
 
 import cbor2
 from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from cryptography.x509.verification import Criticality, ExtensionPolicy, PolicyBuilder, Store
 
+from firmware.abi import audit as audit_claims
 from firmware.abi import cose
 from firmware.abi import evidence as claims
 from firmware.abi import receipt as receipt_claims
@@ -46,7 +48,8 @@ from firmware.abi.errors import SezError
 from firmware.dice import MEASURED, TCB_INFO_OID, decode_tcb_info
 
 __all__ = ["AttestationResult", "ReceiptResult", "Reference", "VerificationError",
-           "verify_evidence", "verify_receipt", "load_root"]
+           "AuditAnchor", "AuditEntry", "AuditResult", "verify_evidence", "verify_receipt",
+           "verify_audit", "load_root"]
 
 
 class VerificationError(SezError):
@@ -166,17 +169,16 @@ def _serial_number(cert: x509.Certificate) -> str:
     return str(values[0].value) if values else ""
 
 
-def _signed_by_zone(message_bytes: bytes, root: x509.Certificate, now: datetime.datetime
-                    ) -> tuple[dict[Any, Any], x509.Certificate, x509.Certificate]:
-    """The claims of a COSE_Sign1 that a zone's alias key signed, after the checks format,
-    certificate-validity, chain and signature; with the alias and DeviceID certificates."""
+def _zone_chain(ders: list[bytes], root: x509.Certificate, now: datetime.datetime
+                ) -> tuple[x509.Certificate, x509.Certificate]:
+    """The alias and DeviceID certificates of ``ders``, after the checks format,
+    certificate-validity and chain (alias <- DeviceID <- root)."""
     try:
-        message = cose.decode_sign1(message_bytes)
-        chain = [x509.load_der_x509_certificate(der) for der in message.x5chain]
-    except (cose.CoseError, ValueError) as exc:
+        chain = [x509.load_der_x509_certificate(der) for der in ders]
+    except ValueError as exc:
         raise VerificationError("format", str(exc)) from exc
     if len(chain) != 2:
-        raise VerificationError("format", f"x5chain holds {len(chain)} certificates, "
+        raise VerificationError("format", f"the chain holds {len(chain)} certificates, "
                                 "expected alias and DeviceID")
     alias, device_id = chain
     for cert, role in ((root, "root"), (device_id, "DeviceID"), (alias, "alias")):
@@ -189,9 +191,15 @@ def _signed_by_zone(message_bytes: bytes, root: x509.Certificate, now: datetime.
     except Exception as exc:  # cryptography's VerificationError, or an unusable certificate
         raise VerificationError("chain", f"alias <- DeviceID <- root does not verify: {exc}") \
             from exc
-    key = alias.public_key()
-    if not isinstance(key, ec.EllipticCurvePublicKey):
+    if not isinstance(alias.public_key(), ec.EllipticCurvePublicKey):
         raise VerificationError("signature", "the alias key is not an EC key")
+    return alias, device_id
+
+
+def _claims(message: cose.Sign1, alias: x509.Certificate) -> dict[Any, Any]:
+    """The claims map of ``message``, after the check signature (by the alias key)."""
+    key = alias.public_key()
+    assert isinstance(key, ec.EllipticCurvePublicKey)
     try:
         message.verify(key)
     except cose.CoseError as exc:
@@ -202,7 +210,20 @@ def _signed_by_zone(message_bytes: bytes, root: x509.Certificate, now: datetime.
         raise VerificationError("format", f"the payload is not CBOR: {exc}") from exc
     if not isinstance(payload, dict):
         raise VerificationError("format", "the payload is not a claims map")
-    return payload, alias, device_id
+    return payload
+
+
+def _signed_by_zone(message_bytes: bytes, root: x509.Certificate, now: datetime.datetime
+                    ) -> tuple[dict[Any, Any], x509.Certificate, x509.Certificate]:
+    """The claims of a COSE_Sign1 that a zone's alias key signed, after the checks format,
+    certificate-validity, chain and signature; with the alias and DeviceID certificates."""
+    try:
+        message = cose.decode_sign1(message_bytes)
+        ders = message.x5chain
+    except cose.CoseError as exc:
+        raise VerificationError("format", str(exc)) from exc
+    alias, device_id = _zone_chain(ders, root, now)
+    return _claims(message, alias), alias, device_id
 
 
 def verify_evidence(evidence: bytes, *, nonce: bytes, root: x509.Certificate,
@@ -299,3 +320,101 @@ def verify_receipt(receipt: bytes, *, input: bytes, output: bytes, nonce: bytes,
         applet_measurement=applet["measurement"], ueid=ueid,
         boot_counter=int(payload.get(receipt_claims.BOOTCOUNT, -1)),
         issued_at=int(payload.get(receipt_claims.IAT, 0)))
+
+
+@dataclass(frozen=True)
+class AuditAnchor:
+    """Where a relying party's verified view of a zone's audit log ends: the last entry's
+    sequence number and link (SHA-384). The next fetch must continue exactly there."""
+
+    ueid: bytes
+    seq: int
+    link: bytes
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"ueid": self.ueid.hex(), "seq": self.seq, "link": self.link.hex()}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "AuditAnchor":
+        try:
+            return cls(bytes.fromhex(data["ueid"]), int(data["seq"]), bytes.fromhex(data["link"]))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise SezError(f"not an audit anchor: {exc}") from exc
+
+
+@dataclass(frozen=True)
+class AuditEntry:
+    seq: int
+    at: int
+    boot_counter: int
+    event: dict[str, Any]
+    link: bytes
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"seq": self.seq, "at": self.at, "boot_counter": self.boot_counter,
+                "event": {k: v.hex() if isinstance(v, bytes) else v
+                          for k, v in self.event.items()}}
+
+
+@dataclass(frozen=True)
+class AuditResult:
+    ueid: bytes
+    entries: list[AuditEntry]
+    anchor: AuditAnchor | None  # after the last entry (the given anchor if there is none)
+
+
+def verify_audit(chain: list[bytes], entries: list[bytes], *, root: x509.Certificate,
+                 anchor: AuditAnchor | None = None, expected_ueid: bytes | None = None,
+                 now: datetime.datetime | None = None) -> AuditResult:
+    """Appraise audit-log entries (firmware.abi.audit) fetched from a zone.
+
+    Checks: ``format``, ``certificate-validity``, ``chain`` (alias <- DeviceID <- root),
+    ``device`` (the chain's device is ``expected_ueid`` or the anchor's), then for each entry
+    ``format``, ``key`` (signed by that alias key), ``signature``, ``profile``, ``ueid``,
+    ``sequence`` (each entry's number is one more than the one before, and the first continues
+    ``anchor``) and ``link`` (each entry names the one before by its SHA-384; the first names
+    the anchor's, or GENESIS if it is the device's first entry). So a removed, inserted, altered
+    or reordered entry fails; so does a log that does not start where the anchor ends.
+    """
+    now = now or datetime.datetime.now(datetime.timezone.utc)
+    alias, device_id = _zone_chain(chain, root, now)
+    ueid = bytes.fromhex(_serial_number(device_id) or "00")
+    for expected in (expected_ueid, anchor.ueid if anchor else None):
+        if expected is not None and not hmac.compare_digest(ueid, expected):
+            raise VerificationError("device", f"the log comes from device {ueid.hex()}, not "
+                                    f"{expected.hex()}")
+    kid = hashlib.sha256(alias.public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)).digest()
+    seq, link = (anchor.seq, anchor.link) if anchor else (None, None)
+    verified = []
+    for raw in entries:
+        try:
+            message = cose.decode_sign1(raw)
+        except cose.CoseError as exc:
+            raise VerificationError("format", f"entry after {seq}: {exc}") from exc
+        if message.headers.get(cose.HDR_KID) != kid:
+            raise VerificationError("key", f"entry after {seq} is not signed by this zone's "
+                                    "alias key")
+        payload = _claims(message, alias)
+        if payload.get(audit_claims.PROFILE_KEY) != audit_claims.PROFILE:
+            raise VerificationError("profile", f"entry after {seq} is not an audit entry")
+        if payload.get(audit_claims.UEID) != ueid:
+            raise VerificationError("ueid", f"entry after {seq} names another device")
+        number, prev, event = (payload.get(audit_claims.SEQ), payload.get(audit_claims.PREV),
+                               payload.get(audit_claims.EVENT))
+        if type(number) is not int or not isinstance(prev, bytes) or not isinstance(event, dict):
+            raise VerificationError("format", f"entry after {seq}: seq, prev or event malformed")
+        if seq is not None and number != seq + 1:
+            raise VerificationError("sequence", f"entry {number} follows entry {seq}: "
+                                    + ("entries are missing" if number > seq + 1 else
+                                       "entries are repeated or out of order"))
+        expected_link = link if link is not None else (audit_claims.GENESIS if number == 1
+                                                       else None)
+        if expected_link is not None and not hmac.compare_digest(prev, expected_link):
+            raise VerificationError("link", f"entry {number} does not follow the entry before "
+                                    "it: the chain is broken")
+        seq, link = number, audit_claims.link(raw)
+        verified.append(AuditEntry(number, int(payload.get(audit_claims.IAT, 0)),
+                                   int(payload.get(audit_claims.BOOTCOUNT, -1)), event, link))
+    end = AuditAnchor(ueid, seq, link) if seq is not None and link is not None else anchor
+    return AuditResult(ueid, verified, end)

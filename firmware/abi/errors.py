@@ -49,6 +49,8 @@ class Code:
     OUTBOX_FULL = "outbox-full"  # no room for another detached job until results are acked
     NO_SUCH_JOB = "no-such-job"  # not in the outbox (never submitted, or acknowledged)
     INTERRUPTED = "interrupted"  # the job was running when the power went
+    AUDIT_FULL = "audit-full"  # the audit log holds its most: the host must acknowledge entries
+    NO_SUCH_SCHEDULE = "no-such-schedule"
     INTERNAL = "internal"  # a fault inside the zone; the zone keeps serving
 
     PROTOCOL = frozenset(
