@@ -33,6 +33,7 @@ from typing import Any, Callable
 import cbor2
 
 from .abi import applet as applets
+from .abi.audit import GENESIS
 from .abi.errors import BadArgs, Code, ZoneError
 from .audit import AuditLog
 from .links import Deferred, KeeperLink
@@ -340,6 +341,8 @@ class ZoneStore:
             "sez.applets": [{"name": p.name, "version": p.version, "measurement": p.measurement}
                             for _, p in sorted(self.packages.items())],
             "sez.bbram": self.status,
+            "sez.audit": {"seq": self.audit.next_seq() - 1,
+                          "link": bytes(self.state.get("audit_last", GENESIS))},
         }
 
 

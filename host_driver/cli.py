@@ -495,13 +495,17 @@ def _anchor(path: str | None) -> AuditAnchor | None:
         raise SezError(f"cannot read the audit anchor {path}: {exc}") from exc
 
 
-def _verified_audit(args: argparse.Namespace, chain: list[bytes], entries: list[bytes]
-                    ) -> AuditResult:
-    """Verify a fetched or saved log against the root (and the anchor file, then move it on)."""
+def _verified_audit(args: argparse.Namespace, log: dict[str, Any]) -> AuditResult:
+    """Verify a fetched or saved log (``chain``, ``entries``, and the ``evidence`` for
+    ``nonce`` that names the zone's last entry) against the root and the anchor file, then
+    move the anchor on."""
     root = load_root(args.root or Factory().root_cert_path)
     start = _anchor(args.anchor)
     try:
-        result = verify_audit(chain, entries, root=root, anchor=start)
+        attested = verify_evidence(log["evidence"], nonce=log["nonce"], root=root,
+                                   allow_debug=True)
+        result = verify_audit(log["chain"], log["entries"], root=root, anchor=start,
+                              head=attested.audit_head, expected_ueid=attested.ueid)
     except VerificationError as exc:
         raise SezError(f"verification failed: {exc}") from exc
     if args.anchor and result.anchor is not None:
@@ -513,7 +517,8 @@ def _verified_audit(args: argparse.Namespace, chain: list[bytes], entries: list[
                  "anchor": result.anchor.as_dict() if result.anchor else None},
           "\n".join(lines + [f"{len(result.entries)} entries verified: signed by device "
                               f"{result.ueid.hex()}, chain unbroken"
-                              + (f" from the anchor (entry {start.seq})" if start else "")]))
+                              + (f" from the anchor (entry {start.seq})" if start else "")
+                              + " up to the last entry its evidence names"]))
     return result
 
 
@@ -533,12 +538,15 @@ def _describe_event(event: dict[str, Any]) -> str:
 def cmd_audit(args: argparse.Namespace) -> None:
     """Fetch the zone's audit log, verify it, save it; with --ack the zone forgets it."""
     anchor = _anchor(args.anchor)
+    nonce = os.urandom(32)
     with _zone(args.name) as zone:
-        log = zone.audit(after=anchor.seq if anchor else 0)
+        evidence = zone.attest(nonce)  # names the last entry: the fetch must reach it
+        log = {**zone.audit(after=anchor.seq if anchor else 0), "evidence": evidence,
+               "nonce": nonce}
         if args.output:
-            Path(args.output).write_bytes(cbor2.dumps({"chain": log["chain"],
-                                                       "entries": log["entries"]}))
-        result = _verified_audit(args, log["chain"], log["entries"])
+            Path(args.output).write_bytes(cbor2.dumps(
+                {k: log[k] for k in ("chain", "entries", "evidence", "nonce")}))
+        result = _verified_audit(args, log)
         if args.ack and result.entries:
             zone.audit_ack(result.entries[-1].seq)
 
@@ -546,10 +554,10 @@ def cmd_audit(args: argparse.Namespace) -> None:
 def cmd_verify_audit(args: argparse.Namespace) -> None:
     try:
         saved = cbor2.loads(_read(args.file))
-        chain, entries = list(saved["chain"]), list(saved["entries"])
+        log = {k: saved[k] for k in ("chain", "entries", "evidence", "nonce")}
     except Exception as exc:
         raise SezError(f"{args.file} is not a saved audit log (sez audit -o): {exc}") from exc
-    _verified_audit(args, chain, entries)
+    _verified_audit(args, log)
 
 
 def _demo_applets(zone: SyncZone, home: SezHome, factory: Factory,

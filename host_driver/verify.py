@@ -76,6 +76,26 @@ class Reference:
 
 
 @dataclass(frozen=True)
+class AuditAnchor:
+    """Where a relying party's verified view of a zone's audit log ends: the last entry's
+    sequence number and link (SHA-384). The next fetch must continue exactly there."""
+
+    ueid: bytes
+    seq: int
+    link: bytes
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"ueid": self.ueid.hex(), "seq": self.seq, "link": self.link.hex()}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "AuditAnchor":
+        try:
+            return cls(bytes.fromhex(data["ueid"]), int(data["seq"]), bytes.fromhex(data["link"]))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise SezError(f"not an audit anchor: {exc}") from exc
+
+
+@dataclass(frozen=True)
 class AttestationResult:
     """What appraised evidence says about the zone that produced it."""
 
@@ -100,6 +120,15 @@ class AttestationResult:
         """SHA-256 of the enrolled owner's public key, or None."""
         owner = self.claims.get("sez.owner")
         return owner if isinstance(owner, bytes) else None
+
+    @property
+    def audit_head(self) -> AuditAnchor | None:
+        """The zone's last audit-log entry when it made this evidence (verify_audit's head)."""
+        head = self.claims.get("sez.audit")
+        if not (isinstance(head, dict) and type(head.get("seq")) is int
+                and isinstance(head.get("link"), bytes)):
+            return None
+        return AuditAnchor(self.ueid, head["seq"], head["link"])
 
     @property
     def applets(self) -> list[dict[str, Any]]:
@@ -323,26 +352,6 @@ def verify_receipt(receipt: bytes, *, input: bytes, output: bytes, nonce: bytes,
 
 
 @dataclass(frozen=True)
-class AuditAnchor:
-    """Where a relying party's verified view of a zone's audit log ends: the last entry's
-    sequence number and link (SHA-384). The next fetch must continue exactly there."""
-
-    ueid: bytes
-    seq: int
-    link: bytes
-
-    def as_dict(self) -> dict[str, Any]:
-        return {"ueid": self.ueid.hex(), "seq": self.seq, "link": self.link.hex()}
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "AuditAnchor":
-        try:
-            return cls(bytes.fromhex(data["ueid"]), int(data["seq"]), bytes.fromhex(data["link"]))
-        except (KeyError, TypeError, ValueError) as exc:
-            raise SezError(f"not an audit anchor: {exc}") from exc
-
-
-@dataclass(frozen=True)
 class AuditEntry:
     seq: int
     at: int
@@ -364,7 +373,8 @@ class AuditResult:
 
 
 def verify_audit(chain: list[bytes], entries: list[bytes], *, root: x509.Certificate,
-                 anchor: AuditAnchor | None = None, expected_ueid: bytes | None = None,
+                 anchor: AuditAnchor | None = None, head: AuditAnchor | None = None,
+                 expected_ueid: bytes | None = None,
                  now: datetime.datetime | None = None) -> AuditResult:
     """Appraise audit-log entries (firmware.abi.audit) fetched from a zone.
 
@@ -373,8 +383,10 @@ def verify_audit(chain: list[bytes], entries: list[bytes], *, root: x509.Certifi
     ``format``, ``key`` (signed by that alias key), ``signature``, ``profile``, ``ueid``,
     ``sequence`` (each entry's number is one more than the one before, and the first continues
     ``anchor``) and ``link`` (each entry names the one before by its SHA-384; the first names
-    the anchor's, or GENESIS if it is the device's first entry). So a removed, inserted, altered
-    or reordered entry fails; so does a log that does not start where the anchor ends.
+    the anchor's, or GENESIS if it is the device's first entry), and ``head``: the log reaches
+    the last entry that fresh evidence names (AttestationResult.audit_head), so entries cut off
+    the end are detected too. So a removed, inserted, altered or reordered entry fails; so does
+    a log that does not start where the anchor ends.
     """
     now = now or datetime.datetime.now(datetime.timezone.utc)
     alias, device_id = _zone_chain(chain, root, now)
@@ -417,4 +429,14 @@ def verify_audit(chain: list[bytes], entries: list[bytes], *, root: x509.Certifi
         verified.append(AuditEntry(number, int(payload.get(audit_claims.IAT, 0)),
                                    int(payload.get(audit_claims.BOOTCOUNT, -1)), event, link))
     end = AuditAnchor(ueid, seq, link) if seq is not None and link is not None else anchor
+    reached = {anchor.seq: anchor.link} if anchor else {}
+    reached.update((e.seq, e.link) for e in verified)
+    if head is not None and head.seq > 0 and head.seq >= min(reached, default=0):
+        if head.seq not in reached:
+            raise VerificationError("head", f"the log ends at entry {seq}, before entry "
+                                    f"{head.seq} that the zone's evidence names: entries are "
+                                    "missing from the end")
+        if not hmac.compare_digest(reached[head.seq], head.link):
+            raise VerificationError("head", f"entry {head.seq} is not the one the zone's "
+                                    "evidence names")
     return AuditResult(ueid, verified, end)

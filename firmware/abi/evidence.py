@@ -14,6 +14,12 @@ bootcount              267    the hardware boot counter
 sez.measurements       text   {kernel, initramfs, cmdline, firmware: SHA-384 (48 bytes)}
 sez.debug              text   bool
 sez.firmware           text   the firmware version
+sez.owner              text   SHA-256 of the enrolled owner's SPKI, or null
+sez.applets            text   [{name, version, measurement}] of the loaded applets
+sez.bbram              text   the persistent store's status (ok, fresh, unauthenticated …)
+sez.audit              text   {seq, link}: the audit log's last entry (firmware.abi.audit)
+sez.host               text   {sessions, disconnects, stalls, errors}: what the zone saw of
+                              its host
 =====================  =====  ==========================================================
 """
 

@@ -7,8 +7,10 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
+import cbor2
 import pytest
 
 from emulator.paths import SezHome
@@ -175,5 +177,42 @@ def test_trusted_code_cli(sez_home: SezHome, tmp_path: Path) -> None:
         sez("applet", "build", str(EXAMPLES / "aggregate"), "--key", str(other), "-o",
             str(stranger))
         assert "not-owner" in one_line_error(sez("load", name, str(stranger)))
+        scheduled_cli(name, key, other, records, tmp_path)
     finally:
         sez("stop", name, "--kill")
+
+
+def scheduled_cli(name: str, key: Path, other: Path, records: Path, tmp_path: Path) -> None:
+    """sez schedule / schedules / audit / verify-audit / unschedule on a zone with aggregate."""
+    assert "not-owner" in one_line_error(sez("schedule", name, "sums", "aggregate", "--every",
+                                             "1", "--input", str(records), "--key", str(other)))
+    made = sez("schedule", name, "sums", "aggregate", "--every", "1", "--input", str(records),
+               "--key", str(key), "--json")
+    assert made.returncode == 0, made.stderr
+    deadline = time.monotonic() + 60
+    while True:  # the zone's clock drives the runs; poll its own count, with a deadline
+        listed = json.loads(sez("schedules", name, "--json").stdout)["schedules"]
+        if listed[0]["runs"] >= 3 or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    assert listed[0]["name"] == "sums" and listed[0]["runs"] >= 3, listed
+    log, anchor = tmp_path / "audit.cbor", tmp_path / "anchor.json"
+    fetched = sez("audit", name, "-o", str(log), "--anchor", str(anchor), "--json")
+    assert fetched.returncode == 0, fetched.stderr
+    events = [e["event"] for e in json.loads(fetched.stdout)["entries"]]
+    assert [e["kind"] for e in events[:3]] == ["enroll", "load", "schedule"]
+    assert [e["run"] for e in events if e["kind"] == "run"][:3] == [1, 2, 3]
+    assert sez("verify-audit", str(log)).returncode == 0
+    saved = cbor2.loads(log.read_bytes())
+    del saved["entries"][1]  # a relaying host drops the load entry
+    log.write_bytes(cbor2.dumps(saved))
+    assert "verification failed: sequence" in one_line_error(sez("verify-audit", str(log)))
+    again = sez("audit", name, "--anchor", str(anchor), "--ack", "--json")
+    assert again.returncode == 0, again.stderr
+    seqs = [e["seq"] for e in json.loads(again.stdout)["entries"]]
+    assert not seqs or seqs[0] == json.loads(fetched.stdout)["anchor"]["seq"] + 1
+    gone = sez("unschedule", name, "sums", "--key", str(key))
+    assert gone.returncode == 0, gone.stderr
+    assert sez("schedules", name).stdout.strip() == "no schedules"
+    jobs = sez("jobs", name).stdout
+    assert "(schedule sums#1)" in jobs

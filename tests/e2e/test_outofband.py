@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import os
 import random
 import signal
@@ -23,9 +24,10 @@ from emulator.paths import SezHome
 from firmware.abi import wire
 from firmware.abi.errors import Code
 from host_driver import SyncZone, Zone, ZoneError, ZoneUnresponsive
-from host_driver.applet import build_applet, owner_spki
+from host_driver.applet import build_applet, owner_spki, schedule_change, unschedule_change
 from host_driver.pytest_plugin import BootedZone
-from host_driver.verify import verify_receipt
+from host_driver.verify import (AuditResult, VerificationError, verify_audit, verify_evidence,
+                                verify_receipt)
 
 from .conftest import RawChannel
 
@@ -34,9 +36,15 @@ APPLETS = Path(__file__).parent.parent / "applets"
 
 
 @pytest.fixture(scope="module")
-def oob(sez_zone_factory: Callable[..., BootedZone]) -> Iterator[BootedZone]:
+def owner_key() -> ec.EllipticCurvePrivateKey:
+    return ec.generate_private_key(ec.SECP384R1())
+
+
+@pytest.fixture(scope="module")
+def oob(sez_zone_factory: Callable[..., BootedZone],
+        owner_key: ec.EllipticCurvePrivateKey) -> Iterator[BootedZone]:
     booted = sez_zone_factory("oob-zone")
-    key = ec.generate_private_key(ec.SECP384R1())
+    key = owner_key
     with SyncZone(booted.url, timeout=60) as zone:
         zone.enroll(owner_spki(key))
         zone.load(build_applet(APPLETS / "slow", key))
@@ -177,6 +185,73 @@ def test_outbox_is_bounded(oob: BootedZone) -> None:
             zone.ack(job["job"])
         assert zone.jobs() == []
         assert zone.submit("null", b"room again")["state"] == "queued"
+
+
+def fetch_audit(zone: SyncZone, root: Any, **kwargs: Any) -> tuple[AuditResult, dict[str, Any]]:
+    log = zone.audit(after=kwargs["anchor"].seq if kwargs.get("anchor") else 0)
+    return verify_audit(log["chain"], log["entries"], root=root, **kwargs), log
+
+
+def test_a_schedule_runs_with_no_host_for_60_seconds(oob: BootedZone, sez_home: SezHome,
+                                                     owner_key: ec.EllipticCurvePrivateKey
+                                                     ) -> None:
+    """Every 5 s, with no host attached for 60 s: afterwards the audit log holds every run, the
+    chain verifies, and a removed or reordered entry is detected."""
+    root = Factory(sez_home).root_cert()
+    with SyncZone(oob.url, timeout=60) as zone:
+        before, _ = fetch_audit(zone, root)
+        assert before.anchor is not None
+        current = zone.schedules()
+        null = next(a for a in zone.applets() if a["name"] == "null")
+        change = schedule_change(owner_key, ueid=bytes(current["ueid"]),
+                                 epoch=int(current["epoch"]), name="tick", applet="null",
+                                 measurement=bytes.fromhex(null["measurement"]),
+                                 input=b"tick-input", every=5)
+        zone.schedule(change)
+        with pytest.raises(ZoneError) as replayed:  # the epoch moved on: no replay
+            zone.schedule(change)
+        assert replayed.value.code == Code.NOT_OWNER
+        sessions = zone.info()["host"]["sessions"]
+    # No host holds the channel now. The zone's clock, not this test, drives the runs.
+    time.sleep(60)
+    with SyncZone(oob.url, timeout=60) as zone:
+        assert zone.info()["host"]["sessions"] == sessions + 1, "no host came in between"
+        listing = {s["name"]: s for s in zone.schedules()["schedules"]}["tick"]
+        current = zone.schedules()
+        zone.unschedule(unschedule_change(owner_key, ueid=bytes(current["ueid"]),
+                                          epoch=int(current["epoch"]), name="tick"))
+        nonce = os.urandom(16)
+        head = verify_evidence(zone.attest(nonce), nonce=nonce, root=root).audit_head
+        after, log = fetch_audit(zone, root, anchor=before.anchor, head=head)
+        runs = [e.event for e in after.entries if e.event["kind"] == "run"]
+        # every run's result waits in the outbox too, with a verifying receipt
+        for run in runs:
+            answer = zone.result(run["job"], wait=30)
+            assert answer["state"] == "done"
+            verify_receipt(answer["receipt"], input=b"tick-input", output=answer["output"],
+                           nonce=f"tick#{run['run']}".encode(), root=root)
+            zone.ack(run["job"])
+        zone.audit_ack(after.entries[-1].seq)
+    kinds = [e.event["kind"] for e in after.entries]
+    assert kinds[0] == "schedule" and kinds.count("unschedule") == 1, kinds
+    assert [r["run"] for r in runs] == list(range(1, len(runs) + 1)), "no run is missing"
+    assert all(r["state"] == "done" and r["schedule"] == "tick" for r in runs)
+    assert all(r["output"] == hashlib.sha384(b"tick-input").digest() for r in runs)
+    # 60 s at 5 s: runs at 0, 5, ..., 55 s at least; every tick ran or was counted as skipped
+    ticks = len(runs) + sum(r["skipped"] for r in runs) + listing["skipped"]
+    assert ticks >= 12 and len(runs) >= listing["runs"] - 1, (len(runs), listing)
+    # Tampering, as a host that relays the log could: each is detected.
+    assert head is not None and head.seq > before.anchor.seq
+    entries = log["entries"]
+    for label, bad in (("removed", entries[:3] + entries[4:]),
+                       ("reordered", [entries[0], entries[2], entries[1], *entries[3:]]),
+                       ("replayed", [*entries[:3], entries[2], *entries[3:]]),
+                       ("first withheld", entries[1:]),
+                       ("entries up to the head withheld",
+                        entries[:head.seq - before.anchor.seq - 1])):
+        with pytest.raises(VerificationError) as failure:
+            verify_audit(log["chain"], bad, root=root, anchor=before.anchor, head=head)
+        assert failure.value.check in ("sequence", "link", "head"), label
 
 
 async def settle(url: str, cut: int, accepted: set[str], delivered: set[str],
