@@ -7,8 +7,8 @@ AES-256-GCM under a key derived from the CDI::
     AAD  = the header up to the nonce          (seq, length and version are authenticated)
 
 A commit writes the slot that does *not* hold the newest state, with seq + 1, flushes it to the
-disk, drops it from the page cache, reads it back and authenticates it; only then is it the
-newest. A power cut at any moment leaves the previous slot intact, so loading picks the
+disk, drops it from the page cache and reads it back: only if the disk holds exactly the sealed
+record is it the newest. A power cut at any moment leaves the previous slot intact, so loading picks the
 authentic slot with the highest seq and never sees a half-written state as valid.
 
 Loading answers a status: ``fresh`` (both slots blank: a new device), ``ok``, or
@@ -90,11 +90,11 @@ class Bbram:
         self.status = OK
         return dict(state)
 
-    def commit(self, state: dict[str, Any]) -> int:
-        """Make ``state`` the newest state, durably; return its seq. BbramError if it cannot."""
+    def commit(self, plain: bytes) -> int:
+        """Make ``plain`` (the state, CBOR-encoded by the caller) the newest state, durably;
+        return its seq. BbramError if it cannot."""
         if self.status in (UNAUTHENTICATED, ABSENT):
             raise BbramError(f"BBRAM is {self.status}: refusing to overwrite it")
-        plain = cbor2.dumps(state)
         if len(plain) > MAX_STATE:
             raise BbramError(f"state of {len(plain)} bytes exceeds the {MAX_STATE}-byte slot")
         seq = self.seq + 1
@@ -114,9 +114,9 @@ class Bbram:
                 os.close(fd)
         except OSError as exc:
             raise BbramError(f"BBRAM write failed: {exc}") from exc
-        verified = self._decode(back)
-        if verified is None or verified[0] != seq:
-            raise BbramError("BBRAM read-back did not authenticate; the previous state stands")
+        if back != record:  # the disk holds exactly the sealed record, or nothing changed
+            raise BbramError("BBRAM read-back differs from what was written; the previous "
+                             "state stands")
         self.seq, self.slot, self.status = seq, slot, OK
         self.commits += 1
         return seq

@@ -33,6 +33,8 @@ UID_BASE = 20000
 UID_SLOTS = 10000
 #: Applet log lines per job that reach the console (the rest are counted).
 LOG_LINES = 20
+#: Seconds a job's last frames may trail its exit before the job is judged without them.
+EXIT_GRACE = 1.0
 
 
 def _failed(message: str) -> ZoneError:
@@ -52,6 +54,7 @@ class Job:
         self.output: bytes | None = None
         self.failure: ZoneError | None = None
         self.exited = False
+        self.exit_status: tuple[int, bool] | None = None
         self.log_lines = 0
         limits = package.limits
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -119,19 +122,32 @@ class Job:
             reply(refused)
 
     def _eof(self) -> None:
-        """The job's socket closed: its process is ending. Why, exit() says (from the runner);
-        should that never come, the wall-time timer ends the job."""
+        """The job's socket closed: everything the job sent has been read. If its process
+        has ended too, judge it now; otherwise exit() will (or the wall-time timer)."""
         if self.port is not None:
             self.port.close()
             self.port = None  # type: ignore[assignment]
+        if self.exit_status is not None:
+            self._judge_exit()
 
     def _timeout(self) -> None:
         self._fail(f"the applet ran longer than wall_seconds "
                    f"({self.package.limits['wall_seconds']} s)")
 
     def exit(self, status: int, oom: bool) -> None:
-        """The runner saw the job's process end (``status`` as os.waitstatus_to_exitcode)."""
+        """The runner saw the job's process end (``status`` as os.waitstatus_to_exitcode).
+        Its last frames may still be in the socket: judge once the socket is drained (EOF),
+        or after EXIT_GRACE if a stray child holds the socket open."""
         self.exited = True
+        self.exit_status = (status, oom)
+        if self.port is None:
+            self._judge_exit()
+        else:
+            self.jobs.loop.call_later(EXIT_GRACE, self._judge_exit)
+
+    def _judge_exit(self) -> None:
+        assert self.exit_status is not None
+        status, oom = self.exit_status
         if self.output is None and self.failure is None:
             limits = self.package.limits
             if oom:

@@ -9,7 +9,7 @@ message per packet, ``{id, op, args}`` -> ``{id, ok, result | error}``):
 ``identity``      UEID, alias and DeviceID certificates (DER), measurements, debug
 ``evidence``      ``{nonce, claims}`` -> an EAT signed by the alias key (firmware.abi.evidence)
 ``bbram-load``    the persistent state and the store's status (firmware.bbram)
-``bbram-commit``  ``{state}`` -> make it the persistent state, durably
+``bbram-commit``  ``{state: CBOR bytes}`` -> make it the persistent state, durably
 ``verify``        ``{key, message}`` -> the payload of a COSE_Sign1 that ``key`` (SPKI) signed
 ``receipt``       ``{claims}`` -> a job receipt (COSE_Sign1 by the alias key)
 ``audit-entry``   ``{claims}`` -> an audit-log entry (COSE_Sign1 by the alias key, with kid)
@@ -195,7 +195,10 @@ class Keeper:
                 return {"id": request_id, "ok": True,
                         "result": {"status": bbram.status, "seq": bbram.seq, "state": state}}
             if op == "bbram-commit":
-                seq = self.identity.bbram.commit(args["state"])
+                state = args["state"]
+                if not isinstance(state, bytes):
+                    raise ValueError("bbram-commit takes {state: the CBOR-encoded state}")
+                seq = self.identity.bbram.commit(state)
                 return {"id": request_id, "ok": True, "result": {"seq": seq}}
             if op == "verify":
                 payload = verify_signed(args.get("key"), args.get("message"))

@@ -129,7 +129,12 @@ class ZoneStore:
                 done.resolve(result, d.error)
             self._commit_pending()
 
-        self.keeper.call("bbram-commit", {"state": new}).add(committed)
+        try:  # encoded once, here: the keeper seals these bytes as they are
+            sent = self.keeper.call("bbram-commit", {"state": cbor2.dumps(new)})
+        except Exception as exc:  # a value CBOR cannot carry (a zone bug): nothing changes
+            sent = Deferred()
+            sent.resolve(error=ZoneError(f"state not encodable: {exc}"[:200]))
+        sent.add(committed)
 
     # -- ownership ---------------------------------------------------------------------------
 

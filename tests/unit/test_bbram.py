@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import cbor2
 import pytest
 
 from firmware import bbram
@@ -24,7 +25,7 @@ def test_fresh_commit_load(tmp_path: Path) -> None:
     store = bbram.Bbram(KEY, path)
     assert store.load() == {} and store.status == bbram.FRESH
     for i in range(1, 6):
-        assert store.commit({"n": i, "blob": os.urandom(100)}) == i
+        assert store.commit(cbor2.dumps({"n": i, "blob": os.urandom(100)})) == i
     again = bbram.Bbram(KEY, path)
     assert again.load()["n"] == 5
     assert again.status == bbram.OK and again.seq == 5
@@ -35,14 +36,14 @@ def test_a_torn_write_at_any_moment_keeps_the_last_commit(tmp_path: Path) -> Non
     path = disk(tmp_path)
     store = bbram.Bbram(KEY, path)
     store.load()
-    store.commit({"n": 1})
-    store.commit({"n": 2})
+    store.commit(cbor2.dumps({"n": 1}))
+    store.commit(cbor2.dumps({"n": 2}))
     committed = Path(path).read_bytes()
     # The next commit (seq 3) would go to slot 0: write a growing prefix of its record.
     writer = bbram.Bbram(KEY, str(tmp_path / "scratch.img"))
     Path(writer.path).write_bytes(committed)
     writer.load()
-    writer.commit({"n": 3, "pad": b"x" * 3000})
+    writer.commit(cbor2.dumps({"n": 3, "pad": b"x" * 3000}))
     record = Path(writer.path).read_bytes()[:bbram.SLOT_SIZE]
     length = len(record.rstrip(b"\0"))
     for cut in list(range(0, 64)) + list(range(64, length + 1, 97)) + [length]:
@@ -59,7 +60,7 @@ def test_a_torn_first_commit_is_not_authentic(tmp_path: Path) -> None:
     path = disk(tmp_path)
     store = bbram.Bbram(KEY, path)
     store.load()
-    store.commit({"first": True})
+    store.commit(cbor2.dumps({"first": True}))
     with open(path, "r+b") as f:
         f.seek(40)
         f.write(b"\xff")
@@ -71,11 +72,11 @@ def test_another_key_cannot_read_or_overwrite(tmp_path: Path) -> None:
     path = disk(tmp_path)
     store = bbram.Bbram(KEY, path)
     store.load()
-    store.commit({"secret": 1})
+    store.commit(cbor2.dumps({"secret": 1}))
     stranger = bbram.Bbram(bytes(32), path)
     assert stranger.load() == {} and stranger.status == bbram.UNAUTHENTICATED
     with pytest.raises(bbram.BbramError, match="unauthenticated"):
-        stranger.commit({"reset": True})
+        stranger.commit(cbor2.dumps({"reset": True}))
     assert bbram.Bbram(KEY, path).load() == {"secret": 1}
 
 
@@ -83,7 +84,7 @@ def test_state_larger_than_a_slot_is_refused(tmp_path: Path) -> None:
     store = bbram.Bbram(KEY, disk(tmp_path))
     store.load()
     with pytest.raises(bbram.BbramError, match="exceeds"):
-        store.commit({"blob": bytes(bbram.SLOT_SIZE)})
+        store.commit(cbor2.dumps({"blob": bytes(bbram.SLOT_SIZE)}))
 
 
 def test_a_missing_disk_is_absent(tmp_path: Path) -> None:
