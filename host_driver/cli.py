@@ -300,7 +300,8 @@ def cmd_demo(args: argparse.Namespace) -> None:
             print(f"    {len(evidence)} bytes in {took * 1000:.0f} ms; verified: device "
                   f"{result.ueid.hex()}, boot {result.boot_counter}, firmware "
                   f"{result.firmware}, kernel/initramfs/cmdline/firmware match the reference")
-            _demo_applets(zone, home, factory, step)
+            key = _demo_applets(zone, home, factory, step)
+        _demo_out_of_band(machine, key, factory.root_cert(), step)
     finally:
         step(f"powering zone {name!r} off")
         machine.stop()
@@ -561,7 +562,7 @@ def cmd_verify_audit(args: argparse.Namespace) -> None:
 
 
 def _demo_applets(zone: SyncZone, home: SezHome, factory: Factory,
-                  step: Callable[[str], None]) -> None:
+                  step: Callable[[str], None]) -> ec.EllipticCurvePrivateKey:
     key_path = home.root / "demo-owner.pem"
     key = load_owner_key(key_path) if key_path.exists() else generate_owner_key(key_path)
     mine = owner_spki(key)
@@ -599,6 +600,48 @@ def _demo_applets(zone: SyncZone, home: SezHome, factory: Factory,
     public.verify(bytes.fromhex(answer["signature"]), message, ec.ECDSA(hashes.SHA384()))
     print(f"    signature verified with the applet's certificate ({certificate.subject.rfc4514_string()},"
           " issued by the zone's alias key)")
+    return key
+
+
+def _demo_out_of_band(machine: Machine, key: ec.EllipticCurvePrivateKey,
+                      root: x509.Certificate, step: Callable[[str], None]) -> None:
+    """A schedule runs while no host is attached; the host comes back to its results and a
+    verifying audit log."""
+    data = b"\n".join(json.dumps({"group": "g", "value": v}).encode() for v in (3, 5, 8))
+    with SyncZone(machine.channel, timeout=60) as zone:
+        log = zone.audit()
+        anchor = verify_audit(log["chain"], log["entries"], root=root).anchor
+        now = zone.schedules()
+        aggregate = next(a for a in zone.applets() if a["name"] == "aggregate")
+        step("schedule: the owner signs 'run aggregate on these 3 records every 2 s'")
+        zone.schedule(schedule_change(key, ueid=bytes(now["ueid"]), epoch=int(now["epoch"]),
+                                      name="demo-tick", applet="aggregate",
+                                      measurement=bytes.fromhex(aggregate["measurement"]),
+                                      input=data, every=2))
+    step("the host goes away for 7 s: no driver holds the channel")
+    time.sleep(7)
+    step("the host comes back: results waited in the outbox; the audit log verifies")
+    with SyncZone(machine.channel, timeout=60) as zone:
+        now = zone.schedules()
+        zone.unschedule(unschedule_change(key, ueid=bytes(now["ueid"]), epoch=int(now["epoch"]),
+                                          name="demo-tick"))
+        nonce = os.urandom(32)
+        head = verify_evidence(zone.attest(nonce), nonce=nonce, root=root).audit_head
+        log = zone.audit(after=anchor.seq if anchor else 0)
+        result = verify_audit(log["chain"], log["entries"], root=root, anchor=anchor, head=head)
+        runs = [e.event for e in result.entries if e.event.get("kind") == "run"
+                and e.event.get("schedule") == "demo-tick"]
+        for run in runs:
+            answer = zone.result(run["job"], wait=30)
+            verify_receipt(answer["receipt"], input=data, output=answer["output"],
+                           nonce=f"demo-tick#{run['run']}".encode(), root=root)
+            zone.ack(run["job"])
+        if result.anchor is not None:
+            zone.audit_ack(result.anchor.seq)
+    print(f"    {len(runs)} scheduled runs ({', '.join(str(r['run']) for r in runs)}), each in "
+          f"the outbox with a verifying receipt; audit entries {result.entries[0].seq}-"
+          f"{result.entries[-1].seq} signed by the alias key, chained, up to the head that "
+          "fresh evidence names")
 
 
 def _jsonable(value: Any) -> Any:
