@@ -169,19 +169,37 @@ def cmd_status(args: argparse.Namespace) -> None:
     if args.name:
         home.existing_device(args.name)
     rows = [Machine(n, home).status() for n in names]
+    queues = {r.name: _queue(r) for r in rows if r.running}
     if args.json:
-        data: Any = rows[0].as_dict() if args.name else [r.as_dict() for r in rows]
-        print(json.dumps(data, indent=2, sort_keys=True))
+        data: Any = [{**r.as_dict(), "queue": queues.get(r.name)} for r in rows]
+        print(json.dumps(data[0] if args.name else data, indent=2, sort_keys=True))
         return
     if not rows:
         print("no devices (provision one: sez device new NAME)")
     for r in rows:
         if r.running:
+            q = queues[r.name]
+            queue = (f"queue: {q['error']}" if "error" in q else
+                     f"{q['active']} jobs running, {q['queued']} queued, {q['outbox']} in the "
+                     f"outbox, {q['schedules']} schedules, {q['audit']} audit entries kept")
             print(f"{r.name}: running, pid {r.pid}, qemu {r.qemu_status}, {r.accel}, "
-                  f"channel {r.channel}, boot {r.boot_counter}, up {r.uptime:.0f} s")
+                  f"channel {r.channel}, boot {r.boot_counter}, up {r.uptime:.0f} s; {queue}")
         else:
             print(f"{r.name}: stopped" + (f" (boots so far: {r.boot_counter})"
                                            if r.boot_counter else ""))
+
+
+def _queue(status: MachineStatus) -> dict[str, Any]:
+    """What the zone itself says of its work (a short session; another driver may hold the
+    channel, or the zone may not answer: then why)."""
+    try:
+        with SyncZone(str(status.channel), timeout=5, hello_timeout=5) as zone:
+            info = zone.info()
+    except SezError as exc:
+        return {"error": str(exc).splitlines()[0]}
+    jobs = info["jobs"]
+    return {"active": jobs["active"], "queued": jobs["queued"], "outbox": jobs["outbox"],
+            "schedules": info.get("schedules", 0), "audit": info.get("audit", {}).get("kept", 0)}
 
 
 def cmd_stop(args: argparse.Namespace) -> None:
