@@ -256,9 +256,11 @@ class Jobs:
 
         return self.store.submit(package, data, nonce, key, scheduled).then(queued)
 
-    def recover(self) -> None:
+    def recover(self) -> list[str]:
         """After a boot: queue the outbox's queued jobs again; a job that was running when the
-        power went is ``interrupted``, or queued again if its applet is idempotent."""
+        power went is ``interrupted``, or queued again if its applet is idempotent. Returns
+        the jobs queued again."""
+        requeued = []
         for job, entry in sorted(self.store.outbox().items(), key=lambda kv: int(kv[0])):
             state = entry["state"]
             if state not in ("queued", "running"):
@@ -268,12 +270,15 @@ class Jobs:
                     state == "queued" or package.idempotent):
                 self._queue(Queued(int(job), package, entry["input"], entry["nonce"],
                                    detached=True))
+                requeued.append(job)
                 continue
             self.interrupted += 1
             why = ("the job was running when the power went" if state == "running" else
                    "the applet it was queued for has been replaced")
             self.store.set_job(job, state="interrupted", input=b"", finished=int(time.time()),
-                               error={"code": Code.INTERRUPTED, "message": why})
+                               error={"code": Code.INTERRUPTED, "message": why}
+                               ).add(self._notifier(job))
+        return requeued
 
     def _queue(self, queued: Queued) -> None:
         self.waiting.append(queued)
@@ -319,7 +324,7 @@ class Jobs:
         else:
             change = {"state": "failed", "input": b"", "finished": now,
                       "error": {"code": result.error.code, "message": result.error.message}}
-        self.store.set_job(job, **change).add(lambda _: self._notify(job))
+        self.store.set_job(job, **change).add(self._notifier(job))
 
     def result(self, job: str, wait: float) -> Deferred:
         """The outbox entry of ``job``; with ``wait``, once it is final or ``wait`` s passed."""
@@ -334,6 +339,9 @@ class Jobs:
         self.loop.call_later(wait, lambda: waiter.resolve(_answer(job, self.store.outbox().get(
             job, entry))))
         return waiter
+
+    def _notifier(self, job: str) -> Callable[[Deferred], None]:
+        return lambda _: self._notify(job)
 
     def _notify(self, job: str) -> None:
         entry = self.store.outbox().get(job)

@@ -138,8 +138,7 @@ class Monitor:
     def _resume(self, ready: Deferred) -> None:
         """Once the state is loaded: queued jobs run again, schedules tick again."""
         if ready.error is None:
-            self.jobs.recover()
-            self.schedules.start()
+            self.schedules.start(self.jobs.recover())
 
     # -- channel -----------------------------------------------------------------------------
 

@@ -38,9 +38,16 @@ class Schedules:
     def specs(self) -> dict[str, dict[str, Any]]:
         return dict(self.store.state.get("schedules", {}))
 
-    def start(self) -> None:
-        """After a boot: every persisted schedule runs again (its first run at once)."""
-        for name in sorted(self.specs()):
+    def start(self, requeued: list[str]) -> None:
+        """After a boot: every persisted schedule runs again, its first run at once, unless
+        a run of it is among the ``requeued`` jobs (firmware.jobs.Jobs.recover) and still
+        going: runs of one schedule never overlap."""
+        specs = self.specs()
+        outbox = self.store.outbox()
+        for job in requeued:
+            if outbox.get(job, {}).get("schedule") in specs:
+                self.job[outbox[job]["schedule"]] = job
+        for name in sorted(specs):
             self._arm(name, 0.0)
 
     # -- changes by the owner ---------------------------------------------------------------------

@@ -254,6 +254,51 @@ def test_a_schedule_runs_with_no_host_for_60_seconds(oob: BootedZone, sez_home: 
         assert failure.value.check in ("sequence", "link", "head"), label
 
 
+def test_a_power_cut_during_a_scheduled_run(oob: BootedZone, sez_home: SezHome,
+                                            owner_key: ec.EllipticCurvePrivateKey) -> None:
+    """A scheduled run cut off by the power is in the log as interrupted; after the reboot the
+    schedule goes on, and the chain verifies across both boots."""
+    root = Factory(sez_home).root_cert()
+    with SyncZone(oob.url, timeout=60) as zone:
+        before, _ = fetch_audit(zone, root)
+        boot = zone.info()["boot_counter"]
+        current = zone.schedules()
+        slow = next(a for a in zone.applets() if a["name"] == "slow")
+        zone.schedule(schedule_change(owner_key, ueid=bytes(current["ueid"]),
+                                      epoch=int(current["epoch"]), name="long", applet="slow",
+                                      measurement=bytes.fromhex(slow["measurement"]),
+                                      input=b"6:long", every=3600))
+        deadline = time.monotonic() + 30
+        while not any(j.get("schedule") == "long" and j["state"] == "running"
+                      for j in zone.jobs()):
+            assert time.monotonic() < deadline, zone.jobs()
+            time.sleep(0.1)
+    oob.machine.stop(kill=True)
+    oob.machine.launch(load_image(), Device.open("oob-zone", sez_home))
+    with SyncZone(oob.url, timeout=60, hello_timeout=90) as zone:
+        deadline = time.monotonic() + 30
+        while len(runs := sorted((j for j in zone.jobs() if j.get("schedule") == "long"),
+                                 key=lambda j: j["run"])) < 2:  # run 2 starts at boot
+            assert time.monotonic() < deadline, runs
+            time.sleep(0.1)
+        first, second = runs
+        assert zone.result(first["job"], wait=30)["state"] == "interrupted"
+        assert zone.result(second["job"], wait=30)["output"] == b"6:long"
+        for job in (first, second):
+            zone.ack(job["job"])
+        current = zone.schedules()
+        zone.unschedule(unschedule_change(owner_key, ueid=bytes(current["ueid"]),
+                                          epoch=int(current["epoch"]), name="long"))
+        nonce = os.urandom(16)
+        head = verify_evidence(zone.attest(nonce), nonce=nonce, root=root).audit_head
+        after, _ = fetch_audit(zone, root, anchor=before.anchor, head=head)
+        zone.audit_ack(after.entries[-1].seq)
+    entries = [e for e in after.entries if e.event["kind"] == "run"]
+    assert [(e.event["run"], e.event["state"], e.boot_counter) for e in entries] == [
+        (1, "interrupted", boot + 1), (2, "done", boot + 1)]
+    assert entries[0].event["input"] == hashlib.sha384(b"6:long").digest()
+
+
 async def settle(url: str, cut: int, accepted: set[str], delivered: set[str],
                  interrupted: set[str], root: Any) -> None:
     """After a reboot: nothing accepted is missing; fetch and acknowledge the whole outbox."""
