@@ -139,7 +139,8 @@ class Schedules:
         if why is None:
             assert package is not None
             run = int(spec.get("runs", 0)) + 1
-            scheduled = {"schedule": name, "run": run, "skipped": self.skipped.get(name, 0)}
+            skipped = self.skipped.get(name, 0)
+            scheduled = {"schedule": name, "run": run, "skipped": skipped}
             try:
                 submitted = self.jobs.submit(package, spec["input"], f"{name}#{run}".encode(),
                                              None, scheduled)
@@ -149,18 +150,18 @@ class Schedules:
                 self.skipped[name] = 0
                 self.why.pop(name, None)
                 self.job[name] = "submitting"
-                submitted.add(lambda d: self._submitted(name, d))
+                submitted.add(lambda d: self._submitted(name, d, skipped))
                 return
         self.skipped[name] = self.skipped.get(name, 0) + 1
         if self.why.get(name) != why:
             log(f"schedule {name}: skipping runs: {why}")
         self.why[name] = why
 
-    def _submitted(self, name: str, d: Deferred) -> None:
-        if d.error is not None:
+    def _submitted(self, name: str, d: Deferred, skipped_before: int) -> None:
+        if d.error is not None:  # the run was never queued: it counts as skipped too
             self.job.pop(name, None)
             self.why[name] = d.error.message
-            self.skipped[name] = self.skipped.get(name, 0) + 1
+            self.skipped[name] = self.skipped.get(name, 0) + skipped_before + 1
         else:
             self.job[name] = str(d.value["job"])
 
