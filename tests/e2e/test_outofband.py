@@ -356,4 +356,4 @@ def test_power_cuts_during_a_stream_of_jobs(oob: BootedZone, sez_home: SezHome) 
         oob.machine.launch(load_image(), device)
         asyncio.run(settle(oob.url, cut, accepted, delivered, interrupted, root))
     assert accepted <= delivered | interrupted  # (+ jobs committed just before a cut)
-    assert len(delivered) > len(interrupted)
+    assert len(delivered) >= 20, "the zone finishes work between the cuts"
