@@ -304,10 +304,14 @@ class Zone:
         """{ueid, epoch, schedules: [{name, applet, measurement, every, runs, skipped, ...}]}."""
         return dict(await self.request("schedules"))
 
-    async def audit(self, *, after: int = 0, page: int = 256) -> dict[str, Any]:
+    async def audit(self, *, after: int = 0, page: int = 256,
+                    nonce: bytes | None = None) -> dict[str, Any]:
         """Every audit-log entry the zone keeps after sequence number ``after``:
-        {chain: [alias, DeviceID], entries: [COSE_Sign1 bytes], first, next}. Appraise it
-        with host_driver.verify.verify_audit."""
+        {chain: [alias, DeviceID], entries: [COSE_Sign1 bytes], first, next}. With ``nonce``,
+        first the zone's evidence for it (``evidence``, ``nonce``): it names the last entry,
+        which the fetch must then reach. Appraise it with host_driver.verify.verify_audit_log
+        (or verify_audit)."""
+        head = {"evidence": await self.attest(nonce), "nonce": nonce} if nonce else {}
         chain: list[bytes] = []
         entries: list[bytes] = []
         while True:
@@ -317,7 +321,7 @@ class Zone:
             entries += got
             if not got:
                 return {"chain": chain, "entries": entries, "first": answer["first"],
-                        "next": answer["next"]}
+                        "next": answer["next"], **head}
             after = max(after, int(answer["first"]) - 1) + len(got)
 
     async def audit_ack(self, upto: int) -> dict[str, Any]:

@@ -114,8 +114,8 @@ class SyncZone:
     def schedules(self) -> dict[str, Any]:
         return self._call(self.zone.schedules())
 
-    def audit(self, *, after: int = 0) -> dict[str, Any]:
-        return self._call(self.zone.audit(after=after))
+    def audit(self, *, after: int = 0, nonce: bytes | None = None) -> dict[str, Any]:
+        return self._call(self.zone.audit(after=after, nonce=nonce))
 
     def audit_ack(self, upto: int) -> dict[str, Any]:
         return self._call(self.zone.audit_ack(upto))

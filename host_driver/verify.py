@@ -49,7 +49,7 @@ from firmware.dice import MEASURED, TCB_INFO_OID, decode_tcb_info
 
 __all__ = ["AttestationResult", "ReceiptResult", "Reference", "VerificationError",
            "AuditAnchor", "AuditEntry", "AuditResult", "verify_evidence", "verify_receipt",
-           "verify_audit", "load_root"]
+           "verify_audit", "verify_audit_log", "load_root"]
 
 
 class VerificationError(SezError):
@@ -440,3 +440,16 @@ def verify_audit(chain: list[bytes], entries: list[bytes], *, root: x509.Certifi
             raise VerificationError("head", f"entry {head.seq} is not the one the zone's "
                                     "evidence names")
     return AuditResult(ueid, verified, end)
+
+
+def verify_audit_log(log: dict[str, Any], *, root: x509.Certificate,
+                     anchor: AuditAnchor | None = None,
+                     now: datetime.datetime | None = None) -> AuditResult:
+    """Appraise a log fetched with its evidence (``Zone.audit(nonce=...)``: chain, entries,
+    evidence, nonce): the evidence's checks, then verify_audit up to the last entry the
+    evidence names, for the device it names. A debug zone's log is appraised too (the
+    evidence says it is one)."""
+    attested = verify_evidence(log["evidence"], nonce=log["nonce"], root=root,
+                               allow_debug=True, now=now)
+    return verify_audit(log["chain"], log["entries"], root=root, anchor=anchor,
+                        head=attested.audit_head, expected_ueid=attested.ueid, now=now)

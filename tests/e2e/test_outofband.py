@@ -26,8 +26,8 @@ from firmware.abi.errors import Code
 from host_driver import SyncZone, Zone, ZoneError, ZoneUnresponsive
 from host_driver.applet import build_applet, owner_spki, schedule_change, unschedule_change
 from host_driver.pytest_plugin import BootedZone
-from host_driver.verify import (AuditResult, VerificationError, verify_audit, verify_evidence,
-                                verify_receipt)
+from host_driver.verify import (AuditAnchor, AuditResult, VerificationError, verify_audit,
+                                verify_audit_log, verify_evidence, verify_receipt)
 
 from .conftest import RawChannel
 
@@ -187,9 +187,17 @@ def test_outbox_is_bounded(oob: BootedZone) -> None:
         assert zone.submit("null", b"room again")["state"] == "queued"
 
 
-def fetch_audit(zone: SyncZone, root: Any, **kwargs: Any) -> tuple[AuditResult, dict[str, Any]]:
-    log = zone.audit(after=kwargs["anchor"].seq if kwargs.get("anchor") else 0)
-    return verify_audit(log["chain"], log["entries"], root=root, **kwargs), log
+def baseline(zone: SyncZone, root: Any) -> AuditAnchor | None:
+    """Where the audit log stands now: what the zone keeps verifies (None if it keeps none)."""
+    log = zone.audit()
+    return verify_audit(log["chain"], log["entries"], root=root).anchor
+
+
+def fetch_audit(zone: SyncZone, root: Any, anchor: AuditAnchor | None
+                ) -> tuple[AuditResult, dict[str, Any]]:
+    """The log after ``anchor`` with fresh evidence, appraised up to the evidence's head."""
+    log = zone.audit(after=anchor.seq if anchor else 0, nonce=os.urandom(16))
+    return verify_audit_log(log, root=root, anchor=anchor), log
 
 
 def test_a_schedule_runs_with_no_host_for_60_seconds(oob: BootedZone, sez_home: SezHome,
@@ -199,8 +207,8 @@ def test_a_schedule_runs_with_no_host_for_60_seconds(oob: BootedZone, sez_home: 
     chain verifies, and a removed or reordered entry is detected."""
     root = Factory(sez_home).root_cert()
     with SyncZone(oob.url, timeout=60) as zone:
-        before, _ = fetch_audit(zone, root)
-        assert before.anchor is not None
+        before = baseline(zone, root)
+        assert before is not None
         current = zone.schedules()
         null = next(a for a in zone.applets() if a["name"] == "null")
         change = schedule_change(owner_key, ueid=bytes(current["ueid"]),
@@ -220,9 +228,7 @@ def test_a_schedule_runs_with_no_host_for_60_seconds(oob: BootedZone, sez_home: 
         current = zone.schedules()
         zone.unschedule(unschedule_change(owner_key, ueid=bytes(current["ueid"]),
                                           epoch=int(current["epoch"]), name="tick"))
-        nonce = os.urandom(16)
-        head = verify_evidence(zone.attest(nonce), nonce=nonce, root=root).audit_head
-        after, log = fetch_audit(zone, root, anchor=before.anchor, head=head)
+        after, log = fetch_audit(zone, root, anchor=before)
         runs = [e.event for e in after.entries if e.event["kind"] == "run"]
         # every run's result waits in the outbox too, with a verifying receipt
         for run in runs:
@@ -241,16 +247,17 @@ def test_a_schedule_runs_with_no_host_for_60_seconds(oob: BootedZone, sez_home: 
     ticks = len(runs) + sum(r["skipped"] for r in runs) + listing["skipped"]
     assert ticks >= 12 and len(runs) >= listing["runs"] - 1, (len(runs), listing)
     # Tampering, as a host that relays the log could: each is detected.
-    assert head is not None and head.seq > before.anchor.seq
+    head = verify_evidence(log["evidence"], nonce=log["nonce"], root=root).audit_head
+    assert head is not None and head.seq > before.seq
     entries = log["entries"]
     for label, bad in (("removed", entries[:3] + entries[4:]),
                        ("reordered", [entries[0], entries[2], entries[1], *entries[3:]]),
                        ("replayed", [*entries[:3], entries[2], *entries[3:]]),
                        ("first withheld", entries[1:]),
                        ("entries up to the head withheld",
-                        entries[:head.seq - before.anchor.seq - 1])):
+                        entries[:head.seq - before.seq - 1])):
         with pytest.raises(VerificationError) as failure:
-            verify_audit(log["chain"], bad, root=root, anchor=before.anchor, head=head)
+            verify_audit_log({**log, "entries": bad}, root=root, anchor=before)
         assert failure.value.check in ("sequence", "link", "head"), label
 
 
@@ -260,7 +267,7 @@ def test_a_power_cut_during_a_scheduled_run(oob: BootedZone, sez_home: SezHome,
     schedule goes on, and the chain verifies across both boots."""
     root = Factory(sez_home).root_cert()
     with SyncZone(oob.url, timeout=60) as zone:
-        before, _ = fetch_audit(zone, root)
+        before = baseline(zone, root)
         boot = zone.info()["boot_counter"]
         current = zone.schedules()
         slow = next(a for a in zone.applets() if a["name"] == "slow")
@@ -289,9 +296,7 @@ def test_a_power_cut_during_a_scheduled_run(oob: BootedZone, sez_home: SezHome,
         current = zone.schedules()
         zone.unschedule(unschedule_change(owner_key, ueid=bytes(current["ueid"]),
                                           epoch=int(current["epoch"]), name="long"))
-        nonce = os.urandom(16)
-        head = verify_evidence(zone.attest(nonce), nonce=nonce, root=root).audit_head
-        after, _ = fetch_audit(zone, root, anchor=before.anchor, head=head)
+        after, _ = fetch_audit(zone, root, anchor=before)
         zone.audit_ack(after.entries[-1].seq)
     entries = [e for e in after.entries if e.event["kind"] == "run"]
     assert [(e.event["run"], e.event["state"], e.boot_counter) for e in entries] == [
