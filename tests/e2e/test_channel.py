@@ -15,7 +15,7 @@ import pytest
 from firmware import FIRMWARE_VERSION
 from firmware.abi import wire
 from firmware.abi.errors import Code
-from host_driver import BadArgs, ChannelBusy, ConnectError, SyncZone, UnknownOp, Zone
+from host_driver import BadArgs, ChannelBusy, ConnectError, SyncZone, UnknownOp, Zone, ZoneError
 from host_driver.pytest_plugin import BootedZone
 
 from .conftest import RawChannel
@@ -74,6 +74,25 @@ async def test_unknown_op_and_bad_args_are_typed(sez_zone: BootedZone) -> None:
         assert unknown.value.code == Code.UNKNOWN_OP
         with pytest.raises(BadArgs):
             await zone.request("echo", {"data": "text, not bytes"})
+        assert await zone.echo(b"still here") == b"still here"
+
+
+async def test_bad_schedule_and_audit_requests_are_typed(sez_zone: BootedZone) -> None:
+    async with await Zone.connect(sez_zone.url) as zone:
+        for op, args, code in (
+                ("schedule", {"change": "text, not a signed document"}, Code.BAD_ARGS),
+                ("schedule", {"change": b"\xd2\x84 not COSE"}, Code.NOT_OWNER),
+                ("unschedule", {}, Code.BAD_ARGS),
+                ("audit", {"after": -1}, Code.BAD_ARGS),
+                ("audit", {"limit": 0}, Code.BAD_ARGS),
+                ("audit", {"after": "1"}, Code.BAD_ARGS),
+                ("audit-ack", {"upto": "all"}, Code.BAD_ARGS),
+                ("audit-ack", {}, Code.BAD_ARGS)):
+            with pytest.raises(ZoneError) as failure:
+                await zone.request(op, args)
+            assert failure.value.code == code, (op, args, failure.value)
+        log = await zone.audit()
+        assert len(log["chain"]) == 2 and log["next"] >= 1
         assert await zone.echo(b"still here") == b"still here"
 
 
