@@ -254,10 +254,10 @@ class Machine:
         # q35 boots ~1 s faster than pc under TCG (no ACPI interrupt-link routing for each
         # virtio-pci device). Under TCG a plain x86-64 model beats "max" (its REP MOVSB and AVX2
         # string copies are slower to emulate), plus RDRAND (the guest's CRNG is seeded at
-        # once) and AES-NI with PCLMULQDQ (OpenSSL's AES-GCM, which seals BBRAM, runs 2.2x
-        # faster; its AES-NI code also needs SSSE3 and SSE4.1, without which it faults).
-        cpu = ("host" if accel == "kvm"
-               else "qemu64,+rdrand,+aes,+pclmulqdq,+ssse3,+sse4.1,+sse4.2")
+        # once). Adding AES-NI, PCLMULQDQ, SSSE3 and SSE4.x made AES-GCM 2.2x faster in the
+        # guest, but two of three full test runs with it saw both vCPUs soft-lock in the guest
+        # kernel seconds after boot: not used until that is understood.
+        cpu = "host" if accel == "kvm" else "qemu64,+rdrand"
         argv = [
             QEMU, "-name", f"sez-{self.name},debug-threads=on",
             "-machine", "q35", "-accel", accel if accel == "kvm" else "tcg,thread=multi",
