@@ -69,8 +69,7 @@ class Job:
         self.timer = jobs.loop.call_later(limits["wall_seconds"], self._timeout)
 
     def _send(self, kind: int, payload: Any) -> None:
-        header, body = self.encoder.parts(kind, payload)
-        self.port.send(header, body)
+        self.port.send(self.encoder.parts(kind, payload))
 
     def _data(self, data: bytes) -> None:
         for item in self.decoder.feed(data):

@@ -27,7 +27,7 @@ from .hardware import Hardware
 from .jobs import Jobs
 from .links import KEEPER_SOCKET, Deferred, KeeperLink
 from .port import Port
-from .reactor import Reactor, Timer, log
+from .reactor import Reactor, log
 from .schedules import Schedules
 from .store import ZoneStore
 
@@ -38,8 +38,6 @@ if TYPE_CHECKING:
 CONTROL_PORT = "org.sez.ctl"
 #: A host that reads none of the zone's answers for this long counts as one stall.
 STALL_AFTER = 2.0
-#: A frame whose sender falls silent this long before finishing it is dropped.
-TRUNCATED_AFTER = 0.5
 VIRTIO_PORTS = "/sys/class/virtio-ports"
 INPUT_CLASS = "/sys/class/input"
 _INPUT_EVENT = struct.Struct("llHHi")  # struct input_event on x86-64
@@ -105,8 +103,6 @@ class Monitor:
         self.frames_in = self.frames_out = self.bytes_in = self.bytes_out = 0
         self.errors: dict[str, int] = {}
         self.ops_served: dict[str, int] = {}
-        self._truncation_timer: Timer | None = None
-        self._last_rx = 0.0
         self.port: Port | None = None
         self.native = False  # serving a plain fd on the host (benchmark baseline), not a zone
         self.ops: dict[str, Callable[[dict[str, Any]], Any]] = {
@@ -191,6 +187,9 @@ class Monitor:
             self._count_error(Code.TRUNCATED_FRAME)
 
     def on_data(self, data: bytes) -> None:
+        """Bytes from the host. A message a host left unfinished waits until the next one
+        starts (a new session's wire.BREAK and hello end it: see abi.wire); the zone never
+        guesses from silence, which a slow host under load would be mistaken for."""
         self.bytes_in += len(data)
         for item in self.decoder.feed(data):
             if type(item) is wire.Fault:
@@ -198,31 +197,11 @@ class Monitor:
             else:
                 self.frames_in += 1
                 self.handle(item)  # type: ignore[arg-type]
-        if self.decoder.pending:
-            self._last_rx = time.monotonic()
-            if self._truncation_timer is None:
-                self._truncation_timer = self.loop.call_later(TRUNCATED_AFTER,
-                                                              self._check_truncated)
 
-    def _check_truncated(self) -> None:
-        """Drop a partial frame once its sender has been silent for TRUNCATED_AFTER seconds."""
-        self._truncation_timer = None
-        if not self.decoder.pending:
-            return
-        quiet = time.monotonic() - self._last_rx
-        if quiet < TRUNCATED_AFTER:
-            self._truncation_timer = self.loop.call_later(TRUNCATED_AFTER - quiet,
-                                                          self._check_truncated)
-            return
-        dropped = self.decoder.reset()
-        self.send_error(None, Code.TRUNCATED_FRAME,
-                        f"dropped {dropped} bytes of a frame the host did not finish")
-
-    def send(self, frame: tuple[bytes, bytes]) -> None:
-        header, body = frame
+    def send(self, parts: list[bytes | memoryview]) -> None:
         self.frames_out += 1
-        self.bytes_out += len(header) + len(body)
-        self.port.send(header, body)  # type: ignore[union-attr]
+        self.bytes_out += sum(len(part) for part in parts)
+        self.port.send(parts)  # type: ignore[union-attr]
 
     def send_error(self, request_id: Any, code: str, message: str) -> None:
         self._count_error(code)
@@ -474,14 +453,23 @@ class Monitor:
         return {"powering_off": True}
 
 
-def _wait_for_port(name: str) -> str:
+def _wait_for_port(name: str, timeout: float = 30.0) -> str:
+    """The /dev node of the port ``name``, once the virtio driver has made it.
+
+    Raises TimeoutError if it has not appeared within ``timeout`` seconds: the monitor then
+    exits and PID 1 restarts it (firmware.init.supervise), which waits again.
+    """
     started = time.monotonic()
     warned = False
     while True:
         try:
             return find_port(name)
         except FileNotFoundError:
-            if not warned and time.monotonic() - started > 5:
+            waited = time.monotonic() - started
+            if waited > timeout:
+                raise TimeoutError(f"no virtio-serial port named {name} appeared within "
+                                   f"{timeout:.0f} s") from None
+            if not warned and waited > 5:
                 log(f"still waiting for the virtio-serial port {name}")
                 warned = True
             time.sleep(0.01)

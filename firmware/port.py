@@ -1,7 +1,7 @@
 """Non-blocking, frame-queueing I/O over one file descriptor (the control port, job sockets).
 
-Writes never block the zone: a frame that does not fit goes to a queue flushed when the
-descriptor is writable; header and body leave with one writev, the body not copied.
+Writes never block the zone: frames that do not fit go to a queue flushed when the descriptor
+is writable; headers and chunks leave with writev, the chunks not copied.
 """
 
 from __future__ import annotations
@@ -88,13 +88,15 @@ class Port:
         self._out.clear()
         os.close(self.fd)
 
-    def send(self, header: bytes, body: bytes) -> None:
-        """Queue one frame (header and body written with one writev, the body not copied)."""
-        frame = [memoryview(header), memoryview(body)]
-        size = len(header) + len(body)
+    def send(self, parts: list[bytes | memoryview]) -> None:
+        """Queue one message: its frames as header, chunk, header, chunk … (see abi.wire).
+        What the descriptor takes at once goes with one writev, the chunks not copied."""
+        frames = [[memoryview(parts[i]), memoryview(parts[i + 1])]
+                  for i in range(0, len(parts), 2)]
+        size = sum(len(part) for part in parts)
         if not self._out:  # nothing queued: try to write it at once
             try:
-                n = os.writev(self.fd, frame)
+                n = os.writev(self.fd, parts)
             except BlockingIOError:
                 n = 0
             except OSError as exc:
@@ -102,23 +104,25 @@ class Port:
                 return
             if n == size:
                 return
-            _consume(frame, n)
-            self._head_started = n > 0
-            self._out.append(frame)
             self._queued += size - n
+            while n >= _size(frames[0]):  # frames that went out whole
+                n -= _size(frames.pop(0))
+            _consume(frames[0], n)
+            self._head_started = n > 0
+            self._out.extend(frames)
             self.blocked_since = time.monotonic()
             self._loop.add_writer(self.fd, self._flush)
             return
         if self._queued + size > MAX_QUEUED:
             self.drop_unsent()
-        self._out.append(frame)
+        self._out.extend(frames)
         self._queued += size
 
     def drop_unsent(self) -> None:
         """Forget queued frames that have not started to go out (a new host session)."""
         keep = 1 if self._head_started else 0
         while len(self._out) > keep:
-            self._queued -= sum(len(part) for part in self._out.pop())
+            self._queued -= _size(self._out.pop())
             self.dropped_frames += 1
 
     def _write_failed(self, exc: OSError) -> None:
@@ -135,7 +139,7 @@ class Port:
             except BlockingIOError:
                 return
             except OSError as exc:
-                self._queued -= sum(len(part) for part in out.popleft())
+                self._queued -= _size(out.popleft())
                 self._head_started = False
                 self._write_failed(exc)
                 continue
@@ -147,6 +151,10 @@ class Port:
                 self._head_started = True
         self.blocked_since = None
         self._loop.remove_writer(self.fd)
+
+
+def _size(parts: list[memoryview]) -> int:
+    return sum(len(part) for part in parts)
 
 
 def _consume(parts: list[memoryview], n: int) -> bool:

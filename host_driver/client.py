@@ -39,10 +39,10 @@ DEFAULT_TIMEOUT = 10.0
 #: frozen or gone: a dead zone is detected within HEARTBEAT + HEARTBEAT_TIMEOUT seconds.
 HEARTBEAT = 2.0
 HEARTBEAT_TIMEOUT = 8.0
-#: Seconds before hello is sent again when the zone neither answers nor reports a fault. (A
-#: booting zone answers the hello waiting in the channel once its monitor starts; a zone that
-#: swallowed the hello into a frame an earlier host left half-sent reports truncated-frame
-#: within 0.5 s, and the hello is sent again at once.)
+#: Seconds before hello is sent again when the zone has not answered it. (A session starts
+#: with wire.BREAK, which ends whatever an earlier host left half-sent, so a running zone reads
+#: the hello as soon as it arrives, and a booting one once its monitor starts: the retry only
+#: covers a monitor that restarted and lost it.)
 HELLO_RETRY = 5.0
 
 
@@ -71,7 +71,6 @@ class Zone:
         self._encoder = wire.FrameEncoder()
         self._pending: dict[int, asyncio.Future[Any]] = {}
         self._next_id = secrets.randbits(40)
-        self._fault_seen = asyncio.Event()
         self.log = log.getChild(url.rsplit("/", 1)[-1])
 
     @classmethod
@@ -126,23 +125,18 @@ class Zone:
         self.failure = exc
 
     async def _handshake(self, timeout: float) -> dict[str, Any]:
-        """Send ``hello`` until the zone answers it, for at most ``timeout`` seconds.
+        """Send wire.BREAK and ``hello`` until the zone answers, for at most ``timeout`` s.
 
-        A zone still booting answers once its monitor starts; one that is dropping a frame an
-        earlier host left half-sent answers ``truncated-frame`` first, and the next hello works.
+        BREAK ends any frame an earlier host left half-sent (see firmware.abi.wire), so the
+        zone reads this hello as soon as it arrives, or, still booting, once its monitor starts.
         """
         deadline = time.monotonic() + timeout
         while True:
             nonce = secrets.token_bytes(16)
-            self._fault_seen.clear()
+            self._channel.write(wire.BREAK)  # type: ignore[union-attr]
             request_id, future = self._send("hello", {"nonce": nonce})
             wait = min(HELLO_RETRY, max(0.0, deadline - time.monotonic()))
-            fault = asyncio.ensure_future(self._fault_seen.wait())
-            try:
-                await asyncio.wait({future, fault}, timeout=wait,
-                                   return_when=asyncio.FIRST_COMPLETED)
-            finally:
-                fault.cancel()
+            await asyncio.wait({future}, timeout=wait)
             if future.done():
                 result = future.result()
                 if result.get("nonce") != nonce:
@@ -202,7 +196,10 @@ class Zone:
         request_id, future = self._send(op, args or {})
         timer = asyncio.get_running_loop().call_later(timeout, _expire, future, op, timeout)
         try:
-            await self._channel.drain()  # type: ignore[union-attr]
+            # Wait for room to write (flow control), but never past the request's own bound.
+            drained = asyncio.ensure_future(self._channel.drain())  # type: ignore[union-attr]
+            await asyncio.wait({drained, future}, return_when=asyncio.FIRST_COMPLETED)
+            drained.cancel()
             return await future
         finally:
             timer.cancel()
@@ -278,10 +275,22 @@ class Zone:
         return dict(await self.request("submit", args))
 
     async def result(self, job: str, *, wait: float = 0.0) -> dict[str, Any]:
-        """{job, state, applet, output?, receipt?, error?}; ``wait`` (<= 60 s) holds the answer
-        until the job is final. The result stays in the zone until ``ack``."""
-        return dict(await self.request("result", {"job": job, "wait": wait},
-                                       timeout=self.timeout + wait))
+        """{job, state, applet, output?, receipt?, error?}; ``wait`` seconds (any length) hold
+        the answer until the job is final. The zone holds one answer at most 60 s, so a longer
+        wait asks again, in chunks of at most 60 s, until the job is final or ``wait`` is over;
+        each ask is bounded by ``timeout`` + its chunk. The result stays in the zone until
+        ``ack``. Raises ZoneError (``no-such-job``; ``bad-args`` for a negative wait),
+        ZoneTimeout."""
+        chunk_limit, final = 60.0, ("done", "failed", "interrupted")
+        deadline = time.monotonic() + wait
+        chunk = min(wait, chunk_limit)
+        while True:
+            answer = dict(await self.request("result", {"job": job, "wait": chunk},
+                                             timeout=self.timeout + chunk))
+            left = deadline - time.monotonic()
+            if answer.get("state") in final or left <= 0:
+                return answer
+            chunk = min(left, chunk_limit)
 
     async def ack(self, job: str) -> None:
         """Tell the zone the host has the result of ``job``: it leaves the outbox."""
@@ -346,7 +355,6 @@ class Zone:
             request_id = payload.get("id")
             if request_id is None and not payload.get("ok", True):
                 self.faults.append(self._error(payload))
-                self._fault_seen.set()
                 continue
             future = self._pending.pop(request_id, None) if isinstance(request_id, int) else None
             if future is None or future.done():

@@ -26,6 +26,7 @@ class RawChannel:
         self.port.reset_input_buffer()
         self.decoder = wire.FrameDecoder()
         self.items: list[Any] = []
+        self.write(wire.BREAK)  # a new session: end whatever an earlier host left half-sent
 
     def write(self, data: bytes) -> None:
         self.port.write(data)

@@ -15,6 +15,7 @@ import pytest
 from firmware import FIRMWARE_VERSION
 from firmware.abi import wire
 from firmware.abi.errors import Code
+from host_driver import client
 from host_driver import BadArgs, ChannelBusy, ConnectError, SyncZone, UnknownOp, Zone, ZoneError
 from host_driver.pytest_plugin import BootedZone
 
@@ -113,13 +114,17 @@ def test_random_bytes_then_a_request(raw_channel: RawChannel) -> None:
     assert_zone_answers(raw_channel)
 
 
-def test_truncated_frame_then_silence(raw_channel: RawChannel) -> None:
-    frame = wire.encode_request(1, "echo", {"data": b"x" * 100})
-    raw_channel.write(frame[:40])
-    started = time.monotonic()
-    error = raw_channel.error(Code.TRUNCATED_FRAME, timeout=5)
-    assert "40 bytes" in error["error"]["message"]
-    assert time.monotonic() - started < 5
+def test_a_half_sent_frame_waits_for_the_next_session(raw_channel: RawChannel) -> None:
+    """A host that falls silent mid-message is not guessed from silence (a slow host under
+    load looks the same): the next session's BREAK ends the frame, its first message ends the
+    message, and the zone says what it dropped."""
+    message = wire.encode_request(1, "echo", {"data": os.urandom(200_000)})
+    raw_channel.write(message[:150_000])  # two whole frames of four, and part of the third
+    raw_channel.write(wire.BREAK)
+    raw_channel.request(4243, "echo", {"data": b"next"})
+    error = raw_channel.error(Code.TRUNCATED_FRAME)
+    assert error["id"] is None and "did not finish" in error["error"]["message"]
+    assert raw_channel.response(4243)["result"]["data"] == b"next"
     assert_zone_answers(raw_channel)
 
 
@@ -182,11 +187,15 @@ async def test_a_missing_channel_is_a_connect_error() -> None:
 
 DRIVER = textwrap.dedent("""
     import asyncio, sys
+    from firmware.abi import wire
     from host_driver import Zone
     async def main():
-        zone = await Zone.connect(sys.argv[1])
-        print("connected", flush=True)
-        await zone.echo(b"z" * (8 << 20), timeout=120)
+        zone = await Zone.connect(sys.argv[1], heartbeat=None)
+        message = wire.encode_request(1, "echo", {"data": b"z" * (8 << 20)})
+        zone._channel.write(message[:len(message) // 2])  # half of an 8 MiB request
+        await zone._channel.drain()
+        print("half sent", flush=True)
+        await asyncio.sleep(3600)
     asyncio.run(main())
 """)
 
@@ -195,12 +204,14 @@ async def test_driver_killed_mid_request_then_a_new_driver(sez_zone: BootedZone)
     proc = subprocess.Popen([sys.executable, "-c", DRIVER, sez_zone.url], stdout=subprocess.PIPE)
     try:
         assert proc.stdout is not None
-        assert proc.stdout.readline() == b"connected\n"
-        time.sleep(0.3)  # the 8 MiB request is now crossing the channel
+        assert proc.stdout.readline() == b"half sent\n"
     finally:
         proc.send_signal(signal.SIGKILL)
         proc.wait(10)
-    async with await Zone.connect(sez_zone.url, timeout=15) as zone:
+    # The new session's BREAK ends the half-sent request by construction: its first hello is
+    # answered (a hello timeout shorter than the retry interval allows no second one).
+    async with await Zone.connect(sez_zone.url, timeout=15,
+                                  hello_timeout=client.HELLO_RETRY - 0.5) as zone:
         assert await zone.echo(b"after the kill") == b"after the kill"
         stats = await zone.stats()
     assert stats["errors"].get(Code.TRUNCATED_FRAME, 0) >= 1

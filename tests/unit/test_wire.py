@@ -17,7 +17,7 @@ payloads = st.recursive(
     | st.dictionaries(st.text(max_size=8), children, max_size=4),
     max_leaves=12,
 )
-# Garbage that cannot contain a frame header by accident.
+# Garbage that cannot contain a frame header by accident (and is not all padding).
 garbage = st.binary(max_size=200).filter(lambda b: b"SZ" not in b and not b.endswith(b"S"))
 
 
@@ -67,7 +67,8 @@ def test_frames_survive_garbage_and_any_chunking(parts: list[tuple[bytes, object
     assert frames == [p for _, p in parts]
     faults = [i for i in items if isinstance(i, wire.Fault)]
     assert all(f.code == Code.BAD_FRAME for f in faults)
-    assert sum(f.dropped for f in faults) == sum(len(junk) for junk, _ in parts)
+    # Zero bytes between frames are padding (a session's BREAK): skipped without a fault.
+    assert sum(f.dropped for f in faults) == sum(len(junk) - junk.count(0) for junk, _ in parts)
 
 
 def test_oversized_header_is_skipped_and_the_next_frame_read() -> None:
@@ -88,10 +89,58 @@ def test_oversized_header_is_skipped_and_the_next_frame_read() -> None:
     (b"", "empty payload"),
 ])
 def test_bad_cbor_is_a_fault(body: bytes, why: str) -> None:
-    frame = wire.HEADER.pack(wire.MAGIC, wire.VERSION, wire.Kind.REQUEST, len(body)) + body
+    frame = b"".join(wire.frames_of(wire.Kind.REQUEST, body))
     items = wire.FrameDecoder(max_payload=len(body) + 1).feed(frame)
     assert len(items) == 1, why
     assert isinstance(items[0], wire.Fault) and items[0].code == Code.BAD_CBOR, why
+
+
+def test_a_large_message_travels_in_chunks() -> None:
+    data = bytes(range(256)) * 1000  # 256,000 bytes: three full chunks and a short one
+    frames = wire.FrameEncoder().parts(wire.Kind.RESPONSE, {"id": 1, "data": data})
+    headers = [wire.HEADER.unpack(bytes(h)) for h in frames[::2]]
+    assert [k for _, _, k, _ in headers] == [
+        wire.MORE | wire.Kind.RESPONSE, wire.MORE | wire.Kind.CONTINUATION,
+        wire.MORE | wire.Kind.CONTINUATION, wire.Kind.CONTINUATION]
+    assert all(n <= wire.CHUNK for _, _, _, n in headers)
+    stream = b"".join(frames)
+    for step in (1, 4093, wire.CHUNK, len(stream)):
+        decoder = wire.FrameDecoder()
+        items = [i for at in range(0, len(stream), step) for i in decoder.feed(stream[at:at + step])]
+        assert len(items) == 1 and isinstance(items[0], wire.Frame)
+        assert items[0].kind is wire.Kind.RESPONSE and items[0].payload["data"] == data
+
+
+def test_a_message_larger_than_the_maximum_is_dropped_and_the_next_read() -> None:
+    decoder = wire.FrameDecoder(max_payload=100_000)
+    big = wire.encode_frame(wire.Kind.REQUEST, {"data": bytes(200_000)})
+    items = decoder.feed(big + wire.encode_request(2, "echo", {}))
+    assert [type(i) for i in items] == [wire.Fault, wire.Frame]
+    assert isinstance(items[0], wire.Fault) and items[0].code == Code.FRAME_TOO_LARGE
+    assert isinstance(items[1], wire.Frame) and items[1].payload["id"] == 2
+
+
+def test_a_continuation_of_no_message_is_a_fault() -> None:
+    body = b"\x00" * 10
+    orphan = wire.HEADER.pack(wire.MAGIC, wire.VERSION, wire.Kind.CONTINUATION, len(body)) + body
+    items = wire.FrameDecoder().feed(orphan + wire.encode_request(3, "echo", {}))
+    assert isinstance(items[0], wire.Fault) and items[0].code == Code.BAD_FRAME
+    assert isinstance(items[1], wire.Frame) and items[1].payload["id"] == 3
+
+
+@settings(max_examples=300)
+@given(st.binary(max_size=3000), st.integers(0, 10**9), st.lists(st.integers(0, 10**6), max_size=6))
+def test_a_break_ends_whatever_an_earlier_host_left_half_sent(junk: bytes, cut: int,
+                                                              cuts: list[int]) -> None:
+    """The session start holds by construction: after any prefix (garbage, or any part of a
+    message of up to 1 MiB), BREAK + hello is read as the hello, whatever the chunking."""
+    message = wire.encode_frame(wire.Kind.REQUEST, {"id": 1, "data": bytes(range(256)) * 4096})
+    left = junk + message[:cut % len(message)]
+    hello = wire.encode_request(77, "hello", {"nonce": b"n" * 16})
+    items = feed_in_chunks(left + wire.BREAK + hello, cuts)
+    assert isinstance(items[-1], wire.Frame) and items[-1].payload["id"] == 77
+    assert all(isinstance(i, wire.Fault) for i in items[:-1]
+               if not (isinstance(i, wire.Frame) and i.payload.get("id") == 1))
 
 
 def test_truncated_frame_stays_pending_until_reset() -> None:
