@@ -9,7 +9,7 @@ SEZ    := $(BIN)/sez
 ZONE   ?= demo
 export SEZ_HOME ?= $(HOME)/.sez
 
-.PHONY: deps image boot stop status console demo test bench clean
+.PHONY: deps image boot stop status console demo test bench soak clean
 
 deps: $(VENV)/.installed
 	@bash .ci/install-deps
@@ -48,6 +48,10 @@ test: image
 
 bench: image
 	$(BIN)/python bench/bench.py
+
+# `make soak CYCLES=50 ZONES=1 SOAK_ARGS="--cpus 1 --tcg-thread single"`; reports in soak-reports/
+soak: image
+	$(BIN)/python bench/soak.py $(if $(CYCLES),--cycles $(CYCLES)) $(if $(ZONES),--zones $(ZONES)) $(SOAK_ARGS)
 
 clean:
 	-$(SEZ) stop $(ZONE) --kill 2>/dev/null

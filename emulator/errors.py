@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from firmware.abi.errors import SezError
 
-__all__ = ["EmulatorError", "ImageError", "DeviceNotFound", "MachineStateError", "LaunchError",
-           "BootTimeout"]
+__all__ = ["EmulatorError", "ImageError", "DeviceNotFound", "MachineStateError", "MachineTimeout",
+           "LaunchError", "BootTimeout"]
 
 
 class EmulatorError(SezError):
@@ -24,6 +24,10 @@ class MachineStateError(EmulatorError):
     """The machine is not in a state that allows this (already running, not running)."""
 
 
+class MachineTimeout(EmulatorError, TimeoutError):
+    """QEMU (its QMP socket) did not answer within the bound of the call."""
+
+
 class LaunchError(EmulatorError):
     """QEMU did not start, or died. Carries its exit code, command line and output."""
 
@@ -37,4 +41,9 @@ class LaunchError(EmulatorError):
 
 
 class BootTimeout(LaunchError):
-    """The machine runs, but the firmware did not answer in time."""
+    """The machine ran, but the firmware did not answer in time. ``console`` is the console's
+    tail, ``qemu_status`` QEMU's run state from QMP then (or why QMP did not say)."""
+
+    def __init__(self, message: str, *, console: str = "", qemu_status: str | None = None):
+        super().__init__(message, console=console)
+        self.qemu_status = qemu_status

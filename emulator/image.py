@@ -41,6 +41,10 @@ INITRAMFS_FILE = "initramfs.cpio"
 MANIFEST_FILE = "manifest.json"
 #: Every file in the image carries this modification time (SOURCE_DATE_EPOCH style).
 EPOCH = 0
+#: Seconds ``apt-get download`` may take (the network), and any other build tool (apt-cache,
+#: dpkg-deb, the guest's compileall): past them the build fails with ImageError, not a hang.
+DOWNLOAD_TIMEOUT = 1200.0
+TOOL_TIMEOUT = 600.0
 _XZ_MAGIC = b"\xfd7zXZ\x00"
 _MULTIARCH = "x86_64-linux-gnu"
 
@@ -205,7 +209,7 @@ def _fetch(cache: Path, recipe: Recipe, progress: Progress) -> dict[str, Path]:
         cmd = ["apt-get", "download", "-q"]
         if os.geteuid() == 0:
             cmd += ["-o", "APT::Sandbox::User=root"]
-        proc = subprocess.run(cmd + missing, cwd=cache, capture_output=True, text=True)
+        proc = _spawn(cmd + missing, timeout=DOWNLOAD_TIMEOUT, cwd=cache)
         if proc.returncode != 0:
             raise ImageError(
                 f"apt-get download failed ({proc.returncode}): {proc.stderr.strip()[-400:]}"
@@ -217,7 +221,7 @@ def _fetch(cache: Path, recipe: Recipe, progress: Progress) -> dict[str, Path]:
 
 
 def _resolve_kernel(metapackage: str) -> str:
-    proc = subprocess.run(["apt-cache", "depends", metapackage], capture_output=True, text=True)
+    proc = _spawn(["apt-cache", "depends", metapackage])
     match = re.search(r"Depends: (linux-image-\S+)", proc.stdout)
     if proc.returncode != 0 or not match:
         raise ImageError(
@@ -231,13 +235,25 @@ def _deb_field(deb: Path, field: str) -> str:
     return _run(["dpkg-deb", "-f", str(deb), field]).strip()
 
 
-def _run(cmd: list[str], **kwargs: Any) -> str:
+def _spawn(cmd: list[str], *, timeout: float = TOOL_TIMEOUT, what: str | None = None,
+           **kwargs: Any) -> subprocess.CompletedProcess[str]:
+    """Run ``cmd`` (output captured) for at most ``timeout`` seconds. Raises ImageError if the
+    tool is missing or hangs (``what`` names it in the message; default: the command)."""
+    what = what or " ".join(cmd[:3])
     try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, **kwargs)
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, **kwargs)
     except FileNotFoundError as exc:
         raise ImageError(f"{cmd[0]} not found (run: make deps)") from exc
+    except subprocess.TimeoutExpired as exc:
+        raise ImageError(f"{what} hung: no result within {timeout:.0f} s (killed it)") from exc
+
+
+def _run(cmd: list[str], *, timeout: float = TOOL_TIMEOUT, what: str | None = None,
+         **kwargs: Any) -> str:
+    """``cmd``'s stdout. Raises ImageError if it is missing, hangs (see _spawn) or fails."""
+    proc = _spawn(cmd, timeout=timeout, what=what, **kwargs)
     if proc.returncode != 0:
-        raise ImageError(f"{' '.join(cmd[:3])} failed: {proc.stderr.strip()[-400:]}")
+        raise ImageError(f"{what or ' '.join(cmd[:3])} failed: {proc.stderr.strip()[-400:]}")
     return str(proc.stdout)
 
 
@@ -341,12 +357,14 @@ def _compile_bytecode(root: Path) -> None:
     base = [str(loader), "--library-path", ":".join(map(str, libdirs)), str(python), "-S", "-m",
             "compileall", "-q", "-j", "1", "--invalidation-mode", "unchecked-hash"]
     stdlib = root / "usr" / "lib" / "python3.11"
-    _run(base + ["-b", "-s", str(root), "-p", "/", str(stdlib)], env=env)
+    compiling = "the guest's python3.11 -m compileall"
+    _run(base + ["-b", "-s", str(root), "-p", "/", str(stdlib)], env=env, what=compiling)
     for py in stdlib.rglob("*.py"):
         py.unlink()
     for cache_dir in stdlib.rglob("__pycache__"):
         shutil.rmtree(cache_dir)
-    _run(base + ["-s", str(root), "-p", "/", str(root / "opt" / "sez")], env=env)
+    _run(base + ["-s", str(root), "-p", "/", str(root / "opt" / "sez")], env=env,
+         what=compiling)
 
 
 # -- cpio (newc) ----------------------------------------------------------------------------------

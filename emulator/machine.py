@@ -36,7 +36,7 @@ from typing import Any, Callable, Coroutine, TypeVar
 from qemu.qmp import QMPClient, QMPError
 
 from .device import Device
-from .errors import LaunchError, MachineStateError
+from .errors import LaunchError, MachineStateError, MachineTimeout
 from .image import Image, sha384_file
 from .paths import SezHome
 
@@ -52,8 +52,14 @@ TAMPER_PORT = "org.sez.tamper"
 LAUNCH_TIMEOUT = 20.0
 #: Seconds one QMP command may take.
 QMP_TIMEOUT = 5.0
+#: Seconds run_sync waits for its helper thread beyond the coroutine's own bound.
+JOIN_MARGIN = 2.0
 #: Seconds the guest gets to power off after the ACPI power button.
 POWERDOWN_TIMEOUT = 5.0
+#: vCPUs of a zone, and how TCG runs them: "multi" (a host thread per vCPU) or "single" (one
+#: host thread for all). $SEZ_CPUS and $SEZ_TCG_THREAD override them (for A/B runs).
+CPUS = int(os.environ.get("SEZ_CPUS", "2"))
+TCG_THREAD = os.environ.get("SEZ_TCG_THREAD", "multi")
 
 T = TypeVar("T")
 
@@ -92,8 +98,13 @@ def resolve_accel(accel: str) -> str:
     return accel
 
 
-def run_sync(factory: Callable[[], Coroutine[Any, Any, T]]) -> T:
-    """Run a coroutine to completion from synchronous code, inside or outside an event loop."""
+def run_sync(factory: Callable[[], Coroutine[Any, Any, T]], timeout: float) -> T:
+    """Run a coroutine to completion from synchronous code, inside or outside an event loop.
+
+    The coroutine must bound itself to ``timeout`` seconds. Inside a running loop it runs in
+    a helper thread, which is waited for ``timeout`` + JOIN_MARGIN seconds at most; past that
+    MachineTimeout is raised (the thread, a daemon, is left to finish on its own).
+    """
     try:
         asyncio.get_running_loop()
     except RuntimeError:
@@ -106,9 +117,11 @@ def run_sync(factory: Callable[[], Coroutine[Any, Any, T]]) -> T:
         except BaseException as exc:  # handed back to the caller's thread below
             box["error"] = exc
 
-    thread = threading.Thread(target=target, name="sez-qmp")
+    thread = threading.Thread(target=target, name="sez-qmp", daemon=True)
     thread.start()
-    thread.join()
+    thread.join(timeout + JOIN_MARGIN)
+    if thread.is_alive():
+        raise MachineTimeout(f"QMP did not finish within {timeout + JOIN_MARGIN:.0f} s")
     if "error" in box:
         raise box["error"]
     return box["value"]  # type: ignore[no-any-return]
@@ -235,7 +248,8 @@ class Machine:
 
     def qmp(self, command: str, args: dict[str, Any] | None = None,
             timeout: float = QMP_TIMEOUT) -> Any:
-        """Execute one QMP command (connect, execute, disconnect), bounded by ``timeout``."""
+        """Execute one QMP command (connect, execute, disconnect), each step bounded by
+        ``timeout``. Raises QMPError, OSError, TimeoutError (MachineTimeout among them)."""
 
         async def go() -> Any:
             client = QMPClient(f"sez-{self.name}")
@@ -243,14 +257,14 @@ class Machine:
                 await asyncio.wait_for(client.connect(str(self.qmp_socket)), timeout)
                 return await asyncio.wait_for(client.execute(command, args), timeout)
             finally:
-                await client.disconnect()
+                await asyncio.wait_for(client.disconnect(), timeout)
 
-        return run_sync(go)
+        return run_sync(go, 3 * timeout)
 
     # -- lifecycle ----------------------------------------------------------------------------
 
     def command_line(self, image: Image, *, accel: str, memory_mb: int, cpus: int,
-                     fw_cfg: dict[str, Path | str], bbram: Path) -> list[str]:
+                     tcg_thread: str, fw_cfg: dict[str, Path | str], bbram: Path) -> list[str]:
         # q35 boots ~1 s faster than pc under TCG (no ACPI interrupt-link routing for each
         # virtio-pci device). Under TCG a plain x86-64 model beats "max" (its REP MOVSB and AVX2
         # string copies are slower to emulate), plus RDRAND (the guest's CRNG is seeded at
@@ -260,7 +274,7 @@ class Machine:
         cpu = "host" if accel == "kvm" else "qemu64,+rdrand"
         argv = [
             QEMU, "-name", f"sez-{self.name},debug-threads=on",
-            "-machine", "q35", "-accel", accel if accel == "kvm" else "tcg,thread=multi",
+            "-machine", "q35", "-accel", accel if accel == "kvm" else f"tcg,thread={tcg_thread}",
             "-cpu", cpu, "-smp", str(cpus), "-m", str(memory_mb),
             "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
             "-bios", str(QBOOT),
@@ -285,7 +299,7 @@ class Machine:
         return argv + shlex.split(os.environ.get("SEZ_QEMU_ARGS", ""))
 
     def launch(self, image: Image, device: Device, *, accel: str = "auto", debug: bool = False,
-               memory_mb: int = 512, cpus: int = 2,
+               memory_mb: int = 512, cpus: int | None = None, tcg_thread: str | None = None,
                timeout: float = LAUNCH_TIMEOUT) -> MachineStatus:
         """Power the device on: spawn QEMU detached; return once QMP answers.
 
@@ -301,6 +315,10 @@ class Machine:
         if shutil.which(QEMU) is None:
             raise LaunchError(f"{QEMU} not found (install it: make deps)")
         accel = resolve_accel(accel)
+        cpus = CPUS if cpus is None else cpus
+        tcg_thread = TCG_THREAD if tcg_thread is None else tcg_thread
+        if tcg_thread not in ("single", "multi"):
+            raise ValueError(f"tcg_thread must be single or multi, not {tcg_thread!r}")
         self.run_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         for stale in (self.qmp_socket, self.tamper_socket, self.state_file):
             stale.unlink(missing_ok=True)
@@ -312,7 +330,8 @@ class Machine:
             f"kernel {sha384_file(image.kernel)}\n"
             f"initramfs {sha384_file(image.initramfs)}\n"
             f"cmdline {hashlib.sha384(image.cmdline.encode()).hexdigest()}\n")
-        argv = self.command_line(image, accel=accel, memory_mb=memory_mb, cpus=cpus, fw_cfg={
+        argv = self.command_line(image, accel=accel, memory_mb=memory_mb, cpus=cpus,
+                                 tcg_thread=tcg_thread, fw_cfg={
             "uds": device.fuses, "deviceid": device.device_id_cert, "measurements": measured,
             "boot_counter": str(boots), "debug": "1" if debug else "0"},
             bbram=device.ensure_bbram())

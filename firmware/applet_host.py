@@ -19,9 +19,14 @@ from .abi import wire
 
 
 class JobChannel:
-    def __init__(self, fd: int) -> None:
+    """The job's socket to the monitor. Every wait on it is bounded by ``timeout`` seconds
+    (the job's wall time: the monitor kills the job by then anyway); past it the wait raises
+    TimeoutError."""
+
+    def __init__(self, fd: int, timeout: float) -> None:
+        self.timeout = timeout
         self.sock = socket.socket(fileno=fd)
-        self.sock.setblocking(True)
+        self.sock.settimeout(timeout)
         self.decoder = wire.FrameDecoder()
         self.encoder = wire.FrameEncoder()
         self.items: list[Any] = []
@@ -29,7 +34,11 @@ class JobChannel:
 
     def _next_frame(self) -> wire.Frame:
         while not self.items:
-            data = self.sock.recv(1 << 20)
+            try:
+                data = self.sock.recv(1 << 20)
+            except TimeoutError:
+                raise TimeoutError(f"the monitor sent nothing within {self.timeout:.0f} s") \
+                    from None
             if not data:
                 raise ConnectionError("the monitor closed the job channel")
             self.items = [i for i in self.decoder.feed(data) if isinstance(i, wire.Frame)]
@@ -95,8 +104,9 @@ class ZoneAPI:
         self._channel.call("log", {"message": str(message)[:500]})
 
 
-def run_job(fd: int, work: str) -> int:
-    channel = JobChannel(fd)
+def run_job(fd: int, work: str, timeout: float) -> int:
+    """Run the job the monitor sends on ``fd``; ``timeout`` bounds every wait on the monitor."""
+    channel = JobChannel(fd, timeout)
     try:
         job = channel.receive_job()
         root = os.path.join(work, "pkg")

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import datetime
 import hashlib
+import select
 import time
 from typing import Any
 
@@ -40,7 +41,7 @@ from .bbram import Bbram, BbramError
 from .abi import evidence as claims
 from .abi.errors import Code
 from .hardware import Hardware
-from .links import MAX_MESSAGE, listen, size_buffers
+from .links import KEEPER_TIMEOUT, MAX_MESSAGE, listen, size_buffers
 from .reactor import foreground, log, log_exception
 
 SOCKET = "/run/sez/keeper.sock"
@@ -219,14 +220,24 @@ class Keeper:
             return _error(request_id, Code.BAD_ARGS, str(exc))
 
     def serve(self) -> None:
+        """Serve the monitor, one connection at a time. Waits on a connection are bounded by
+        KEEPER_TIMEOUT: a reply the monitor does not take by then drops the connection (the
+        call has expired on its side too), and a connection idle that long gives way to a
+        monitor waiting to connect (a restarted one)."""
         server = listen(SOCKET)
         while True:
             conn, _ = server.accept()
             size_buffers(conn)
+            conn.settimeout(KEEPER_TIMEOUT)
             with conn:
                 while True:
                     try:
                         message = conn.recv(MAX_MESSAGE)
+                    except TimeoutError:
+                        if select.select([server], [], [], 0)[0]:
+                            log("layer 0: a new connection replaces an idle one")
+                            break
+                        continue
                     except OSError:
                         break
                     if not message:

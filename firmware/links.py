@@ -115,15 +115,18 @@ class _Link:
         self._connect()
 
     def _connect(self) -> None:
+        """Connect without blocking the reactor: a unix socket connects at once or fails (a
+        server not yet listening, or with a full backlog: EAGAIN); then try again later.
+        What waits meanwhile is bounded by its caller (KEEPER_TIMEOUT, a job's wall time)."""
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         size_buffers(sock)
+        sock.setblocking(False)
         try:
             sock.connect(self.path)
         except OSError:
             sock.close()
             self.loop.call_later(KEEPER_RETRY, self._connect)
             return
-        sock.setblocking(False)
         self.sock = sock
         self.loop.add_reader(sock.fileno(), self._readable)
         queue, self._queue = self._queue, []

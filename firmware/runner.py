@@ -198,7 +198,7 @@ def _child(fd: int, cgroup: str, work: str, uid: int, limits: dict[str, int]) ->
         os.setresgid(uid, uid, uid)
         os.setresuid(uid, uid, uid)
         os.umask(0o077)
-        code = run_job(fd, work)
+        code = run_job(fd, work, limits["wall_seconds"])
     except BaseException:
         code = 71
     finally:

@@ -39,27 +39,32 @@ from .sync import SyncZone
 from .verify import (AuditAnchor, AuditResult, Reference, VerificationError, load_root,
                      verify_audit, verify_audit_log, verify_evidence, verify_receipt)
 
-__all__ = ["main", "boot_zone", "BOOT_TIMEOUT"]
+__all__ = ["main", "boot_zone", "qemu_state", "unanswered", "BOOT_TIMEOUT"]
 
 #: Seconds a cold boot may take before it counts as hung (TCG on 2 cores boots in ~5 s).
 BOOT_TIMEOUT = float(os.environ.get("SEZ_BOOT_TIMEOUT", "90"))
+#: Seconds each QMP step may take when an error message asks QEMU for its run state.
+QMP_STATE_TIMEOUT = 2.0
 
 
 def boot_zone(name: str, *, debug: bool = False, accel: str = "auto",
-              timeout: float = BOOT_TIMEOUT, home: SezHome | None = None
-              ) -> tuple[MachineStatus, dict[str, Any], float]:
+              timeout: float = BOOT_TIMEOUT, home: SezHome | None = None,
+              cpus: int | None = None, tcg_thread: str | None = None,
+              kill_on_timeout: bool = True) -> tuple[MachineStatus, dict[str, Any], float]:
     """Start device ``name`` detached and wait until its zone answers ``hello``.
+    ``cpus`` and ``tcg_thread`` override the machine's defaults (emulator.machine).
 
     Returns the machine status, the hello answer, and the seconds from launch to hello.
     Raises LaunchError if QEMU dies (with its output and the console tail), BootTimeout if the
-    zone does not answer within ``timeout`` seconds (the machine is then killed).
+    zone does not answer within ``timeout`` seconds: the machine is then killed, unless
+    ``kill_on_timeout`` is false (to look at it first, as the soak does).
     """
     home = home or SezHome.default()
     image = load_image()
     device = Device.open(name, home)
     machine = Machine(name, home)
     started = time.monotonic()
-    machine.launch(image, device, accel=accel, debug=debug)
+    machine.launch(image, device, accel=accel, debug=debug, cpus=cpus, tcg_thread=tcg_thread)
     remaining = max(1.0, timeout - (time.monotonic() - started))
     try:
         with SyncZone(machine.channel, hello_timeout=remaining) as zone:
@@ -69,10 +74,43 @@ def boot_zone(name: str, *, debug: bool = False, accel: str = "auto",
         if not machine.is_running():
             raise LaunchError(f"QEMU exited while zone {name!r} booted (sez console {name}):"
                               f"\n{console}", console=console) from exc
+        state = qemu_state(machine)
+        if not kill_on_timeout:
+            raise BootTimeout(f"zone {name!r} did not answer hello within {timeout:.0f} s (QEMU:"
+                              f" {state}); to recover: sez stop {name} --kill, then sez boot "
+                              f"{name} (the zone keeps its state):\n{console}",
+                              console=console, qemu_status=state) from exc
         machine.stop(kill=True)
-        raise BootTimeout(f"zone {name!r} did not answer hello within {timeout:.0f} s, killed"
-                          f" it (sez console {name}):\n{console}", console=console) from exc
+        raise BootTimeout(f"zone {name!r} did not answer hello within {timeout:.0f} s (QEMU: "
+                          f"{state}); killed it: sez boot {name} starts it again, the zone "
+                          f"keeps its state (sez console {name} shows the boot):\n{console}",
+                          console=console, qemu_status=state) from exc
     return machine.status(), session, time.monotonic() - started
+
+
+def qemu_state(machine: Machine) -> str:
+    """QEMU's run state from QMP (``running``, ``paused``, …) for an error message, bounded by
+    QMP_STATE_TIMEOUT; or why there is none. Never raises."""
+    if not machine.is_running():
+        return "not running"
+    try:
+        return str(machine.qmp("query-status", timeout=QMP_STATE_TIMEOUT)["status"])
+    except Exception as exc:  # a wedged QMP is part of the diagnosis, not a second failure
+        return f"QMP did not answer ({exc.__class__.__name__})"
+
+
+def unanswered(name: str, exc: ZoneTimeout) -> ZoneTimeout:
+    """``exc`` (the zone ``name`` did not answer, or stopped answering heartbeats) as the
+    same error type, saying QEMU's run state, the console's last line and how to recover in
+    its first line; the console's tail follows on the next lines."""
+    machine = Machine(name)
+    console = machine.console(tail=20)
+    last = next((line.strip() for line in reversed(console.splitlines()) if line.strip()),
+                "(empty)")
+    message = (f"zone {name!r} did not answer ({(str(exc).splitlines() or ['?'])[0]}); QEMU: "
+               f"{qemu_state(machine)}; last console line: {last[-200:]}; to recover: sez stop "
+               f"{name} --kill, then sez boot {name} (the zone keeps its state)\n{console}")
+    return type(exc)(message, op=exc.op, seconds=exc.seconds)
 
 
 # -- output ---------------------------------------------------------------------------------------
@@ -528,8 +566,13 @@ def _verified_audit(args: argparse.Namespace, log: dict[str, Any]) -> AuditResul
         Path(args.anchor).write_text(json.dumps(result.anchor.as_dict()) + "\n")
     lines = [f"{e.seq:>6}  {time.strftime('%Y-%m-%d %H:%M:%S', time.gmtime(e.at))}  boot "
              f"{e.boot_counter}  {_describe_event(e.event)}" for e in result.entries]
+    if result.start is not None:  # no anchor, and entries came before the first one here
+        lines.insert(0, f"no anchor: starting at entry {result.start} "
+                     + ("that the evidence names" if not result.entries else
+                        "(the first the log holds)")
+                     + "; earlier entries were acknowledged before and cannot be checked")
     _emit(args, {"ok": True, "ueid": result.ueid.hex(),
-                 "entries": [e.as_dict() for e in result.entries],
+                 "entries": [e.as_dict() for e in result.entries], "start": result.start,
                  "anchor": result.anchor.as_dict() if result.anchor else None},
           "\n".join(lines + [f"{len(result.entries)} entries verified: signed by device "
                               f"{result.ueid.hex()}, chain unbroken"
@@ -772,7 +815,7 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("-o", "--output", metavar="OUT", help="write the output here (else stdout)")
     c.add_argument("--receipt", metavar="FILE", help="write the receipt here")
     c.add_argument("--wait", type=float, default=0.0, metavar="SECONDS",
-                   help="wait up to this long (at most 60) for the job to finish")
+                   help="wait up to this long for the job to finish")
     c.add_argument("--keep", action="store_true", help="do not acknowledge: leave it in the zone")
 
     c = command("jobs", cmd_jobs, "the zone's outbox: detached jobs and their states")
@@ -835,7 +878,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="sez: %(name)s: %(message)s")
     try:
-        args.func(args)
+        try:
+            args.func(args)
+        except ZoneTimeout as exc:  # commands on a named zone: say why and how to recover
+            if getattr(args, "name", None) is None:
+                raise
+            raise unanswered(args.name, exc) from exc
     except SezError as exc:
         print(f"sez: error: {str(exc).splitlines()[0] if not args.verbose else exc}",
               file=sys.stderr)
@@ -843,6 +891,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as exc:
         print(f"sez: error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:  # a file that cannot be read or written (-o, --input, a key …)
+        where = f"{exc.filename}: " if exc.filename is not None else ""
+        print(f"sez: error: {where}{(exc.strerror or str(exc)).splitlines()[0]}",
+              file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         return 130
     return 0

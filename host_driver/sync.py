@@ -42,13 +42,16 @@ class SyncZone:
             raise
 
     def _call(self, coro: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
+        """Run ``coro`` on the private loop for at most its timeout + _MARGIN seconds. What it
+        raises comes through as it is (a ZoneTimeout stays itself: since Python 3.11
+        concurrent.futures.TimeoutError is the builtin TimeoutError that ZoneTimeout
+        subclasses, so it must not be caught as the wait's own timeout)."""
         future = asyncio.run_coroutine_threadsafe(coro, self._loop)
         limit = (timeout if timeout is not None else self.timeout) + _MARGIN
-        try:
-            return future.result(limit)
-        except concurrent.futures.TimeoutError:
+        if not concurrent.futures.wait([future], limit).done:
             future.cancel()
-            raise ZoneTimeout(f"no answer within {limit:.1f} s", seconds=limit) from None
+            raise ZoneTimeout(f"no answer within {limit:.1f} s", seconds=limit)
+        return future.result()
 
     @property
     def session(self) -> dict[str, Any]:
@@ -97,7 +100,9 @@ class SyncZone:
         return self._call(self.zone.submit(applet, data, nonce=nonce, key=key))
 
     def result(self, job: str, *, wait: float = 0.0) -> dict[str, Any]:
-        return self._call(self.zone.result(job, wait=wait), self.timeout + wait)
+        # Zone.result asks in chunks of at most 60 s, each bounded by timeout + its chunk.
+        asks = 1 + int(max(wait, 0.0) // 60)
+        return self._call(self.zone.result(job, wait=wait), asks * self.timeout + max(wait, 0.0))
 
     def ack(self, job: str) -> None:
         self._call(self.zone.ack(job))

@@ -370,6 +370,10 @@ class AuditResult:
     ueid: bytes
     entries: list[AuditEntry]
     anchor: AuditAnchor | None  # after the last entry (the given anchor if there is none)
+    #: Without an anchor: the entry the verified view starts at when the device had entries
+    #: before it (acknowledged earlier, so they cannot be checked): the first entry kept, or,
+    #: with none kept, the head the evidence names. None with an anchor, or from entry 1.
+    start: int | None = None
 
 
 def verify_audit(chain: list[bytes], entries: list[bytes], *, root: x509.Certificate,
@@ -387,6 +391,11 @@ def verify_audit(chain: list[bytes], entries: list[bytes], *, root: x509.Certifi
     the last entry that fresh evidence names (AttestationResult.audit_head), so entries cut off
     the end are detected too. So a removed, inserted, altered or reordered entry fails; so does
     a log that does not start where the anchor ends.
+
+    Without an anchor the view starts where the kept entries start (AuditResult.start says
+    where, when entries came before it); with no entry kept at all (every one acknowledged
+    before), it starts at ``head``, whose device must be the chain's (``device``), and the
+    result's anchor is the head. With an anchor every check above applies as it is.
     """
     now = now or datetime.datetime.now(datetime.timezone.utc)
     alias, device_id = _zone_chain(chain, root, now)
@@ -428,6 +437,13 @@ def verify_audit(chain: list[bytes], entries: list[bytes], *, root: x509.Certifi
         seq, link = number, audit_claims.link(raw)
         verified.append(AuditEntry(number, int(payload.get(audit_claims.IAT, 0)),
                                    int(payload.get(audit_claims.BOOTCOUNT, -1)), event, link))
+    if anchor is None and not verified and head is not None and head.seq > 0:
+        # Nothing kept up to the head the evidence names: every entry was acknowledged before.
+        if not hmac.compare_digest(head.ueid, ueid):
+            raise VerificationError("device", f"the evidence names device {head.ueid.hex()}, "
+                                    f"the log comes from {ueid.hex()}")
+        return AuditResult(ueid, [], AuditAnchor(ueid, head.seq, head.link), start=head.seq)
+    start = verified[0].seq if anchor is None and verified and verified[0].seq > 1 else None
     end = AuditAnchor(ueid, seq, link) if seq is not None and link is not None else anchor
     reached = {anchor.seq: anchor.link} if anchor else {}
     reached.update((e.seq, e.link) for e in verified)
@@ -439,7 +455,7 @@ def verify_audit(chain: list[bytes], entries: list[bytes], *, root: x509.Certifi
         if not hmac.compare_digest(reached[head.seq], head.link):
             raise VerificationError("head", f"entry {head.seq} is not the one the zone's "
                                     "evidence names")
-    return AuditResult(ueid, verified, end)
+    return AuditResult(ueid, verified, end, start)
 
 
 def verify_audit_log(log: dict[str, Any], *, root: x509.Certificate,

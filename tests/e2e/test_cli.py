@@ -9,10 +9,12 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Iterator
 
 import cbor2
 import pytest
 
+from emulator.machine import Machine
 from emulator.paths import SezHome
 from host_driver import ChannelClosed, Zone
 from host_driver.pytest_plugin import qemu_processes
@@ -219,3 +221,104 @@ def scheduled_cli(name: str, key: Path, other: Path, records: Path, tmp_path: Pa
     assert sez("schedules", name).stdout.strip() == "no schedules"
     jobs = sez("jobs", name).stdout
     assert "(schedule sums#1)" in jobs
+
+
+APPLETS = Path(__file__).parent.parent / "applets"
+
+
+@pytest.fixture(scope="module")
+def owned_zone(sez_home: SezHome, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A zone booted with the CLI, owned, with the null applet loaded (audit entries 1, 2)."""
+    name, tmp = "cli-wait-zone", tmp_path_factory.mktemp("cli-wait")
+    assert sez("device", "new", name).returncode == 0
+    booted = sez("boot", name)
+    assert booted.returncode == 0, booted.stderr
+    try:
+        key, package = tmp / "owner.pem", tmp / "null.sez"
+        assert sez("owner", "keygen", "-o", str(key)).returncode == 0
+        assert sez("owner", "enroll", name, "--key", str(key)).returncode == 0
+        assert sez("applet", "build", str(APPLETS / "null"), "--key", str(key), "-o",
+                   str(package)).returncode == 0
+        loaded = sez("load", name, str(package))
+        assert loaded.returncode == 0, loaded.stderr
+        yield name
+    finally:
+        sez("stop", name, "--kill")
+    assert qemu_processes(sez_home.run_dir(name)) == []
+
+
+def detached(name: str, data: bytes, tmp_path: Path) -> str:
+    source = tmp_path / "input.bin"
+    source.write_bytes(data)
+    queued = sez("run", name, "null", "--input", str(source), "--detach")
+    assert queued.returncode == 0, queued.stderr
+    return queued.stdout.strip()
+
+
+def test_result_waits_longer_than_the_zone_limit(owned_zone: str, tmp_path: Path) -> None:
+    job = detached(owned_zone, b"fast", tmp_path)
+    out = tmp_path / "out.bin"
+    started = time.monotonic()
+    fetched = sez("result", owned_zone, job, "--wait", "90", "-o", str(out))
+    assert fetched.returncode == 0, fetched.stderr
+    assert out.read_bytes() == b"fast"
+    assert time.monotonic() - started < 60  # it returned once the job was final
+    assert "no job" in one_line_error(sez("result", owned_zone, job))  # acknowledged
+    helped = " ".join(sez("result", "--help").stdout.split())
+    assert "--wait SECONDS wait up to this long for the job to finish" in helped
+
+
+def test_audit_without_anchor_after_ack_starts_at_the_head(owned_zone: str) -> None:
+    first = sez("audit", owned_zone, "--ack", "--json")
+    assert first.returncode == 0, first.stderr
+    seqs = [e["seq"] for e in json.loads(first.stdout)["entries"]]
+    assert seqs[:2] == [1, 2]  # the enrolment and the load
+    again = sez("audit", owned_zone)
+    assert again.returncode == 0, again.stderr
+    assert (f"no anchor: starting at entry {seqs[-1]} that the evidence names; earlier "
+            "entries were acknowledged before and cannot be checked") in again.stdout
+    listed = json.loads(sez("audit", owned_zone, "--json").stdout)
+    assert (listed["entries"], listed["start"], listed["anchor"]["seq"]) == ([], seqs[-1],
+                                                                            seqs[-1])
+
+
+def test_unwritable_output_is_one_line(owned_zone: str, tmp_path: Path) -> None:
+    for command in (["attest", owned_zone, "--nonce", "00" * 16, "-o", "/nonexistent-dir/x"],
+                    ["owner", "keygen", "-o", "/proc/x"]):
+        failed = sez(*command)
+        assert failed.returncode == 1 and "Traceback" not in failed.stderr, failed.stderr
+        assert one_line_error(failed).endswith(": No such file or directory")
+    # a result that cannot be written is not acknowledged: it stays in the zone
+    job = detached(owned_zone, b"kept", tmp_path)
+    failed = sez("result", owned_zone, job, "--wait", "30", "-o", "/nonexistent-dir/out")
+    assert one_line_error(failed) == \
+        "sez: error: /nonexistent-dir/out: No such file or directory"
+    assert sez("result", owned_zone, job, "-o", str(tmp_path / "out")).returncode == 0
+    assert (tmp_path / "out").read_bytes() == b"kept"
+
+
+def test_a_frozen_zone_is_one_line_with_qemu_state_and_recovery(owned_zone: str,
+                                                                 sez_home: SezHome) -> None:
+    machine = Machine(owned_zone, sez_home)
+    machine.qmp("stop")
+    try:
+        line = one_line_error(sez("ping", owned_zone, "--timeout", "3", timeout=60))
+    finally:
+        machine.qmp("cont")
+    assert f"zone {owned_zone!r} did not answer" in line
+    assert "QEMU: paused" in line and "last console line: " in line
+    assert line.endswith(f"to recover: sez stop {owned_zone} --kill, then sez boot "
+                         f"{owned_zone} (the zone keeps its state)")
+    assert sez("ping", owned_zone).returncode == 0  # and it goes on once QEMU runs again
+
+
+def test_a_boot_that_never_answers_is_one_line_with_qemu_state(sez_home: SezHome) -> None:
+    assert sez("device", "new", "paused-zone").returncode == 0
+    try:  # QEMU -S: the machine exists but its CPUs never start
+        line = one_line_error(sez("boot", "paused-zone", "--timeout", "5",
+                                  env={"SEZ_QEMU_ARGS": "-S"}, timeout=120))
+    finally:
+        sez("stop", "paused-zone", "--kill")
+    assert "did not answer hello within 5 s (QEMU: prelaunch)" in line
+    assert "killed it: sez boot paused-zone starts it again" in line
+    assert qemu_processes(sez_home.run_dir("paused-zone")) == []

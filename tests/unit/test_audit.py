@@ -15,7 +15,7 @@ from emulator.factory import Factory
 from firmware.abi import audit, cose
 from firmware.abi import schedule as schedules
 from firmware.abi.errors import BadArgs
-from host_driver.verify import AuditAnchor, VerificationError, verify_audit
+from host_driver.verify import AuditAnchor, VerificationError, verify_audit, verify_audit_log
 
 from .conftest import NONCE, Zone
 
@@ -64,7 +64,8 @@ def test_entries_cut_off_the_end_are_detected_against_the_head(zone: Zone,
     head = AuditAnchor(zone.ueid, 6, audit.link(log[-1]))
     verify_audit(chain_of(zone), log, root=factory.root_cert(), head=head)
     assert check(zone, factory, log[:5], head=head) == "head"
-    assert check(zone, factory, [], head=head) == "head"
+    assert check(zone, factory, [], head=head,
+                 anchor=AuditAnchor(zone.ueid, 0, audit.GENESIS)) == "head"
     # newer entries than the head are fine (appended after the evidence was made)
     earlier = AuditAnchor(zone.ueid, 4, audit.link(log[3]))
     verify_audit(chain_of(zone), log, root=factory.root_cert(), head=earlier)
@@ -111,6 +112,50 @@ def test_the_log_must_continue_the_anchor(zone: Zone, factory: Factory) -> None:
     # with no new entries, the anchor stays where it was
     assert verify_audit(chain_of(zone), [], root=factory.root_cert(),
                         anchor=first.anchor).anchor == first.anchor
+
+
+def test_without_an_anchor_the_view_starts_where_the_kept_entries_start(
+        zone: Zone, factory: Factory) -> None:
+    log = entries(zone, 8)
+    root = factory.root_cert()
+    head = AuditAnchor(zone.ueid, 6, audit.link(log[5]))
+    # every entry up to the head was acknowledged before: the view starts at the head
+    acked = verify_audit(chain_of(zone), [], root=root, head=head)
+    assert (acked.entries, acked.start, acked.anchor) == ([], 6, head)
+    # and the next fetch continues from there, as from an anchor
+    later = verify_audit(chain_of(zone), log[6:], root=root, anchor=acked.anchor,
+                         head=AuditAnchor(zone.ueid, 8, audit.link(log[7])))
+    assert ([e.seq for e in later.entries], later.start) == ([7, 8], None)
+    # some entries acknowledged: the view starts at the first one kept, and says so
+    partly = verify_audit(chain_of(zone), log[3:6], root=root, head=head)
+    assert ([e.seq for e in partly.entries], partly.start) == ([4, 5, 6], 4)
+    assert verify_audit(chain_of(zone), log[:6], root=root, head=head).start is None
+    # kept entries still must reach the head, and the head must be this device's
+    assert check(zone, factory, log[3:5], head=head) == "head"
+    other = Zone(factory.home, "audit-head-other", zone.root.parent)
+    assert check(zone, factory, [], head=AuditAnchor(other.ueid, 6, head.link)) == "device"
+    # with an anchor nothing is loosened: entries missing up to the head still fail
+    anchor = AuditAnchor(zone.ueid, 3, audit.link(log[2]))
+    assert check(zone, factory, [], anchor=anchor, head=head) == "head"
+    assert check(zone, factory, log[4:6], anchor=anchor, head=head) == "sequence"
+
+
+def test_an_acknowledged_log_verifies_against_fresh_evidence(zone: Zone,
+                                                             factory: Factory) -> None:
+    """What `sez audit NAME` sees after `sez audit NAME --ack`: no entry kept, evidence
+    naming the last one."""
+    log = entries(zone, 3)
+    evidence = zone.identity.evidence(NONCE, {"sez.audit": {"seq": 3,
+                                                            "link": audit.link(log[2])}})
+    fetched = {"chain": chain_of(zone), "entries": [], "evidence": evidence, "nonce": NONCE}
+    result = verify_audit_log(fetched, root=factory.root_cert())
+    assert (result.entries, result.start) == ([], 3)
+    assert result.anchor == AuditAnchor(zone.ueid, 3, audit.link(log[2]))
+    # with the anchor of an earlier fetch (entry 1), entries 2 and 3 are missing: still fails
+    with pytest.raises(VerificationError) as failure:
+        verify_audit_log(fetched, root=factory.root_cert(),
+                         anchor=AuditAnchor(zone.ueid, 1, audit.link(log[0])))
+    assert failure.value.check == "head"
 
 
 def test_a_first_entry_must_start_from_genesis(zone: Zone, factory: Factory) -> None:
