@@ -11,6 +11,7 @@ A cycle, for one zone (its own provisioned device under a private $SEZ_HOME):
             then has to survive every later power-off and power cut: it is not checked again)
   job       an interactive null job with a nonce; its receipt is verified
   detached  a detached null job: submit, result (waiting), receipt verified, ack
+  traffic   (with --hold S) S seconds of 1 MiB echoes and null jobs back to back
   disconnect
   kill      (the cycles --kill-cycles picks) a driver in a subprocess connects, sends half
             of an 8 MiB request and is SIGKILLed, mid-request
@@ -430,6 +431,9 @@ class Soak:
         timings["job_ms"] = step("job", bound, lambda: self.job(zone, slot.ueid)) * 1000
         timings["detached_ms"] = step("detached", bound,
                                       lambda: self.detached(zone, slot.ueid)) * 1000
+        if self.args.hold > 0:
+            timings["traffic_n"] = step("traffic", self.args.hold + bound,
+                                        lambda: self.traffic(zone, self.args.hold))
         step("disconnect", bound, zone.close)
 
         if cycle.kill_driver:
@@ -451,6 +455,17 @@ class Soak:
             cycle.info["stopped_after"] = self.ladder.last.pop(slot.name, None)
 
         _, timings["stop_s"] = step("stop", STOP_BOUND, lambda: timed(stop))
+
+    @staticmethod
+    def traffic(zone: SyncZone, seconds: float) -> int:
+        """1 MiB echoes and null jobs back to back for ``seconds``; how many rounds."""
+        rounds, until = 0, time.monotonic() + seconds
+        while time.monotonic() < until:
+            data = os.urandom(1 << 20)
+            if zone.echo(data) != data or zone.run("null", data[:4096])["output"] != data[:4096]:
+                raise Mismatch("an echo or a null job came back changed")
+            rounds += 1
+        return rounds
 
     def setup(self, zone: SyncZone) -> None:
         """Enrol the soak's owner key and load the null applet, unless done already."""
@@ -678,6 +693,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                     help="also write the results here")
     ap.add_argument("--boot-timeout", type=float, default=BOOT_TIMEOUT,
                     help=f"seconds from launch to hello (default {BOOT_TIMEOUT:.0f})")
+    ap.add_argument("--hold", type=float, default=0.0, metavar="SECONDS",
+                    help="keep each zone busy this long before the stop: 1 MiB echoes and "
+                    "null jobs back to back (default 0)")
     ap.add_argument("--step-timeout", type=float, default=60.0,
                     help="bound of every other step; its requests get half (default 60)")
     args = ap.parse_args(argv)

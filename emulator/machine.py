@@ -56,10 +56,15 @@ QMP_TIMEOUT = 5.0
 JOIN_MARGIN = 2.0
 #: Seconds the guest gets to power off after the ACPI power button.
 POWERDOWN_TIMEOUT = 5.0
-#: vCPUs of a zone, and how TCG runs them: "multi" (a host thread per vCPU) or "single" (one
-#: host thread for all). $SEZ_CPUS and $SEZ_TCG_THREAD override them (for A/B runs).
-CPUS = int(os.environ.get("SEZ_CPUS", "2"))
-TCG_THREAD = os.environ.get("SEZ_TCG_THREAD", "multi")
+#: vCPUs of a zone, and how TCG runs them: "single" (one host thread for all vCPUs) or
+#: "multi" (a host thread each). One vCPU in one thread: with two vCPUs under multi-threaded
+#: TCG (QEMU 7.2) zones soft-locked in the guest kernel (cross-vCPU code patching and IPIs;
+#: README "Reliability"); one vCPU also boots and answers faster when zones share the host.
+#: $SEZ_CPUS and $SEZ_TCG_THREAD override them (A/B runs, or parallel jobs at that risk).
+CPUS = int(os.environ.get("SEZ_CPUS", "1"))
+TCG_THREAD = os.environ.get("SEZ_TCG_THREAD", "single")
+#: The guest's CPU model under TCG (why: Machine.command_line).
+TCG_CPU = "qemu64,+rdrand,+aes,+pclmulqdq,+ssse3,+sse4.1,+sse4.2"
 
 T = TypeVar("T")
 
@@ -268,10 +273,10 @@ class Machine:
         # q35 boots ~1 s faster than pc under TCG (no ACPI interrupt-link routing for each
         # virtio-pci device). Under TCG a plain x86-64 model beats "max" (its REP MOVSB and AVX2
         # string copies are slower to emulate), plus RDRAND (the guest's CRNG is seeded at
-        # once). Adding AES-NI, PCLMULQDQ, SSSE3 and SSE4.x made AES-GCM 2.2x faster in the
-        # guest, but two of three full test runs with it saw both vCPUs soft-lock in the guest
-        # kernel seconds after boot: not used until that is understood.
-        cpu = "host" if accel == "kvm" else "qemu64,+rdrand"
+        # once), AES-NI and PCLMULQDQ (AES-GCM 2.2x faster in the guest), and SSSE3/SSE4.x
+        # (without them OpenSSL's AES-NI code raises SIGILL). The soft lockups once blamed on
+        # these flags came from multi-threaded TCG (see CPUS).
+        cpu = "host" if accel == "kvm" else TCG_CPU
         argv = [
             QEMU, "-name", f"sez-{self.name},debug-threads=on",
             "-machine", "q35", "-accel", accel if accel == "kvm" else f"tcg,thread={tcg_thread}",

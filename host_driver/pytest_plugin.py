@@ -8,6 +8,8 @@ Fixtures:
                       kept under the session's $SEZ_HOME, and no QEMU process may be left
 ``sez_zone``          one zone booted for the whole session (``.url`` is its channel)
 
+A failed test's report has a section per booted zone: QEMU's run state and the console's tail.
+
 Without QEMU or a built image these fixtures skip with the reason; with ``SEZ_REQUIRE_QEMU=1``
 (what ``make test`` sets) they fail instead, so a broken set-up can never pass as skipped.
 """
@@ -28,7 +30,7 @@ from emulator.image import load_image
 from emulator.machine import QEMU, Machine
 from emulator.paths import SezHome
 
-from .cli import boot_zone
+from .cli import boot_zone, qemu_state
 
 __all__ = ["BootedZone", "qemu_processes"]
 
@@ -62,6 +64,25 @@ def qemu_processes(run_root: Path) -> list[int]:
     return found
 
 
+#: The zones sez_zone_factory booted in this session.
+_BOOTED: list[BootedZone] = []
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    """A failed test's report shows, for every zone booted, QEMU's run state (from QMP,
+    bounded) and the console's tail: a hung guest is told apart from a failing test."""
+    outcome = yield
+    report = outcome.get_result()  # type: ignore[attr-defined]
+    if report.when != "call" or not report.failed:
+        return
+    for zone in _BOOTED:
+        report.sections.append((f"sez zone {zone.name}",
+                                f"QEMU: {qemu_state(zone.machine)}\n"
+                                f"console ({zone.machine.console_log}), last lines:\n"
+                                f"{zone.machine.console(tail=15)}"))
+
+
 def _unavailable(reason: str) -> None:
     if os.environ.get("SEZ_REQUIRE_QEMU") == "1":
         pytest.fail(f"SEZ_REQUIRE_QEMU=1 but {reason}", pytrace=False)
@@ -92,7 +113,7 @@ def sez_zone_factory(sez_home: SezHome) -> Iterator[Callable[..., BootedZone]]:
         load_image()
     except ImageError as exc:
         _unavailable(str(exc))
-    booted: list[BootedZone] = []
+    booted = _BOOTED
 
     def factory(name: str, *, debug: bool = False) -> BootedZone:
         if not sez_home.device_dir(name).exists():
@@ -105,6 +126,7 @@ def sez_zone_factory(sez_home: SezHome) -> Iterator[Callable[..., BootedZone]]:
     yield factory
     for zone in booted:
         zone.machine.stop(kill=True)
+    booted.clear()
     left = qemu_processes(sez_home.root / "run")
     assert not left, f"QEMU processes left behind: {left}"
 
