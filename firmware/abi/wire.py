@@ -194,7 +194,7 @@ class FrameDecoder:
 
     def reset(self) -> int:
         """Drop what is pending (a sender that went away mid-message); return how many bytes."""
-        dropped = len(self._buf) + len(self._message)
+        dropped = self.pending
         self._buf.clear()
         self._need = 0
         self._end_message()
