@@ -31,7 +31,8 @@ A report, in --reports/<start>/<cycle>-<zone>-<kind>/, holds:
   console.log, console.prev.log   the zone's serial console (this boot, the previous one)
   qemu.log                        QEMU's own output
   qmp.json                        QMP query-status and query-cpus-fast (or the errors)
-  registers.txt                   HMP `info registers -a`: every vCPU's registers (RIP ...)
+  registers.txt                   HMP `info registers -a`: every vCPU's registers (RIP ...;
+                                  SSE too: the soak's devices are its own throwaway ones)
   sysrq.json                      the sysrq keys sent through QMP send-key (or the errors)
   console-after-sysrq.log         the console ~3 s after sysrq 9 (console loglevel up), l
                                   (backtrace of all CPUs), t (all tasks), w (blocked tasks)

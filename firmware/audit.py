@@ -4,7 +4,7 @@ Entries are appended one at a time: the key keeper signs entry ``n`` naming entr
 then the entry and the state change it records are committed to BBRAM together, or neither is.
 A power cut before the commit leaves no entry and no change, and the next entry takes the same
 sequence number: the chain has no holes. Entries stay until the host acknowledges them
-(``ack``); the log holds at most AUDIT_KEPT. Scheduled runs leave RESERVE of that room to the
+(``ack``); the log holds at most claims.KEPT. Scheduled runs leave RESERVE of that room to the
 owner's own changes (enrolments, loads, schedules), which are refused, typed, only when the log
 is entirely full.
 
@@ -26,7 +26,6 @@ from .links import Deferred, KeeperLink
 if TYPE_CHECKING:
     from .store import ZoneStore
 
-AUDIT_KEPT = 1024
 RESERVE = 32
 
 
@@ -49,7 +48,7 @@ class AuditLog:
         return self.next_seq() - len(self.entries())
 
     def room(self, reserve: int = RESERVE) -> bool:
-        return len(self.entries()) + len(self._queue) < AUDIT_KEPT - reserve
+        return len(self.entries()) + len(self._queue) < claims.KEPT - reserve
 
     def append(self, event: dict[str, Any],
                mutate: Callable[[dict[str, Any]], Any] | None = None,
@@ -66,7 +65,7 @@ class AuditLog:
         if self._busy or not self._queue:
             return
         event, mutate, reserve, done = self._queue.pop(0)
-        if len(self.entries()) >= AUDIT_KEPT - reserve:
+        if len(self.entries()) >= claims.KEPT - reserve:
             done.resolve(error=ZoneError(
                 f"the audit log holds {len(self.entries())} entries: fetch and acknowledge "
                 "them first (sez audit NAME --ack)", code=Code.AUDIT_FULL))

@@ -21,6 +21,7 @@ import secrets
 import time
 from typing import Any
 
+from firmware.abi import audit as audit_claims
 from firmware.abi import wire
 from firmware.abi.errors import Code, ProtocolError, ZoneError, error_for_code
 
@@ -324,6 +325,9 @@ class Zone:
         chain: list[bytes] = []
         entries: list[bytes] = []
         while True:
+            if len(entries) > audit_claims.KEPT:  # a zone that never stops: bounded
+                raise ProtocolError(f"the zone sent more audit entries than it can keep "
+                                    f"({audit_claims.KEPT})")
             answer = await self.request("audit", {"after": after, "limit": page})
             chain = [bytes(c) for c in answer["chain"]]
             got = [bytes(e) for e in answer["entries"]]

@@ -44,6 +44,8 @@ PREV = "sez.prev"
 EVENT = "sez.event"
 #: ``sez.prev`` of the first entry a device ever writes.
 GENESIS = bytes(48)
+#: The most entries the zone keeps (those not yet acknowledged).
+KEPT = 1024
 
 
 def link(entry: bytes) -> bytes:
