@@ -164,7 +164,7 @@ def native_figures(requests: int, volume: int, runs: int) -> dict[str, float]:
     """The baseline: the monitor on the host, serving the master side of a PTY pair."""
     master, slave = pty.openpty()
     proc = subprocess.Popen(
-        [sys.executable, "-c", "import firmware.monitor as m, firmware.hardware as h; "
+        [sys.executable, "-c", "import firmware.monitor.server as m, firmware.pid1.hardware as h; "
          f"m.main(h.Hardware(), fd={master}, keeper_socket='/nonexistent')"],
         pass_fds=(master,), stderr=subprocess.DEVNULL)
     os.close(master)

@@ -27,7 +27,7 @@ from typing import Any, Callable, Iterator
 
 import firmware
 from firmware import FIRMWARE_VERSION
-from firmware.dice import measure_firmware
+from firmware.abi.dice import measure_firmware
 
 from .errors import ImageError
 from .paths import image_dir, project_root
@@ -327,7 +327,7 @@ def _assemble_root(root: Path, recipe: Recipe, modules: list[str], src: Path) ->
         (root / d).mkdir(parents=True, exist_ok=True)
     (root / "etc" / "sez" / "modules").write_text("".join(f"{m}\n" for m in modules))
     # The firmware: /init, and the package under /opt/sez/firmware.
-    shutil.copyfile(src / "init.sh", root / "init")
+    shutil.copyfile(src / "pid1" / "init.sh", root / "init")
     (root / "init").chmod(0o755)
     dest = root / "opt" / "sez" / "firmware"
     for py in sorted(src.rglob("*.py")):
@@ -414,6 +414,6 @@ def _cpio(root: Path, entries: list[Path]) -> bytes:
 def _inputs_digest(recipe: Recipe, src: Path) -> str:
     """What the image was built from besides the packages: recipe and firmware sources."""
     h = hashlib.sha384(json.dumps(recipe.__dict__, sort_keys=True).encode())
-    for path in sorted(list(src.rglob("*.py")) + [src / "init.sh"]):
+    for path in sorted(list(src.rglob("*.py")) + [src / "pid1" / "init.sh"]):
         h.update(path.relative_to(src).as_posix().encode() + b"\0" + path.read_bytes())
     return h.hexdigest()

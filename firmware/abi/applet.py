@@ -34,9 +34,9 @@ from typing import Any
 
 import cbor2
 
-from .errors import ZoneError
+from .errors import BadPackage
 
-__all__ = ["LIMITS", "Package", "PackageError", "pack_files", "parse", "measure",
+__all__ = ["LIMITS", "Package", "pack_files", "parse", "measure",
            "validate_manifest", "FORMAT"]
 
 FORMAT = 1
@@ -55,37 +55,31 @@ MAX_FILES = 256
 MAX_PACKAGE = 8 << 20
 
 
-class PackageError(ZoneError):
-    """The package is malformed or lies about itself."""
-
-    code = "bad-package"
-
-
 def measure(package: bytes) -> bytes:
     return hashlib.sha384(package).digest()
 
 
 def validate_manifest(raw: Any) -> dict[str, Any]:
-    """The manifest with its limits completed; PackageError saying what is wrong."""
+    """The manifest with its limits completed; BadPackage saying what is wrong."""
     if not isinstance(raw, dict):
-        raise PackageError("the manifest is not a table")
+        raise BadPackage("the manifest is not a table")
     name, version, entry = raw.get("name"), raw.get("version"), raw.get("entry")
     if not isinstance(name, str) or not _NAME.match(name):
-        raise PackageError("name must be 1-64 of a-z, 0-9, '-'")
+        raise BadPackage("name must be 1-64 of a-z, 0-9, '-'")
     if type(version) is not int or version < 1:
-        raise PackageError("version must be an integer >= 1")
+        raise BadPackage("version must be an integer >= 1")
     if not isinstance(entry, str) or not _ENTRY.match(entry):
-        raise PackageError("entry must be 'module:function'")
+        raise BadPackage("entry must be 'module:function'")
     if not isinstance(raw.get("idempotent", False), bool):
-        raise PackageError("idempotent must be true or false")
+        raise BadPackage("idempotent must be true or false")
     given = raw.get("limits", {})
     if not isinstance(given, dict) or set(given) - set(LIMITS):
-        raise PackageError(f"limits may only set {', '.join(LIMITS)}")
+        raise BadPackage(f"limits may only set {', '.join(LIMITS)}")
     limits = {}
     for key, (default, low, high) in LIMITS.items():
         value = given.get(key, default)
         if type(value) is not int or not low <= value <= high:
-            raise PackageError(f"limits.{key} must be an integer in {low}..{high}")
+            raise BadPackage(f"limits.{key} must be an integer in {low}..{high}")
         limits[key] = value
     return {**raw, "limits": limits}
 
@@ -93,11 +87,11 @@ def validate_manifest(raw: Any) -> dict[str, Any]:
 def _declared_manifest(files: dict[str, bytes]) -> dict[str, Any]:
     """The manifest that ``files``' manifest.toml declares, validated and completed."""
     if "manifest.toml" not in files:
-        raise PackageError("no manifest.toml")
+        raise BadPackage("no manifest.toml")
     try:
         return validate_manifest(tomllib.loads(files["manifest.toml"].decode()))
     except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
-        raise PackageError(f"manifest.toml: {exc}") from exc
+        raise BadPackage(f"manifest.toml: {exc}") from exc
 
 
 def pack_files(files: dict[str, bytes]) -> bytes:
@@ -149,34 +143,34 @@ class Package:
 
 
 def parse(raw: bytes) -> Package:
-    """Check a package in canonical form; PackageError if it is malformed or lies."""
+    """Check a package in canonical form; BadPackage if it is malformed or lies."""
     if len(raw) > MAX_PACKAGE:
-        raise PackageError(f"package of {len(raw)} bytes exceeds {MAX_PACKAGE}")
+        raise BadPackage(f"package of {len(raw)} bytes exceeds {MAX_PACKAGE}")
     try:
         package = cbor2.loads(raw)
     except Exception as exc:
-        raise PackageError(f"package is not CBOR: {exc}") from exc
+        raise BadPackage(f"package is not CBOR: {exc}") from exc
     if not isinstance(package, dict) or package.get("format") != FORMAT:
-        raise PackageError(f"not a format-{FORMAT} applet package")
+        raise BadPackage(f"not a format-{FORMAT} applet package")
     files, inventory = package.get("files"), package.get("inventory")
     if not isinstance(files, dict) or not isinstance(inventory, dict):
-        raise PackageError("package has no files or no inventory")
+        raise BadPackage("package has no files or no inventory")
     if len(files) > MAX_FILES:
-        raise PackageError(f"more than {MAX_FILES} files")
+        raise BadPackage(f"more than {MAX_FILES} files")
     for path, data in files.items():
         if not isinstance(path, str) or not _PATH.match(path) or not isinstance(data, bytes):
-            raise PackageError(f"bad file entry {path!r}")
+            raise BadPackage(f"bad file entry {path!r}")
     if set(inventory) != set(files) or any(
             hashlib.sha384(files[p]).hexdigest() != inventory[p] for p in files):
-        raise PackageError("the inventory does not match the files")
+        raise BadPackage("the inventory does not match the files")
     declared = _declared_manifest(files)
     if package.get("manifest") != declared:
-        raise PackageError("the packed manifest is not the one manifest.toml says")
+        raise BadPackage("the packed manifest is not the one manifest.toml says")
     if cbor2.dumps(package, canonical=True) != raw:
-        raise PackageError("package is not in canonical form")
+        raise BadPackage("package is not in canonical form")
     result = Package(raw, declared, files)
     module, _ = result.entry
     module_path = module.replace(".", "/")
     if f"{module_path}.py" not in files and f"{module_path}/__init__.py" not in files:
-        raise PackageError(f"entry module {module} is not in the package")
+        raise BadPackage(f"entry module {module} is not in the package")
     return result

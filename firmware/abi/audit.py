@@ -31,13 +31,11 @@ from __future__ import annotations
 
 import hashlib
 
-__all__ = ["IAT", "UEID", "PROFILE_KEY", "BOOTCOUNT", "PROFILE", "SEQ", "PREV", "EVENT",
-           "GENESIS", "link"]
+from .claims import BOOTCOUNT, IAT, PROFILE_KEY, UEID
 
-IAT = 6
-UEID = 256
-PROFILE_KEY = 265
-BOOTCOUNT = 267
+__all__ = ["IAT", "UEID", "PROFILE_KEY", "BOOTCOUNT", "PROFILE", "SEQ", "PREV", "EVENT",
+           "GENESIS", "KEPT", "link"]
+
 PROFILE = "urn:sez:audit:1"
 SEQ = "sez.seq"
 PREV = "sez.prev"

@@ -24,13 +24,16 @@ import hashlib
 import os
 
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from cryptography.x509.oid import NameOID
 from pyasn1.codec.der import decoder as der_decoder
 from pyasn1.codec.der import encoder as der_encoder
 from pyasn1.type import char, namedtype, tag, univ
+
+from .device import UDS_SIZE
+from .keys import key_id, spki
 
 __all__ = [
     "MEASURED", "UDS_SIZE", "TCB_INFO_OID", "device_id_key", "ueid", "cdi", "alias_key",
@@ -39,13 +42,11 @@ __all__ = [
     "issue_alias_cert", "issue_applet_cert", "device_id_name",
 ]
 
-UDS_SIZE = 32
 #: What the zone's evidence measures, in this order (also the order of the TcbInfo fwids).
 MEASURED = ("kernel", "initramfs", "cmdline", "firmware")
 TCB_INFO_OID = x509.ObjectIdentifier("2.23.133.5.4.1")
 SHA384_OID = univ.ObjectIdentifier("2.16.840.1.101.3.4.2.2")
 _SALT = b"SEZ DICE v1"
-_SPKI = (serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
 _P384_ORDER = int("ffffffffffffffffffffffffffffffffffffffffffffffffc7634d81f4372ddf"
                   "581a0db248b0a77aecec196accc52973", 16)
 #: The firmware as measured: /init and the firmware package, paths relative to the image root.
@@ -269,8 +270,7 @@ def issue_alias_cert(alias: ec.EllipticCurvePublicKey, devid: ec.EllipticCurvePr
         .subject_name(device_id_name(ueid_value, "Alias"))
         .issuer_name(devid_cert.subject)
         .public_key(alias)
-        .serial_number(int.from_bytes(hashlib.sha256(
-            alias.public_bytes(*_SPKI)).digest()[:16], "big") >> 1)
+        .serial_number(int.from_bytes(key_id(spki(alias))[:16], "big") >> 1)
         .not_valid_before(not_before)
         .not_valid_after(not_after)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)

@@ -1,39 +1,45 @@
-"""The error codes the zone puts on the wire, and the one exception root.
+"""The error codes the zone puts on the wire, one exception class per code, and the one root.
 
-Every failure anywhere in SEZ is a :class:`SezError`. The tree is short::
+Every failure anywhere in SEZ is a :class:`SezError`. The tree::
 
     SezError
-     +-- ZoneError            the zone answered with an error frame; .code is the wire code
-     |    +-- ProtocolError   the zone could not read what was sent (framing, CBOR, request shape)
-     |    +-- UnknownOp       no such operation
-     |    +-- BadArgs         the operation exists, its arguments do not fit
-     +-- (emulator.errors)    the "hardware": image, machine lifecycle, boot
-     +-- (host_driver.errors) the host side of the channel: connect, timeout, closed
+     +-- ZoneError              the zone refused or failed a request; .code is the wire code
+     |    +-- ProtocolError     the zone could not read what was sent
+     |    |    +-- BadFrame, FrameTooLarge, TruncatedFrame, BadCbor, BadRequest,
+     |    |        UnexpectedKind
+     |    +-- UnknownOp, BadArgs, NoIdentity, BbramError, NotOwner, Rollback, BadPackage,
+     |        NoSuchApplet, AppletFailed, OutboxFull, NoSuchJob, Interrupted, AuditFull,
+     |        NoSuchSchedule, Internal
+     +-- cose.CoseError         a COSE_Sign1 that is malformed or does not verify
+     +-- (emulator.errors)      the "hardware": image, machine lifecycle, boot
+     +-- (host_driver.errors)   the host side of the channel: connect, timeout, closed
 
-The zone raises ZoneError subclasses internally; the monitor turns each into an error frame and
-the host driver turns each error frame back into the same class, so both sides share one name
-for one failure. This module runs inside the guest: standard library only.
+A zone process raises the class of the code; the monitor turns it into an error frame, and
+the host driver turns the frame back into the same class (:func:`error_for_code`), so both
+sides catch one name for one failure: ``except NotOwner``, never ``exc.code == "not-owner"``.
+This module runs inside the guest: standard library only.
 """
 
 from __future__ import annotations
 
+import enum
+from typing import ClassVar
+
 __all__ = [
-    "SezError",
-    "ZoneError",
-    "ProtocolError",
-    "UnknownOp",
-    "BadArgs",
-    "Code",
-    "error_for_code",
+    "Code", "SezError", "ZoneError", "ProtocolError", "BadFrame", "FrameTooLarge",
+    "TruncatedFrame", "BadCbor", "BadRequest", "UnexpectedKind", "UnknownOp", "BadArgs",
+    "NoIdentity", "BbramError", "NotOwner", "Rollback", "BadPackage", "NoSuchApplet",
+    "AppletFailed", "OutboxFull", "NoSuchJob", "Interrupted", "AuditFull", "NoSuchSchedule",
+    "Internal", "error_for_code",
 ]
 
 
-class Code:
+class Code(enum.StrEnum):
     """Error codes carried in ``error.code`` of a response frame."""
 
     BAD_FRAME = "bad-frame"  # bytes that are not a frame header (skipped while resynchronising)
     FRAME_TOO_LARGE = "frame-too-large"  # a header announcing more than the maximum payload
-    TRUNCATED_FRAME = "truncated-frame"  # a frame started, then the sender fell silent
+    TRUNCATED_FRAME = "truncated-frame"  # a message started, then another began
     BAD_CBOR = "bad-cbor"  # the payload is not exactly one CBOR item
     BAD_REQUEST = "bad-request"  # CBOR, but not {id, op, args}
     UNEXPECTED_KIND = "unexpected-kind"  # the host sent a response or event frame
@@ -53,21 +59,25 @@ class Code:
     NO_SUCH_SCHEDULE = "no-such-schedule"
     INTERNAL = "internal"  # a fault inside the zone; the zone keeps serving
 
-    PROTOCOL = frozenset(
-        {BAD_FRAME, FRAME_TOO_LARGE, TRUNCATED_FRAME, BAD_CBOR, BAD_REQUEST, UNEXPECTED_KIND}
-    )
+    #: The codes of ProtocolError: what crossed the channel could not be read as a request.
+    PROTOCOL: ClassVar[frozenset[Code]]
 
+
+Code.PROTOCOL = frozenset({Code.BAD_FRAME, Code.FRAME_TOO_LARGE, Code.TRUNCATED_FRAME,
+                           Code.BAD_CBOR, Code.BAD_REQUEST, Code.UNEXPECTED_KIND})
 
 class SezError(Exception):
     """Root of every error SEZ raises."""
 
 
 class ZoneError(SezError):
-    """The zone refused or failed a request. ``code`` is the wire code (see :class:`Code`)."""
+    """The zone refused or failed a request. ``code`` is the wire code: a :class:`Code`, or
+    the text of a code this side does not know (a newer zone)."""
 
-    code = Code.INTERNAL
+    code: Code | str = Code.INTERNAL
 
-    def __init__(self, message: str, *, code: str | None = None, request_id: object = None):
+    def __init__(self, message: str, *, code: Code | str | None = None,
+                 request_id: object = None) -> None:
         super().__init__(message)
         if code is not None:
             self.code = code
@@ -84,6 +94,30 @@ class ProtocolError(ZoneError):
     code = Code.BAD_REQUEST
 
 
+class BadFrame(ProtocolError):
+    code = Code.BAD_FRAME
+
+
+class FrameTooLarge(ProtocolError):
+    code = Code.FRAME_TOO_LARGE
+
+
+class TruncatedFrame(ProtocolError):
+    code = Code.TRUNCATED_FRAME
+
+
+class BadCbor(ProtocolError):
+    code = Code.BAD_CBOR
+
+
+class BadRequest(ProtocolError):
+    code = Code.BAD_REQUEST
+
+
+class UnexpectedKind(ProtocolError):
+    code = Code.UNEXPECTED_KIND
+
+
 class UnknownOp(ZoneError):
     code = Code.UNKNOWN_OP
 
@@ -92,14 +126,79 @@ class BadArgs(ZoneError):
     code = Code.BAD_ARGS
 
 
+class NoIdentity(ZoneError):
+    """The zone has no usable identity (no fuses, fuses that do not match DeviceID, or a key
+    keeper that does not answer): it cannot attest or sign."""
+
+    code = Code.NO_IDENTITY
+
+
+class BbramError(ZoneError):
+    """The persistent state cannot be read (unauthenticated) or committed."""
+
+    code = Code.BBRAM
+
+
+class NotOwner(ZoneError):
+    code = Code.NOT_OWNER
+
+
+class Rollback(ZoneError):
+    code = Code.ROLLBACK
+
+
+class BadPackage(ZoneError):
+    """An applet package that is malformed or lies about itself."""
+
+    code = Code.BAD_PACKAGE
+
+
+class NoSuchApplet(ZoneError):
+    code = Code.NO_SUCH_APPLET
+
+
+class AppletFailed(ZoneError):
+    code = Code.APPLET_FAILED
+
+
+class OutboxFull(ZoneError):
+    code = Code.OUTBOX_FULL
+
+
+class NoSuchJob(ZoneError):
+    code = Code.NO_SUCH_JOB
+
+
+class Interrupted(ZoneError):
+    code = Code.INTERRUPTED
+
+
+class AuditFull(ZoneError):
+    code = Code.AUDIT_FULL
+
+
+class NoSuchSchedule(ZoneError):
+    code = Code.NO_SUCH_SCHEDULE
+
+
+class Internal(ZoneError):
+    code = Code.INTERNAL
+
+
+_BY_CODE: dict[str, type[ZoneError]] = {
+    cls.code: cls for cls in (
+        BadFrame, FrameTooLarge, TruncatedFrame, BadCbor, BadRequest, UnexpectedKind,
+        UnknownOp, BadArgs, NoIdentity, BbramError, NotOwner, Rollback, BadPackage,
+        NoSuchApplet, AppletFailed, OutboxFull, NoSuchJob, Interrupted, AuditFull,
+        NoSuchSchedule, Internal)
+}
+
+
 def error_for_code(code: str, message: str, request_id: object = None) -> ZoneError:
-    """Rebuild the exception a zone error frame stands for."""
-    if code in Code.PROTOCOL:
-        cls: type[ZoneError] = ProtocolError
-    elif code == Code.UNKNOWN_OP:
-        cls = UnknownOp
-    elif code == Code.BAD_ARGS:
-        cls = BadArgs
-    else:
-        cls = ZoneError
-    return cls(message, code=code, request_id=request_id)
+    """The exception an error frame stands for: the class of its code, or a plain ZoneError
+    carrying a code this side does not know."""
+    try:
+        known = Code(code)
+    except ValueError:
+        return ZoneError(message, code=code, request_id=request_id)
+    return _BY_CODE[known](message, request_id=request_id)

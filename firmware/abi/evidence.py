@@ -1,6 +1,7 @@
 """The claims of the zone's evidence: an EAT (RFC 9711) in a COSE_Sign1 by the alias key.
 
-Standard claims use their CWT/EAT integer keys; SEZ's own claims use text keys "sez.*".
+Standard claims use their CWT/EAT integer keys (abi.claims); SEZ's own claims use text keys
+"sez.*".
 
 =====================  =====  ==========================================================
 claim                  key    value
@@ -16,7 +17,7 @@ sez.debug              text   bool
 sez.firmware           text   the firmware version
 sez.owner              text   SHA-256 of the enrolled owner's SPKI, or null
 sez.applets            text   [{name, version, measurement}] of the loaded applets
-sez.bbram              text   the persistent store's status (ok, fresh, unauthenticated …)
+sez.bbram              text   the persistent store's status (BbramStatus)
 sez.audit              text   {seq, link}: the audit log's last entry (firmware.abi.audit)
 sez.host               text   {sessions, disconnects, stalls, errors}: what the zone saw of
                               its host
@@ -25,19 +26,25 @@ sez.host               text   {sessions, disconnects, stalls, errors}: what the 
 
 from __future__ import annotations
 
-__all__ = ["NONCE", "UEID", "IAT", "PROFILE_KEY", "DBGSTAT", "BOOTCOUNT", "MEASUREMENTS",
-           "DEBUG", "FIRMWARE", "PROFILE", "DBGSTAT_ENABLED", "DBGSTAT_DISABLED_SINCE_BOOT",
-           "NONCE_MIN", "NONCE_MAX", "KEEPER_CLAIMS"]
+import enum
 
-IAT = 6
-NONCE = 10
-UEID = 256
-DBGSTAT = 263
-PROFILE_KEY = 265
-BOOTCOUNT = 267
+from .claims import BOOTCOUNT, DBGSTAT, IAT, NONCE, PROFILE_KEY, UEID
+
+__all__ = ["NONCE", "UEID", "IAT", "PROFILE_KEY", "DBGSTAT", "BOOTCOUNT", "MEASUREMENTS",
+           "DEBUG", "FIRMWARE", "OWNER", "APPLETS", "BBRAM", "AUDIT", "HOST", "PROFILE",
+           "DBGSTAT_ENABLED", "DBGSTAT_DISABLED_SINCE_BOOT", "NONCE_MIN", "NONCE_MAX",
+           "KEEPER_CLAIMS", "BbramStatus"]
+
+# layer 0's claims
 MEASUREMENTS = "sez.measurements"
 DEBUG = "sez.debug"
 FIRMWARE = "sez.firmware"
+# the monitor's claims
+OWNER = "sez.owner"
+APPLETS = "sez.applets"
+BBRAM = "sez.bbram"
+AUDIT = "sez.audit"
+HOST = "sez.host"
 
 PROFILE = "urn:sez:evidence:1"
 DBGSTAT_ENABLED = 0
@@ -47,3 +54,13 @@ NONCE_MIN, NONCE_MAX = 8, 64
 #: Claims only the key keeper (layer 0) sets; the monitor cannot supply them.
 KEEPER_CLAIMS = frozenset({IAT, NONCE, UEID, DBGSTAT, PROFILE_KEY, BOOTCOUNT, MEASUREMENTS,
                            DEBUG, FIRMWARE})
+
+
+class BbramStatus(enum.StrEnum):
+    """The persistent store's status (claim ``sez.bbram``, and ``info``'s ``bbram``)."""
+
+    LOADING = "loading"  # the monitor has not heard from the key keeper yet
+    FRESH = "fresh"  # both slots blank: a new device
+    OK = "ok"
+    UNAUTHENTICATED = "unauthenticated"  # data present, no slot authenticates: left alone
+    ABSENT = "absent"  # no BBRAM disk

@@ -21,10 +21,12 @@ sez.nonce           text   the caller's nonce (0 to 64 bytes)
 
 from __future__ import annotations
 
-IAT = 6
-UEID = 256
-PROFILE_KEY = 265
-BOOTCOUNT = 267
+from .claims import BOOTCOUNT, IAT, PROFILE_KEY, UEID
+from .jobs import NONCE_MAX
+
+__all__ = ["IAT", "UEID", "PROFILE_KEY", "BOOTCOUNT", "PROFILE", "JOB", "JOB_COUNTER", "APPLET",
+           "INPUT", "OUTPUT", "NONCE", "NONCE_MAX"]
+
 PROFILE = "urn:sez:receipt:1"
 JOB = "sez.job"
 JOB_COUNTER = "sez.job_counter"
@@ -32,4 +34,3 @@ APPLET = "sez.applet"
 INPUT = "sez.input"
 OUTPUT = "sez.output"
 NONCE = "sez.nonce"
-NONCE_MAX = 64

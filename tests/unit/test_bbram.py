@@ -8,7 +8,7 @@ from pathlib import Path
 import cbor2
 import pytest
 
-from firmware import bbram
+from firmware.layer0 import bbram
 
 KEY = bytes(range(32))
 

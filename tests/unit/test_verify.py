@@ -10,10 +10,11 @@ import pytest
 
 from emulator.factory import Factory
 from emulator.paths import SezHome
-from firmware import dice
+from firmware.abi import dice
 from firmware.abi import cose
-from firmware.hardware import Hardware
-from firmware.keeper import Identity, IdentityError
+from firmware.abi.errors import NoIdentity
+from firmware.pid1.hardware import Hardware
+from firmware.layer0.identity import Identity
 from host_driver.verify import Reference, VerificationError, verify_evidence
 
 from .conftest import NONCE, Zone
@@ -125,6 +126,6 @@ def test_fuses_that_do_not_match_the_certificate(factory: Factory, tmp_path: Pat
                   device_id_cert=b.device_id_cert.read_bytes(),
                   measurements={n: bytes(48) for n in dice.MEASURED[:3]})
     (tmp_path / "init").write_text("")
-    with pytest.raises(IdentityError, match="do not match"):
+    with pytest.raises(NoIdentity, match="do not match"):
         Identity(hw, root=str(tmp_path))
     assert hw.uds == bytearray(32), "layer 0 wipes the fuses even when it fails"

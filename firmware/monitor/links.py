@@ -1,8 +1,8 @@
 """The monitor's links to the other zone processes: the key keeper and the applet runner.
 
-Both listen on root-only unix sockets (SOCK_SEQPACKET, one CBOR message per packet). Calls
-return a :class:`Deferred`; a call made before the other side listens (it may still be starting)
-waits for it, for at most its timeout.
+Both listen on root-only unix sockets (firmware.runtime.ipc). Calls return a
+:class:`~firmware.monitor.deferred.Deferred`; a call made before the other side listens (it may
+still be starting) waits for it, for at most its timeout.
 """
 
 from __future__ import annotations
@@ -13,94 +13,19 @@ from typing import Any, Callable
 
 import cbor2
 
-from .abi.errors import Code, ZoneError, error_for_code
-from .reactor import Reactor, log
+from ..abi.errors import NoIdentity, error_for_code
+from ..runtime.console import log
+from ..runtime.ipc import (KEEPER_SOCKET, KEEPER_TIMEOUT, MAX_MESSAGE, RUNNER_SOCKET, KeeperOp,
+                           RunnerOp, size_buffers)
+from ..runtime.reactor import Reactor
+from .deferred import Deferred
 
-KEEPER_SOCKET = "/run/sez/keeper.sock"
-#: Largest message between zone processes (the whole BBRAM state travels in one).
-MAX_MESSAGE = 16 << 20
-_SO_SNDBUFFORCE, _SO_RCVBUFFORCE = 32, 33  # Linux: root may exceed wmem_max/rmem_max
-RUNNER_SOCKET = "/run/sez/runner.sock"
-#: Seconds between attempts to reach the key keeper, and the most a keeper call may take.
-KEEPER_RETRY = 0.05
-KEEPER_TIMEOUT = 30.0
+__all__ = ["KeeperLink", "RunnerLink", "LOST"]
 
-
-def listen(path: str) -> socket.socket:
-    """A root-only SOCK_SEQPACKET server socket at ``path`` (its directory made 0700)."""
-    os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
-    try:
-        os.unlink(path)
-    except FileNotFoundError:
-        pass
-    server = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-    server.bind(path)
-    os.chmod(path, 0o600)
-    server.listen(4)
-    return server
-
-
-def size_buffers(sock: socket.socket) -> None:
-    """A SOCK_SEQPACKET message must fit the socket buffer whole: make room for MAX_MESSAGE."""
-    for option in (_SO_SNDBUFFORCE, _SO_RCVBUFFORCE):
-        try:
-            sock.setsockopt(socket.SOL_SOCKET, option, MAX_MESSAGE + (1 << 16))
-        except OSError:  # not root (the host-native baseline): the defaults must do
-            pass
-
-
-class Deferred:
-    """A result that arrives later (from the key keeper): resolved once, then callbacks run."""
-
-    __slots__ = ("_callbacks", "done", "value", "error")
-
-    def __init__(self) -> None:
-        self._callbacks: list[Callable[[Deferred], None]] = []
-        self.done = False
-        self.value: Any = None
-        self.error: ZoneError | None = None
-
-    def add(self, callback: Callable[["Deferred"], None]) -> None:
-        if self.done:
-            callback(self)
-        else:
-            self._callbacks.append(callback)
-
-    def resolve(self, value: Any = None, error: ZoneError | None = None) -> None:
-        if self.done:
-            return
-        self.done, self.value, self.error = True, value, error
-        callbacks, self._callbacks = self._callbacks, []
-        for callback in callbacks:
-            callback(self)
-
-    def then(self, transform: Callable[[Any], Any]) -> "Deferred":
-        """A Deferred of ``transform(value)`` (which may itself return a Deferred); errors pass
-        through, and a ZoneError that ``transform`` raises becomes the error."""
-        out = Deferred()
-
-        def chain(d: Deferred) -> None:
-            if d.error is not None:
-                out.resolve(error=d.error)
-                return
-            try:
-                value = transform(d.value)
-            except ZoneError as exc:
-                out.resolve(error=exc)
-                return
-            if isinstance(value, Deferred):
-                value.add(lambda inner: out.resolve(inner.value, inner.error))
-            else:
-                out.resolve(value)
-
-        self.add(chain)
-        return out
-
-    @staticmethod
-    def of(value: Any = None) -> "Deferred":
-        done = Deferred()
-        done.resolve(value)
-        return done
+#: Seconds between attempts to reach the other process.
+RETRY = 0.05
+#: The event a RunnerLink reports when the runner went away.
+LOST = "lost"
 
 
 class _Link:
@@ -125,7 +50,7 @@ class _Link:
             sock.connect(self.path)
         except OSError:
             sock.close()
-            self.loop.call_later(KEEPER_RETRY, self._connect)
+            self.loop.call_later(RETRY, self._connect)
             return
         self.sock = sock
         self.loop.add_reader(sock.fileno(), self._readable)
@@ -164,7 +89,7 @@ class _Link:
             return
         try:
             decoded = cbor2.loads(message)
-        except Exception as exc:
+        except (ValueError, TypeError) as exc:  # cbor2's decode errors are ValueErrors
             log(f"{self.name}: unreadable message: {exc!r}")
             return
         self.received(decoded)
@@ -182,7 +107,7 @@ class _Link:
             self.sock.close()
             self.sock = None
         self.lost()
-        self.loop.call_later(KEEPER_RETRY, self._connect)
+        self.loop.call_later(RETRY, self._connect)
 
 
 class KeeperLink(_Link):
@@ -193,7 +118,7 @@ class KeeperLink(_Link):
         self._next_id = 0
         super().__init__(loop, path, "keeper")
 
-    def call(self, op: str, args: dict[str, Any]) -> Deferred:
+    def call(self, op: KeeperOp, args: dict[str, Any]) -> Deferred:
         self._next_id += 1
         request_id = self._next_id
         deferred = Deferred()
@@ -205,9 +130,8 @@ class KeeperLink(_Link):
     def _expire(self, request_id: int) -> None:
         deferred = self._pending.pop(request_id, None)
         if deferred is not None:
-            deferred.resolve(error=ZoneError(
-                f"the key keeper did not answer within {KEEPER_TIMEOUT:.0f} s",
-                code=Code.NO_IDENTITY))
+            deferred.resolve(error=NoIdentity(
+                f"the key keeper did not answer within {KEEPER_TIMEOUT:.0f} s"))
 
     def received(self, reply: Any) -> None:
         request_id = reply.get("id") if isinstance(reply, dict) else None
@@ -224,11 +148,12 @@ class KeeperLink(_Link):
     def lost(self) -> None:
         pending, self._pending = self._pending, {}
         for deferred in pending.values():
-            deferred.resolve(error=ZoneError("the key keeper is gone", code=Code.NO_IDENTITY))
+            deferred.resolve(error=NoIdentity("the key keeper is gone"))
 
 
 class RunnerLink(_Link):
-    """Requests to the applet runner; its events (started, exit) go to ``on_event``."""
+    """Requests to the applet runner; its events (``exit``, and LOST when it went away) go to
+    ``on_event``."""
 
     def __init__(self, loop: Reactor, on_event: Callable[[dict[str, Any]], None],
                  path: str = RUNNER_SOCKET) -> None:
@@ -236,14 +161,15 @@ class RunnerLink(_Link):
         super().__init__(loop, path, "runner")
 
     def start(self, job: str, uid: int, limits: dict[str, int], fd: int) -> None:
-        self.send(cbor2.dumps({"op": "start", "job": job, "uid": uid, "limits": limits}), [fd])
+        self.send(cbor2.dumps({"op": RunnerOp.START, "job": job, "uid": uid, "limits": limits}),
+                  [fd])
 
     def kill(self, job: str) -> None:
-        self.send(cbor2.dumps({"op": "kill", "job": job}))
+        self.send(cbor2.dumps({"op": RunnerOp.KILL, "job": job}))
 
     def received(self, message: Any) -> None:
         if isinstance(message, dict):
             self.on_event(message)
 
     def lost(self) -> None:
-        self.on_event({"event": "lost"})
+        self.on_event({"event": LOST})

@@ -1,7 +1,7 @@
 #!/bin/sh
 # /init of the zone image: the kernel runs this as PID 1. It mounts the kernel file systems,
 # loads the virtio drivers in dependency order (computed when the image was built), then hands
-# PID 1 to firmware.init, which supervises the zone monitor.
+# PID 1 to firmware.pid1.supervisor, which starts and supervises the zone's processes.
 export PATH=/bin
 mount -t devtmpfs devtmpfs /dev
 mount -t proc proc /proc
@@ -10,4 +10,4 @@ while read -r module; do
     insmod "/lib/modules/$module.ko" || echo "sez: insmod $module failed"
 done < /etc/sez/modules
 cd /opt/sez || exit 1
-exec /usr/bin/python3.11 -S -E -B -c 'import firmware.init; firmware.init.main()'
+exec /usr/bin/python3.11 -S -E -B -c 'import firmware.pid1.supervisor as s; s.main()'

@@ -1,9 +1,7 @@
-"""What runs inside a job's process, after it dropped its privileges (see firmware.runner).
+"""What runs inside a job's process, after it dropped its privileges (firmware.runner.runner).
 
-The job socket speaks the channel's frame format. The monitor sends one event frame,
-``{files, entry: [module, function], input}``; the applet's calls to the zone are request
-frames answered by response frames; the job ends with an event frame
-``{event: "done", output}`` or ``{event: "error", message}``.
+The job socket's protocol is in firmware.runtime.ipc: one event frame with the job, the
+applet's calls as requests, and an event frame that ends the job.
 """
 
 from __future__ import annotations
@@ -15,7 +13,8 @@ import sys
 import traceback
 from typing import Any
 
-from .abi import wire
+from ..abi import wire
+from ..runtime.ipc import JOB_DONE, JOB_ERROR, JobCall
 
 
 class JobChannel:
@@ -76,7 +75,7 @@ class ZoneAPI:
     def sign(self, data: bytes) -> bytes:
         """ECDSA P-384 / SHA-384 signature (DER) of ``data`` with this applet's own key: derived
         from the zone's CDI and this applet's measurement, so no other code can make it."""
-        result = self._channel.call("sign", {"data": bytes(data)})
+        result = self._channel.call(JobCall.SIGN, {"data": bytes(data)})
         self._signer = result
         return bytes(result["signature"])
 
@@ -101,7 +100,7 @@ class ZoneAPI:
 
     def log(self, message: str) -> None:
         """One line on the zone's console, prefixed with the job id."""
-        self._channel.call("log", {"message": str(message)[:500]})
+        self._channel.call(JobCall.LOG, {"message": str(message)[:500]})
 
 
 def run_job(fd: int, work: str, timeout: float) -> int:
@@ -122,12 +121,12 @@ def run_job(fd: int, work: str, timeout: float) -> int:
         output = entry(bytes(job["input"]), ZoneAPI(channel))
         if not isinstance(output, (bytes, bytearray, memoryview)):
             raise TypeError(f"{module}:{function} returned {type(output).__name__}, not bytes")
-        channel.send(wire.Kind.EVENT, {"event": "done", "output": bytes(output)})
+        channel.send(wire.Kind.EVENT, {"event": JOB_DONE, "output": bytes(output)})
         return 0
     except BaseException as exc:
         message = "".join(traceback.format_exception_only(type(exc), exc)).strip()
         try:
-            channel.send(wire.Kind.EVENT, {"event": "error", "message": message[-1000:]})
+            channel.send(wire.Kind.EVENT, {"event": JOB_ERROR, "message": message[-1000:]})
         except OSError:
             pass
         return 1

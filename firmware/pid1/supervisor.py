@@ -1,8 +1,8 @@
-"""PID 1 of the zone.
+"""PID 1 of the zone: start the zone's processes and keep them running.
 
-1. Read what the hardware handed over (firmware.hardware), then unload fw_cfg: the fuses are
-   unreachable before anything that parses host input starts.
-2. Fork layer 0, the key keeper (firmware.keeper), with the fuses, and wipe PID 1's copy. The
+1. Read what the hardware handed over (firmware.pid1.hardware), then unload fw_cfg: the fuses
+   are unreachable before anything that parses host input starts.
+2. Fork layer 0, the key keeper (firmware.layer0), with the fuses, and wipe PID 1's copy. The
    keeper imports the crypto libraries and derives the keys while the monitor already serves.
 3. Fork the applet runner (firmware.runner), which holds nothing secret: jobs fork from it.
 4. Fork the zone monitor (firmware.monitor). Restart the monitor or the runner when one dies.
@@ -19,8 +19,9 @@ import sys
 import time
 from typing import Callable
 
+from ..runtime.console import log, log_exception
+from ..runtime.process import background
 from .hardware import Hardware, seal_fw_cfg
-from .reactor import log, log_exception
 
 
 def _spawn(name: str, body: Callable[[], None]) -> int:
@@ -38,28 +39,22 @@ def _spawn(name: str, body: Callable[[], None]) -> int:
         os._exit(code)
 
 
-def _background() -> None:
-    """Start at low priority: the monitor (answering the host) goes first during boot; the
-    process restores its priority once it is set up (firmware.reactor.foreground)."""
-    os.setpriority(os.PRIO_PROCESS, 0, 10)
-
-
 def _run_keeper(hw: Hardware) -> None:
-    _background()
-    from . import keeper
+    background()  # the monitor, answering the host, goes first during boot
+    from ..layer0 import keeper
 
     keeper.main(hw)
 
 
 def _run_runner() -> None:
-    _background()
-    from . import runner
+    background()
+    from ..runner import runner
 
     runner.main()
 
 
 def supervise(hw: Hardware) -> None:
-    from . import monitor  # import once, before forking
+    from ..monitor import server as monitor  # import once, before forking
 
     restarts = 0
     current = _spawn("monitor", lambda: monitor.main(hw, restarts))

@@ -1,10 +1,5 @@
-"""What the emulated hardware hands the zone at power-on, through fw_cfg (DESIGN §4).
-
-``opt/sez/uds``           the fuses: the 32-byte unique device secret
-``opt/sez/deviceid``      the DeviceID certificate (PEM) the factory signed
-``opt/sez/measurements``  "kernel HEX", "initramfs HEX", "cmdline HEX" lines (SHA-384)
-``opt/sez/boot_counter``  decimal
-``opt/sez/debug``         "1" for a debug zone
+"""What the emulated hardware hands the zone at power-on, through fw_cfg (the items are
+listed in firmware.abi.device).
 
 PID 1 reads them once, then unloads the fw_cfg driver and deletes its module, so nothing that
 runs later can read the fuses through sysfs again.
@@ -14,9 +9,10 @@ from __future__ import annotations
 
 import os
 
-from .reactor import log
+from ..abi import device
+from ..runtime.console import log
 
-FW_CFG = "/sys/firmware/qemu_fw_cfg/by_name/opt/sez"
+FW_CFG = "/sys/firmware/qemu_fw_cfg/by_name/" + device.FW_CFG_PREFIX.rstrip("/")
 FW_CFG_MODULE = "/lib/modules/qemu_fw_cfg.ko"
 
 
@@ -52,16 +48,17 @@ class Hardware:
     @classmethod
     def read(cls) -> "Hardware":
         measurements = {}
-        for line in (_read("measurements") or b"").decode(errors="replace").splitlines():
+        for line in (_read(device.FW_MEASUREMENTS) or b"").decode(errors="replace").splitlines():
             name, _, value = line.partition(" ")
             try:
                 measurements[name] = bytes.fromhex(value)
             except ValueError:
                 log(f"hardware: unreadable measurement line {line!r}")
-        counter = (_read("boot_counter") or b"0").strip()
-        return cls(uds=_read_secret("uds", 32), device_id_cert=_read("deviceid"),
+        counter = (_read(device.FW_BOOT_COUNTER) or b"0").strip()
+        return cls(uds=_read_secret(device.FW_UDS, device.UDS_SIZE),
+                   device_id_cert=_read(device.FW_DEVICE_ID),
                    measurements=measurements, boot_counter=int(counter) if counter.isdigit() else 0,
-                   debug=_read("debug") == b"1")
+                   debug=_read(device.FW_DEBUG) == b"1")
 
     def wipe_fuses(self) -> None:
         if self.uds is not None:

@@ -23,22 +23,22 @@ import struct
 from typing import Any
 
 import cbor2
+from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from ..abi.device import BBRAM_SLOT_SIZE as SLOT_SIZE
+from ..abi.errors import BbramError
+from ..abi.evidence import BbramStatus
 
 DEVICE = "/dev/vda"
 MAGIC = b"SZBB"
 VERSION = 1
-SLOT_SIZE = 4 << 20
 _HEADER = struct.Struct(">4sB3xQI")
 _NONCE = 12
 _TAG = 16
 MAX_STATE = SLOT_SIZE - _HEADER.size - _NONCE - _TAG
-
-FRESH, OK, UNAUTHENTICATED, ABSENT = "fresh", "ok", "unauthenticated", "absent"
-
-
-class BbramError(Exception):
-    """The state cannot be committed (too large, unauthenticated store, write failed)."""
+FRESH, OK, UNAUTHENTICATED, ABSENT = (BbramStatus.FRESH, BbramStatus.OK,
+                                      BbramStatus.UNAUTHENTICATED, BbramStatus.ABSENT)
 
 
 class Bbram:
@@ -48,7 +48,6 @@ class Bbram:
         self.seq = 0
         self.slot = 1  # the slot holding the newest state (the first commit goes to slot 0)
         self.status = ABSENT
-        self.commits = 0
 
     def _open(self, flags: int) -> int:
         return os.open(self.path, flags | os.O_CLOEXEC)
@@ -64,8 +63,11 @@ class Bbram:
         try:
             plain = self._aead.decrypt(raw[_HEADER.size:start], raw[start:start + length],
                                        raw[:_HEADER.size])
+        except InvalidTag:  # another firmware's key, or damage
+            return None
+        try:
             return seq, cbor2.loads(plain)
-        except Exception:
+        except (cbor2.CBORDecodeError, ValueError, TypeError):  # authentic, yet unreadable
             return None
 
     def load(self) -> dict[str, Any]:
@@ -118,5 +120,4 @@ class Bbram:
             raise BbramError("BBRAM read-back differs from what was written; the previous "
                              "state stands")
         self.seq, self.slot, self.status = seq, slot, OK
-        self.commits += 1
         return seq

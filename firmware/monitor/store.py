@@ -1,165 +1,112 @@
-"""The zone's persistent state and the policy on it: ownership, applets, rollback counters,
-the event log and the job counter. Kept in BBRAM through the key keeper (firmware.bbram).
+"""The policy on the zone's persistent state (firmware.monitor.state): ownership, applets,
+rollback counters, the job counter and the outbox of detached jobs.
 
-State (one CBOR map)::
+The state map::
 
     owner        SPKI (DER) of the enrolled owner, or absent
     owner_epoch  +1 at every enrolment (an owner's authorization names the epoch it replaces)
     rollback     {name: highest version ever loaded}
     applets      {name: canonical package}  (versions of one name replace each other)
     audit, audit_next, audit_last
-                 the audit log (firmware.audit): enrolments, loads, schedule changes and
+                 the audit log (firmware.monitor.audit): enrolments, loads, schedule changes and
                  scheduled runs, each committed together with the change it records
-    schedules    {name: {applet, measurement, input, every, runs}} (firmware.schedules)
+    schedules    {name: {applet, measurement, input, every, runs}} (monitor.schedules)
     schedule_epoch  +1 at every schedule change (a change names the epoch it replaces)
     job_lease    job counters below this may have been used: a boot starts at the lease and
                  reserves JOB_LEASE more, so the counter never repeats across power cuts
     outbox       {job: record} of detached jobs until the host acknowledges their result:
                  {applet, measurement, input, nonce, key, state, output, receipt, error,
                  submitted, finished, and for a scheduled run: schedule, run, skipped};
-                 state queued -> running -> done | failed | interrupted
+                 state: abi.jobs.JobState
     acked        {key: job} of the last ACKED_KEPT acknowledged jobs (idempotent retries)
-
-Updates are serialised: each one starts from the state the previous one committed, and the
-zone's copy changes only once BBRAM has the new state durably.
 """
 
 from __future__ import annotations
 
 import hashlib
 import time
-from typing import Any, Callable
+from typing import Any
 
 import cbor2
 
-from .abi import applet as applets
-from .abi.audit import GENESIS
-from .abi.errors import BadArgs, Code, ZoneError
+from ..abi import applet as applets
+from ..abi import evidence
+from ..abi.audit import GENESIS
+from ..abi.errors import (BadArgs, BadPackage, NoSuchApplet, NoSuchJob, NotOwner, OutboxFull,
+                          Rollback)
+from ..abi.jobs import FINAL, JobState
+from ..abi.keys import key_id
+from ..runtime.ipc import KeeperOp
 from .audit import AuditLog
-from .links import Deferred, KeeperLink
+from .deferred import Deferred
+from .links import KeeperLink
+from .state import Mutation, State
 
 JOB_LEASE = 1024
 #: Detached jobs the outbox holds (queued, running or unacknowledged), and their bytes.
 OUTBOX_JOBS = 1024
 OUTBOX_BYTES = 3 << 20
 ACKED_KEPT = 1024
-FINAL = ("done", "failed", "interrupted")
-
-
-def fingerprint(spki: bytes) -> bytes:
-    return hashlib.sha256(spki).digest()
 
 
 class ZoneStore:
     def __init__(self, keeper: KeeperLink) -> None:
         self.keeper = keeper
-        self.state: dict[str, Any] = {}
-        self.status = "loading"
+        self.state = State(keeper)
         self.packages: dict[str, applets.Package] = {}
         self.ueid = b""
         self.unreadable: list[str] = []
         self.next_job = 0
-        self.commits = 0
-        self._pending: list[tuple[Callable[[dict[str, Any]], Any], Deferred]] = []
-        self._committing = False
-        self.audit = AuditLog(self, keeper)
-        identity = keeper.call("identity", {}).then(self._identified)
-        self.ready = identity.then(lambda _: keeper.call("bbram-load", {})).then(self._loaded)
+        self.audit = AuditLog(self.state, keeper)
+        identity = keeper.call(KeeperOp.IDENTITY, {}).then(self._identified)
+        self.ready = identity.then(lambda _: keeper.call(KeeperOp.BBRAM_LOAD, {})).then(
+            self._loaded)
+
+    @property
+    def status(self) -> str:
+        return self.state.status
+
+    def update(self, mutate: Mutation) -> Deferred:
+        return self.state.update(mutate)
 
     def _identified(self, identity: dict[str, Any]) -> None:
         self.ueid = bytes(identity["ueid"])
 
     def _loaded(self, result: dict[str, Any]) -> Deferred:
-        self.status = str(result["status"])
-        self.state = dict(result["state"])
-        for name, raw in self.state.get("applets", {}).items():
+        self.state.loaded(str(result["status"]), dict(result["state"]))
+        for name, raw in self.state.map.get("applets", {}).items():
             try:
                 self.packages[name] = applets.parse(raw)
-            except ZoneError as exc:  # a package this firmware cannot read any more
+            except BadPackage as exc:  # a package this firmware cannot read any more
                 self.unreadable.append(f"{name}: {exc}")
-        self.next_job = int(self.state.get("job_lease", 0))
-        if self.status not in ("ok", "fresh"):
+        self.next_job = int(self.state.map.get("job_lease", 0))
+        if not self.state.usable:
             return Deferred.of()
         return self.update(lambda state: state.update(job_lease=self.next_job + JOB_LEASE))
-
-    def _require_store(self) -> None:
-        if self.status not in ("ok", "fresh"):
-            raise ZoneError(f"BBRAM is {self.status}: the zone's state cannot be used",
-                            code=Code.BBRAM)
-
-    def update(self, mutate: Callable[[dict[str, Any]], Any]) -> Deferred:
-        """Apply ``mutate`` to the state and commit it; resolve to what ``mutate`` returned
-        once BBRAM holds it. Updates that arrive while a commit is in flight are committed
-        together by the next one (group commit), each on top of the ones before it; one that
-        raises ZoneError fails alone and changes nothing."""
-        done = Deferred()
-        self._pending.append((mutate, done))
-        if not self._committing:
-            self._commit_pending()
-        return done
-
-    def _commit_pending(self) -> None:
-        batch, self._pending = self._pending, []
-        if not batch:
-            self._committing = False
-            return
-        self._committing = True
-        new = dict(self.state)
-        applied: list[tuple[Deferred, Any]] = []
-        for mutate, done in batch:
-            trial = dict(new)
-            try:
-                self._require_store()
-                result = mutate(trial)
-            except ZoneError as exc:
-                done.resolve(error=exc)
-                continue
-            new = trial
-            applied.append((done, result))
-        if not applied:
-            self._commit_pending()
-            return
-
-        def committed(d: Deferred) -> None:
-            if d.error is None:
-                self.state = new
-                self.status = "ok"
-                self.commits += 1
-            for done, result in applied:
-                done.resolve(result, d.error)
-            self._commit_pending()
-
-        try:  # encoded once, here: the keeper seals these bytes as they are
-            sent = self.keeper.call("bbram-commit", {"state": cbor2.dumps(new)})
-        except Exception as exc:  # a value CBOR cannot carry (a zone bug): nothing changes
-            sent = Deferred()
-            sent.resolve(error=ZoneError(f"state not encodable: {exc}"[:200]))
-        sent.add(committed)
 
     # -- ownership ---------------------------------------------------------------------------
 
     def owner(self) -> dict[str, Any]:
-        owner = self.state.get("owner")
-        return {"owner": fingerprint(owner).hex() if owner else None,
-                "epoch": int(self.state.get("owner_epoch", 0)), "ueid": self.ueid}
+        owner = self.state.map.get("owner")
+        return {"owner": key_id(owner).hex() if owner else None,
+                "epoch": int(self.state.map.get("owner_epoch", 0)), "ueid": self.ueid}
 
     def enroll(self, new_owner: Any, authorization: Any) -> Deferred:
         """First enrolment is free; a new owner needs the current owner's signature over
         ``{op: "enroll", owner, ueid, epoch}`` (COSE_Sign1)."""
         if not isinstance(new_owner, bytes) or not 50 <= len(new_owner) <= 1024:
             raise BadArgs("enroll takes {owner: SubjectPublicKeyInfo (DER)}")
-        current = self.state.get("owner")
-        event = {"kind": "enroll", "owner": fingerprint(new_owner)}
+        current = self.state.map.get("owner")
+        event = {"kind": "enroll", "owner": key_id(new_owner)}
         if current is None:
             return self.audit.append(event, lambda state: self._set_owner(state, new_owner, None))
         if current == new_owner:  # enrolling the owner again changes nothing
-            return Deferred.of({"owner": fingerprint(current).hex(),
-                                "epoch": int(self.state.get("owner_epoch", 0))})
+            return Deferred.of({"owner": key_id(current).hex(),
+                                "epoch": int(self.state.map.get("owner_epoch", 0))})
         if not isinstance(authorization, bytes):
-            raise ZoneError("a new owner needs the current owner's authorization",
-                            code=Code.NOT_OWNER)
+            raise NotOwner("a new owner needs the current owner's authorization")
         expected = {"op": "enroll", "owner": new_owner, "ueid": self.ueid,
-                    "epoch": int(self.state.get("owner_epoch", 0))}
+                    "epoch": int(self.state.map.get("owner_epoch", 0))}
 
         def check(result: dict[str, Any]) -> Deferred:
             try:
@@ -167,8 +114,7 @@ class ZoneStore:
             except Exception:
                 signed = None
             if signed != expected:
-                raise ZoneError("the authorization is for another owner, device or epoch",
-                                code=Code.NOT_OWNER)
+                raise NotOwner("the authorization is for another owner, device or epoch")
             return self.audit.append(event,
                                      lambda state: self._set_owner(state, new_owner, current))
 
@@ -178,30 +124,29 @@ class ZoneStore:
         """The payload of COSE_Sign1 ``message`` if the enrolled owner signed it."""
         if not isinstance(message, bytes):
             raise BadArgs("expected the owner's signed document (COSE_Sign1 bytes)")
-        owner = self.state.get("owner")
+        owner = self.state.map.get("owner")
         if owner is None:
-            raise ZoneError("no owner is enrolled", code=Code.NOT_OWNER)
+            raise NotOwner("no owner is enrolled")
         return self._verify(owner, message)
 
     def _verify(self, spki: bytes, message: bytes) -> Deferred:
         verified = Deferred()
 
         def done(d: Deferred) -> None:
-            if d.error is not None and d.error.code == Code.BAD_ARGS:
-                verified.resolve(error=ZoneError(f"not signed by the owner: {d.error.message}",
-                                                 code=Code.NOT_OWNER))
+            if isinstance(d.error, BadArgs):
+                verified.resolve(error=NotOwner(f"not signed by the owner: {d.error.message}"))
             else:
                 verified.resolve(d.value, d.error)
 
-        self.keeper.call("verify", {"key": spki, "message": message}).add(done)
+        self.keeper.call(KeeperOp.VERIFY, {"key": spki, "message": message}).add(done)
         return verified
 
     def _set_owner(self, state: dict[str, Any], owner: bytes, previous: bytes | None) -> dict[str, Any]:
         if state.get("owner") != previous:
-            raise ZoneError("the owner changed meanwhile", code=Code.NOT_OWNER)
+            raise NotOwner("the owner changed meanwhile")
         state["owner"] = owner
         state["owner_epoch"] = int(state.get("owner_epoch", 0)) + 1
-        return {"owner": fingerprint(owner).hex(), "epoch": state["owner_epoch"]}
+        return {"owner": key_id(owner).hex(), "epoch": state["owner_epoch"]}
 
     # -- applets -------------------------------------------------------------------------------
 
@@ -209,8 +154,8 @@ class ZoneStore:
         """Load an owner-signed package: signature, then format, then the rollback counter."""
         if not isinstance(signed, bytes):
             raise BadArgs("load takes {package: the signed .sez bytes}")
-        if self.state.get("owner") is None:
-            raise ZoneError("no owner is enrolled: the zone loads no code", code=Code.NOT_OWNER)
+        if self.state.map.get("owner") is None:
+            raise NotOwner("no owner is enrolled: the zone loads no code")
 
         def admit(result: dict[str, Any]) -> Deferred:
             package = applets.parse(bytes(result["payload"]))
@@ -230,8 +175,8 @@ class ZoneStore:
         highest = dict(state.get("rollback", {}))
         seen = int(highest.get(package.name, 0))
         if package.version < seen:
-            raise ZoneError(f"{package.name} version {package.version} is lower than version "
-                            f"{seen}, already loaded once", code=Code.ROLLBACK)
+            raise Rollback(f"{package.name} version {package.version} is lower than version "
+                           f"{seen}, already loaded once")
         highest[package.name] = package.version
         state["rollback"] = highest
         state["applets"] = {**state.get("applets", {}), package.name: package.raw}
@@ -245,7 +190,7 @@ class ZoneStore:
             return self.packages[applet]
         matches = [p for p in self.packages.values() if p.measurement.hex().startswith(applet)]
         if len(matches) != 1 or len(applet) < 8:
-            raise ZoneError(f"no loaded applet {applet!r}", code=Code.NO_SUCH_APPLET)
+            raise NoSuchApplet(f"no loaded applet {applet!r}")
         return matches[0]
 
     def listing(self) -> list[dict[str, Any]]:
@@ -255,10 +200,10 @@ class ZoneStore:
 
     def allocate_job(self) -> Deferred:
         """The next job counter, reserving another lease in BBRAM when this one is used up."""
-        self._require_store()
+        self.state.require()
         counter = self.next_job
         self.next_job += 1
-        if self.next_job < int(self.state.get("job_lease", 0)):
+        if self.next_job < int(self.state.map.get("job_lease", 0)):
             return Deferred.of(counter)
         return self.update(lambda state: state.update(job_lease=counter + 1 + JOB_LEASE)
                            ).then(lambda _: counter)
@@ -266,15 +211,15 @@ class ZoneStore:
     # -- the outbox of detached jobs -------------------------------------------------------------
 
     def outbox(self) -> dict[str, dict[str, Any]]:
-        return dict(self.state.get("outbox", {}))
+        return dict(self.state.map.get("outbox", {}))
 
     def find_key(self, key: bytes) -> tuple[str, str] | None:
         """(job, state) of the job submitted under idempotency ``key``, if any."""
         for job, record in self.outbox().items():
             if record.get("key") == key:
                 return job, str(record["state"])
-        acked = self.state.get("acked", {}).get(key)
-        return (str(acked), "acknowledged") if acked is not None else None
+        acked = self.state.map.get("acked", {}).get(key)
+        return (str(acked), JobState.ACKNOWLEDGED) if acked is not None else None
 
     def submit(self, package: applets.Package, data: bytes, nonce: bytes,
                key: bytes | None, scheduled: dict[str, Any] | None = None) -> Deferred:
@@ -283,13 +228,13 @@ class ZoneStore:
         outbox = self.outbox()
         used = sum(_record_bytes(r) for r in outbox.values())
         if len(outbox) >= OUTBOX_JOBS or used + len(data) > OUTBOX_BYTES:
-            raise ZoneError(f"the outbox is full ({len(outbox)} jobs, {used} bytes): fetch and "
-                            "acknowledge results first", code=Code.OUTBOX_FULL)
+            raise OutboxFull(f"the outbox is full ({len(outbox)} jobs, {used} bytes): fetch and "
+                             "acknowledge results first")
 
         def record(counter: int) -> Deferred:
             job = str(counter)
             entry = {"applet": package.name, "measurement": package.measurement, "input": data,
-                     "nonce": nonce, "key": key, "state": "queued", "counter": counter,
+                     "nonce": nonce, "key": key, "state": JobState.QUEUED, "counter": counter,
                      "submitted": int(time.time()), **(scheduled or {})}
 
             def put(state: dict[str, Any]) -> None:
@@ -321,10 +266,9 @@ class ZoneStore:
         """Forget a finished job's result: the host has it."""
         entry = self.outbox().get(job)
         if entry is None:
-            raise ZoneError(f"no job {job!r} in the outbox", code=Code.NO_SUCH_JOB)
+            raise NoSuchJob(f"no job {job!r} in the outbox")
         if entry["state"] not in FINAL:
-            raise ZoneError(f"job {job} is {entry['state']}: nothing to acknowledge yet",
-                            code=Code.BAD_ARGS)
+            raise BadArgs(f"job {job} is {entry['state']}: nothing to acknowledge yet")
 
         def remove(state: dict[str, Any]) -> dict[str, Any]:
             outbox = dict(state.get("outbox", {}))
@@ -340,14 +284,15 @@ class ZoneStore:
 
     def claims(self) -> dict[str, Any]:
         """What evidence says about this state (the monitor's claims; see abi.evidence)."""
-        owner = self.state.get("owner")
+        owner = self.state.map.get("owner")
         return {
-            "sez.owner": fingerprint(owner) if owner else None,
-            "sez.applets": [{"name": p.name, "version": p.version, "measurement": p.measurement}
-                            for _, p in sorted(self.packages.items())],
-            "sez.bbram": self.status,
-            "sez.audit": {"seq": self.audit.next_seq() - 1,
-                          "link": bytes(self.state.get("audit_last", GENESIS))},
+            evidence.OWNER: key_id(owner) if owner else None,
+            evidence.APPLETS: [{"name": p.name, "version": p.version,
+                                "measurement": p.measurement}
+                               for _, p in sorted(self.packages.items())],
+            evidence.BBRAM: self.status,
+            evidence.AUDIT: {"seq": self.audit.next_seq() - 1,
+                             "link": bytes(self.state.map.get("audit_last", GENESIS))},
         }
 
 

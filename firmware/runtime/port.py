@@ -10,7 +10,8 @@ import os
 import time
 from collections import deque
 
-from .reactor import Reactor, log
+from .console import log
+from .reactor import Reactor
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:

@@ -18,14 +18,18 @@ import socket
 import time
 from typing import Any, Callable
 
-from .abi import receipt as receipt_claims
-from .abi import wire
-from .abi.applet import Package
-from .abi.errors import Code, ZoneError
-from .links import Deferred, KeeperLink, RunnerLink
-from .port import Port
-from .reactor import Reactor, log
-from .store import FINAL, ZoneStore
+from ..abi import receipt as receipt_claims
+from ..abi import wire
+from ..abi.applet import Package
+from ..abi.errors import AppletFailed, Code, NoSuchJob, UnknownOp
+from ..abi.jobs import FINAL, JobState
+from ..runtime.console import log
+from ..runtime.ipc import CONFINEMENT_FAILED, EXIT, JOB_DONE, JOB_ERROR, JobCall, KeeperOp
+from ..runtime.port import Port
+from ..runtime.reactor import Reactor
+from .deferred import Deferred
+from .links import LOST, KeeperLink, RunnerLink
+from .store import ZoneStore
 
 #: Jobs running at once; more wait in order (each holds up to its memory_mb).
 MAX_RUNNING = 4
@@ -35,10 +39,6 @@ UID_SLOTS = 10000
 LOG_LINES = 20
 #: Seconds a job's last frames may trail its exit before the job is judged without them.
 EXIT_GRACE = 1.0
-
-
-def _failed(message: str) -> ZoneError:
-    return ZoneError(message, code=Code.APPLET_FAILED)
 
 
 class Job:
@@ -52,7 +52,7 @@ class Job:
         self.nonce = nonce
         self.result = Deferred()
         self.output: bytes | None = None
-        self.failure: ZoneError | None = None
+        self.failure: AppletFailed | None = None
         self.exited = False
         self.exit_status: tuple[int, bool] | None = None
         self.log_lines = 0
@@ -82,7 +82,7 @@ class Job:
             payload = item.payload if isinstance(item.payload, dict) else {}
             if item.kind == wire.Kind.REQUEST:
                 self._call(payload)
-            elif payload.get("event") == "done":
+            elif payload.get("event") == JOB_DONE:
                 output = payload.get("output")
                 if not isinstance(output, bytes):
                     self._fail("the applet's output is not bytes")
@@ -91,7 +91,7 @@ class Job:
                 else:
                     self.output = output
                     self._finish()
-            elif payload.get("event") == "error":
+            elif payload.get("event") == JOB_ERROR:
                 self._fail(f"the applet raised: {str(payload.get('message'))[-500:]}")
 
     def _call(self, request: dict[str, Any]) -> None:
@@ -106,18 +106,17 @@ class Job:
             else:
                 self._send(wire.Kind.RESPONSE, {"id": request_id, "ok": True, "result": d.value})
 
-        if op == "sign" and isinstance(args.get("data"), bytes):
-            self.jobs.keeper.call("applet-sign", {"measurement": self.package.measurement,
+        if op == JobCall.SIGN and isinstance(args.get("data"), bytes):
+            self.jobs.keeper.call(KeeperOp.APPLET_SIGN, {"measurement": self.package.measurement,
                                                   "data": args["data"]}).add(reply)
-        elif op == "log":
+        elif op == JobCall.LOG:
             self.log_lines += 1
             if self.log_lines <= LOG_LINES:
                 log(f"job {self.id} ({self.package.name}): {str(args.get('message'))[:300]}")
             Deferred.of({}).add(reply)
         else:
             refused = Deferred()
-            refused.resolve(error=ZoneError(f"applets may call sign and log, not {op!r}",
-                                            code=Code.UNKNOWN_OP))
+            refused.resolve(error=UnknownOp(f"applets may call sign and log, not {op!r}"))
             reply(refused)
 
     def _eof(self) -> None:
@@ -156,6 +155,8 @@ class Job:
                            f"({limits['cpu_seconds']} s) or another limit")
             elif status < 0:
                 self._fail(f"the applet's process died of signal {-status}")
+            elif status == CONFINEMENT_FAILED:
+                self._fail("the zone could not confine the job's process")
             else:
                 self._fail(f"the applet's process exited with status {status} without an answer")
         self._release()
@@ -163,7 +164,7 @@ class Job:
     def _fail(self, message: str) -> None:
         if self.failure is not None or self.output is not None:
             return
-        self.failure = _failed(message)
+        self.failure = AppletFailed(message)
         self.jobs.runner.kill(self.id)
         self._close()
         self.result.resolve(error=self.failure)
@@ -182,7 +183,7 @@ class Job:
             receipt_claims.NONCE: self.nonce,
         }
         output = self.output
-        self.jobs.keeper.call("receipt", {"claims": claims}).then(
+        self.jobs.keeper.call(KeeperOp.RECEIPT, {"claims": claims}).then(
             lambda r: {"job": self.id, "applet": applet, "output": output,
                        "receipt": r["receipt"]}).add(
             lambda d: self.result.resolve(d.value, d.error))
@@ -251,7 +252,7 @@ class Jobs:
 
         def queued(job: str) -> dict[str, Any]:
             self._queue(Queued(int(job), package, data, nonce, detached=True))
-            return {"job": job, "state": "queued", "duplicate": False}
+            return {"job": job, "state": JobState.QUEUED, "duplicate": False}
 
         return self.store.submit(package, data, nonce, key, scheduled).then(queued)
 
@@ -262,19 +263,19 @@ class Jobs:
         requeued = []
         for job, entry in sorted(self.store.outbox().items(), key=lambda kv: int(kv[0])):
             state = entry["state"]
-            if state not in ("queued", "running"):
+            if state not in (JobState.QUEUED, JobState.RUNNING):
                 continue
             package = self.store.packages.get(str(entry["applet"]))
             if package is not None and package.measurement == entry["measurement"] and (
-                    state == "queued" or package.idempotent):
+                    state == JobState.QUEUED or package.idempotent):
                 self._queue(Queued(int(job), package, entry["input"], entry["nonce"],
                                    detached=True))
                 requeued.append(job)
                 continue
             self.interrupted += 1
-            why = ("the job was running when the power went" if state == "running" else
+            why = ("the job was running when the power went" if state == JobState.RUNNING else
                    "the applet it was queued for has been replaced")
-            self.store.set_job(job, state="interrupted", input=b"", finished=int(time.time()),
+            self.store.set_job(job, state=JobState.INTERRUPTED, input=b"", finished=int(time.time()),
                                error={"code": Code.INTERRUPTED, "message": why}
                                ).add(self._notifier(job))
         return requeued
@@ -288,7 +289,7 @@ class Jobs:
             queued = self.waiting.pop(0)
             self.running += 1
             if queued.detached:  # durable "running" first: a power cut then means interrupted
-                self.store.set_job(str(queued.counter), state="running").add(
+                self.store.set_job(str(queued.counter), state=JobState.RUNNING).add(
                     self._launcher(queued))
             else:
                 self._launch(queued)
@@ -318,10 +319,10 @@ class Jobs:
     def _record(self, job: str, result: Deferred) -> None:
         now = int(time.time())
         if result.error is None:
-            change = {"state": "done", "output": result.value["output"],
+            change = {"state": JobState.DONE, "output": result.value["output"],
                       "receipt": result.value["receipt"], "input": b"", "finished": now}
         else:
-            change = {"state": "failed", "input": b"", "finished": now,
+            change = {"state": JobState.FAILED, "input": b"", "finished": now,
                       "error": {"code": result.error.code, "message": result.error.message}}
         self.store.set_job(job, **change).add(self._notifier(job))
 
@@ -329,8 +330,7 @@ class Jobs:
         """The outbox entry of ``job``; with ``wait``, once it is final or ``wait`` s passed."""
         entry = self.store.outbox().get(job)
         if entry is None:
-            raise ZoneError(f"no job {job!r} in the outbox (never submitted, or acknowledged)",
-                            code=Code.NO_SUCH_JOB)
+            raise NoSuchJob(f"no job {job!r} in the outbox (never submitted, or acknowledged)")
         if entry["state"] in FINAL or wait <= 0:
             return Deferred.of(_answer(job, entry))
         waiter = Deferred()
@@ -358,9 +358,9 @@ class Jobs:
     def _event(self, event: dict[str, Any]) -> None:
         kind = event.get("event")
         job = self.active.get(str(event.get("job")))
-        if kind == "exit" and job is not None:
+        if kind == EXIT and job is not None:
             job.exit(int(event.get("status", 0)), bool(event.get("oom")))
-        elif kind == "lost":
+        elif kind == LOST:
             for active in list(self.active.values()):
                 active.exited = True
                 active._fail("the applet runner went away")

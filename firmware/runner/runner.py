@@ -1,18 +1,18 @@
 """The applet runner: a clean process that forks one isolated child per job.
 
 PID 1 forks it before anything else holds a secret, so what a job inherits is only this
-module. It serves the monitor on a root-only unix socket (SOCK_SEQPACKET, CBOR messages)::
+package and the runtime. It serves the monitor on a root-only unix socket
+(firmware.runtime.ipc)::
 
     monitor -> runner   {op: "start", job, uid, limits} + the job's socket (SCM_RIGHTS)
                         {op: "kill", job}
-    runner -> monitor   {event: "started", job, pid}
-                        {event: "exit", job, status, signal, oom}
+    runner -> monitor   {event: "exit", job, status, oom}
 
 Each job runs in its own process: its own cgroup (memory.max, pids.max; cgroup.kill ends every
 process it made), an unprivileged uid of its own, no supplementary groups, CPU-time and file
 rlimits, stdio on /dev/null, a private 0700 work directory, and only the job socket open. The
-applet reaches the zone only through that socket (``ZoneAPI``): the monitor answers ``sign``
-(with the applet's own key, held by the key keeper) and ``log``.
+applet reaches the zone only through that socket (firmware.runner.job.ZoneAPI): the monitor
+answers ``sign`` (with the applet's own key, held by the key keeper) and ``log``.
 """
 
 from __future__ import annotations
@@ -25,11 +25,12 @@ from typing import Any
 
 import cbor2
 
-from .applet_host import run_job  # imported here, so a job's process starts with it loaded
-from .links import listen
-from .reactor import Reactor, foreground, log, log_exception
+from ..runtime.console import log, log_exception
+from ..runtime.ipc import CONFINEMENT_FAILED, EXIT, RUNNER_SOCKET, RunnerOp, listen
+from ..runtime.process import foreground
+from ..runtime.reactor import Reactor
+from .job import run_job  # imported here, so a job's process starts with it loaded
 
-SOCKET = "/run/sez/runner.sock"
 CGROUP_ROOT = "/sys/fs/cgroup"
 JOBS_CGROUP = f"{CGROUP_ROOT}/sez-jobs"
 WORK_ROOT = "/tmp/sez-jobs"
@@ -69,7 +70,7 @@ class Runner:
         # burst of jobs can exhaust their budget, never the zone.
         _write(f"{JOBS_CGROUP}/memory.max", str(_jobs_memory_budget()))
         os.makedirs(WORK_ROOT, mode=0o711, exist_ok=True)
-        server = listen(SOCKET)
+        server = listen(RUNNER_SOCKET)
         server.setblocking(False)
         self.server = server
         self.loop.add_reader(server.fileno(), self._accept)
@@ -110,13 +111,13 @@ class Runner:
             return
         try:
             message = cbor2.loads(data)
-            if message["op"] == "start" and len(fds) == 1:
+            if message["op"] == RunnerOp.START and len(fds) == 1:
                 self._start(str(message["job"]), int(message["uid"]), message["limits"], fds[0])
-            elif message["op"] == "kill":
+            elif message["op"] == RunnerOp.KILL:
                 self._kill(str(message["job"]))
             else:
                 raise ValueError(f"unexpected message {message!r:.80}")
-        except Exception:
+        except (ValueError, KeyError, TypeError, OSError):  # a bad message, or set-up failed
             log_exception("runner: bad request")
             for fd in fds:
                 os.close(fd)
@@ -138,7 +139,6 @@ class Runner:
         pidfd = os.pidfd_open(pid)
         self.jobs[job] = (pid, pidfd)
         self.loop.add_reader(pidfd, lambda: self._exited(job))
-        self._send({"event": "started", "job": job, "pid": pid})
 
     def _kill(self, job: str) -> None:
         if job in self.jobs:
@@ -153,7 +153,7 @@ class Runner:
         oom = any(line.split()[1] != "0" for line in _read(f"{cgroup}/memory.events").splitlines()
                   if line.startswith("oom_kill "))
         _write(f"{cgroup}/cgroup.kill", "1")  # whatever the applet forked dies with it
-        self._send({"event": "exit", "job": job,
+        self._send({"event": EXIT, "job": job,
                     "status": os.waitstatus_to_exitcode(status), "oom": oom})
         self.loop.call_later(0.01, self._cleanup, cgroup, f"{WORK_ROOT}/{job}", 0)
 
@@ -178,7 +178,7 @@ def _jobs_memory_budget() -> int:
 
 def _child(fd: int, cgroup: str, work: str, uid: int, limits: dict[str, int]) -> None:
     """The job process: confine itself, drop to ``uid``, run the applet. Never returns."""
-    code = 70
+    code = 70  # anything unforeseen: os._exit below still ends the process
     try:
         os.setsid()
         _write(f"{cgroup}/cgroup.procs", str(os.getpid()))
@@ -199,8 +199,8 @@ def _child(fd: int, cgroup: str, work: str, uid: int, limits: dict[str, int]) ->
         os.setresuid(uid, uid, uid)
         os.umask(0o077)
         code = run_job(fd, work, limits["wall_seconds"])
-    except BaseException:
-        code = 71
+    except (OSError, ValueError):  # confinement failed: the applet must not run
+        code = CONFINEMENT_FAILED
     finally:
         os._exit(code)
 

@@ -10,40 +10,15 @@ from __future__ import annotations
 import heapq
 import itertools
 import select
-import sys
 import time
+
+from .console import log_exception
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any, Callable
 
-__all__ = ["Reactor", "Timer", "log", "log_exception", "foreground"]
-
-
-def log(message: str) -> None:
-    """One line on the zone's console (ttyS0, captured by the emulator in console.log),
-    stamped with the zone's uptime in seconds."""
-    try:
-        with open("/proc/uptime", "rb") as f:
-            uptime = f.read().split()[0].decode()
-    except OSError:
-        uptime = "?"
-    sys.stderr.write(f"[{uptime:>8}] sez: {message}\n")
-    sys.stderr.flush()
-
-
-def foreground() -> None:
-    """Back to normal priority (after a start at low priority, see firmware.init)."""
-    import os
-
-    os.setpriority(os.PRIO_PROCESS, 0, 0)
-
-
-def log_exception(message: str) -> None:
-    """``message`` and the traceback of the exception being handled, on the console."""
-    import traceback  # only on failure: importing it costs 0.4 s of boot under TCG
-
-    log(message + ":\n" + traceback.format_exc().rstrip())
+__all__ = ["Reactor", "Timer"]
 
 
 class Timer:

@@ -8,7 +8,7 @@ sequence number: the chain has no holes. Entries stay until the host acknowledge
 owner's own changes (enrolments, loads, schedules), which are refused, typed, only when the log
 is entirely full.
 
-State (in the store's map)::
+Its keys in the state map (firmware.monitor.state)::
 
     audit       [entry bytes] not yet acknowledged, oldest first
     audit_next  the sequence number of the next entry (1 for a new device)
@@ -17,31 +17,30 @@ State (in the store's map)::
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Callable
+from typing import Any
 
-from .abi import audit as claims
-from .abi.errors import Code, ZoneError
-from .links import Deferred, KeeperLink
-
-if TYPE_CHECKING:
-    from .store import ZoneStore
+from ..abi import audit as claims
+from ..abi.errors import AuditFull, Internal
+from ..runtime.ipc import KeeperOp
+from .deferred import Deferred
+from .links import KeeperLink
+from .state import Mutation, State
 
 RESERVE = 32
 
 
 class AuditLog:
-    def __init__(self, store: "ZoneStore", keeper: KeeperLink) -> None:
-        self.store = store
+    def __init__(self, state: State, keeper: KeeperLink) -> None:
+        self.state = state
         self.keeper = keeper
-        self._queue: list[tuple[dict[str, Any], Callable[[dict[str, Any]], Any] | None, int,
-                                Deferred]] = []
+        self._queue: list[tuple[dict[str, Any], Mutation | None, int, Deferred]] = []
         self._busy = False
 
     def entries(self) -> list[bytes]:
-        return list(self.store.state.get("audit", []))
+        return list(self.state.map.get("audit", []))
 
     def next_seq(self) -> int:
-        return int(self.store.state.get("audit_next", 1))
+        return int(self.state.map.get("audit_next", 1))
 
     def first_seq(self) -> int:
         """The sequence number of the oldest entry kept (next_seq when none is)."""
@@ -51,7 +50,7 @@ class AuditLog:
         return len(self.entries()) + len(self._queue) < claims.KEPT - reserve
 
     def append(self, event: dict[str, Any],
-               mutate: Callable[[dict[str, Any]], Any] | None = None,
+               mutate: Mutation | None = None,
                reserve: int = 0) -> Deferred:
         """Record ``event`` and apply ``mutate`` to the state in one commit; resolve to what
         ``mutate`` returned. ZoneError ``audit-full`` if fewer than ``reserve`` places are
@@ -66,35 +65,35 @@ class AuditLog:
             return
         event, mutate, reserve, done = self._queue.pop(0)
         if len(self.entries()) >= claims.KEPT - reserve:
-            done.resolve(error=ZoneError(
+            done.resolve(error=AuditFull(
                 f"the audit log holds {len(self.entries())} entries: fetch and acknowledge "
-                "them first (sez audit NAME --ack)", code=Code.AUDIT_FULL))
+                "them first (sez audit NAME --ack)"))
             self._next()
             return
         self._busy = True
         seq = self.next_seq()
-        prev = bytes(self.store.state.get("audit_last", claims.GENESIS))
+        prev = bytes(self.state.map.get("audit_last", claims.GENESIS))
 
         def commit(signed: dict[str, Any]) -> Deferred:
             entry = bytes(signed["entry"])
 
             def apply(state: dict[str, Any]) -> Any:
                 if int(state.get("audit_next", 1)) != seq:  # appends are serialised here
-                    raise ZoneError("the audit log moved under an append", code=Code.INTERNAL)
+                    raise Internal("the audit log moved under an append")
                 result = mutate(state) if mutate is not None else None
                 state["audit"] = list(state.get("audit", [])) + [entry]
                 state["audit_next"] = seq + 1
                 state["audit_last"] = claims.link(entry)
                 return result
 
-            return self.store.update(apply)
+            return self.state.update(apply)
 
         def finished(d: Deferred) -> None:
             self._busy = False
             done.resolve(d.value, d.error)
             self._next()
 
-        self.keeper.call("audit-entry", {"claims": {
+        self.keeper.call(KeeperOp.AUDIT_ENTRY, {"claims": {
             claims.SEQ: seq, claims.PREV: prev, claims.EVENT: event}}).then(commit).add(finished)
 
     def fetch(self, after: int, limit: int) -> dict[str, Any]:
@@ -114,4 +113,4 @@ class AuditLog:
             state["audit"] = kept[drop:]
             return {"acknowledged": drop, "first": first + drop}
 
-        return self.store.update(trim)
+        return self.state.update(trim)

@@ -3,7 +3,7 @@
 Each schedule runs its applet on its input at once when it is installed or the zone boots, then
 every ``every`` seconds. A run is a detached job (firmware.jobs) whose result waits in the
 outbox like any other, and whose end is committed together with an audit-log entry
-(firmware.audit), so every run that ends is in the log. A tick is skipped, and counted in the
+(firmware.monitor.audit), so every run that ends is in the log. A tick is skipped, and counted in the
 next run's entry, when the previous run is still going, the applet with the pinned measurement
 is not loaded, or the outbox or the audit log has no room.
 """
@@ -16,13 +16,15 @@ from typing import Any
 
 import cbor2
 
-from .abi import schedule as abi
-from .abi.errors import Code, ZoneError
+from ..abi import schedule as abi
+from ..abi.errors import BadArgs, NoSuchSchedule, NotOwner, ZoneError
+from ..abi.jobs import FINAL
+from ..runtime.console import log
+from ..runtime.reactor import Reactor, Timer
 from .audit import RESERVE
+from .deferred import Deferred
 from .jobs import Jobs
-from .links import Deferred
-from .reactor import Reactor, Timer, log
-from .store import FINAL, ZoneStore
+from .store import ZoneStore
 
 
 class Schedules:
@@ -36,7 +38,7 @@ class Schedules:
         self.why: dict[str, str] = {}  # schedule -> why its last tick was skipped
 
     def specs(self) -> dict[str, dict[str, Any]]:
-        return dict(self.store.state.get("schedules", {}))
+        return dict(self.store.state.map.get("schedules", {}))
 
     def start(self, requeued: list[str]) -> None:
         """After a boot: every persisted schedule runs again, its first run at once, unless
@@ -58,15 +60,13 @@ class Schedules:
         def check(result: dict[str, Any]) -> Deferred:
             try:
                 document = cbor2.loads(result["payload"])
-            except Exception as exc:
-                raise ZoneError(f"the schedule change is not CBOR: {exc}",
-                                code=Code.BAD_ARGS) from None
+            except (ValueError, TypeError) as exc:  # cbor2's decode errors are ValueErrors
+                raise BadArgs(f"the schedule change is not CBOR: {exc}") from None
             change = abi.parse(document)
-            epoch = int(self.store.state.get("schedule_epoch", 0))
+            epoch = int(self.store.state.map.get("schedule_epoch", 0))
             if change.op != op or change.ueid != self.store.ueid or change.epoch != epoch:
-                raise ZoneError(f"the owner signed a {change.op} for another device or epoch "
-                                f"(this is {self.store.ueid.hex()}, epoch {epoch})",
-                                code=Code.NOT_OWNER)
+                raise NotOwner(f"the owner signed a {change.op} for another device or epoch "
+                               f"(this is {self.store.ueid.hex()}, epoch {epoch})")
             return self._apply(change)
 
         return self.store.verify_owner(signed).then(check)
@@ -74,10 +74,9 @@ class Schedules:
     def _apply(self, change: abi.Change) -> Deferred:
         specs = self.specs()
         if change.op == "unschedule" and change.name not in specs:
-            raise ZoneError(f"no schedule {change.name!r}", code=Code.NO_SUCH_SCHEDULE)
+            raise NoSuchSchedule(f"no schedule {change.name!r}")
         if change.op == "schedule" and change.name not in specs and len(specs) >= abi.MAX_SCHEDULES:
-            raise ZoneError(f"the zone keeps at most {abi.MAX_SCHEDULES} schedules",
-                            code=Code.BAD_ARGS)
+            raise BadArgs(f"the zone keeps at most {abi.MAX_SCHEDULES} schedules")
         if change.op == "schedule":
             event = {"kind": "schedule", "name": change.name, "applet": change.applet,
                      "measurement": change.measurement, "every": change.every,
@@ -87,7 +86,7 @@ class Schedules:
 
         def mutate(state: dict[str, Any]) -> dict[str, Any]:
             if int(state.get("schedule_epoch", 0)) != change.epoch:
-                raise ZoneError("the schedules changed meanwhile", code=Code.NOT_OWNER)
+                raise NotOwner("the schedules changed meanwhile")
             schedules = dict(state.get("schedules", {}))
             if change.op == "schedule":
                 schedules[change.name] = {"applet": change.applet, "every": change.every,
@@ -184,5 +183,5 @@ class Schedules:
                 "runs": int(spec.get("runs", 0)), "skipped": self.skipped.get(name, 0),
                 "skipping": self.why.get(name), "last_job": self.job.get(name),
                 "next_in": round(max(0.0, timer.when - time.monotonic()), 3) if timer else None})
-        return {"ueid": self.store.ueid, "epoch": int(self.store.state.get("schedule_epoch", 0)),
+        return {"ueid": self.store.ueid, "epoch": int(self.store.state.map.get("schedule_epoch", 0)),
                 "schedules": schedules}

@@ -1,0 +1,39 @@
+"""The emulated hardware as the zone sees it: what the emulator wires up, by name.
+
+Virtio-serial ports (the guest finds each under /sys/class/virtio-ports by its name):
+
+``org.sez.ctl``     the control channel: the host's requests, the zone's answers (abi.wire)
+``org.sez.tamper``  the tamper line, wired to the emulator alone
+
+fw_cfg items, under ``opt/sez/`` (read once by PID 1 at power-on, then the driver unloads):
+
+``uds``             the fuses: the 32-byte unique device secret
+``deviceid``        the DeviceID certificate (PEM) the factory signed
+``measurements``    "kernel HEX", "initramfs HEX", "cmdline HEX" lines (SHA-384)
+``boot_counter``    decimal
+``debug``           "1" for a debug zone
+
+The BBRAM is the first virtio-blk disk (``/dev/vda``): two slots of SLOT_SIZE bytes.
+Runs in the guest and on the host: standard library only.
+"""
+
+from __future__ import annotations
+
+__all__ = ["CONTROL_PORT", "TAMPER_PORT", "FW_CFG_PREFIX", "FW_UDS", "FW_DEVICE_ID",
+           "FW_MEASUREMENTS", "FW_BOOT_COUNTER", "FW_DEBUG", "UDS_SIZE", "BBRAM_SLOT_SIZE", "BBRAM_SIZE"]
+
+CONTROL_PORT = "org.sez.ctl"
+TAMPER_PORT = "org.sez.tamper"
+
+FW_CFG_PREFIX = "opt/sez/"
+FW_UDS = "uds"
+FW_DEVICE_ID = "deviceid"
+FW_MEASUREMENTS = "measurements"
+FW_BOOT_COUNTER = "boot_counter"
+FW_DEBUG = "debug"
+
+#: The fuses' size in bytes.
+UDS_SIZE = 32
+
+BBRAM_SLOT_SIZE = 4 << 20
+BBRAM_SIZE = 2 * BBRAM_SLOT_SIZE

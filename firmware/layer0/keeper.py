@@ -1,0 +1,136 @@
+"""Layer 0, the key keeper: the only process in the zone that holds a private key.
+
+PID 1 forks it with the fuses (UDS) it read from fw_cfg. It measures the layer-1 firmware,
+derives its identity (firmware.layer0.identity), wipes the UDS and the DeviceID private key,
+and serves the monitor on a root-only unix socket (firmware.runtime.ipc):
+
+``identity``      UEID, alias and DeviceID certificates (DER), measurements, debug
+``evidence``      ``{nonce, claims}`` -> an EAT signed by the alias key (abi.evidence)
+``bbram-load``    the persistent state and the store's status (firmware.layer0.bbram)
+``bbram-commit``  ``{state: CBOR bytes}`` -> make it the persistent state, durably
+``verify``        ``{key, message}`` -> the payload of a COSE_Sign1 that ``key`` (SPKI) signed
+``receipt``       ``{claims}`` -> a job receipt (COSE_Sign1 by the alias key)
+``audit-entry``   ``{claims}`` -> an audit-log entry (COSE_Sign1 by the alias key, with kid)
+``applet-sign``   ``{measurement, data}`` -> the applet's own signature, its public key and
+                  its certificate (signed by the alias key)
+
+The monitor, which parses everything that crosses the channel, never holds a key: it can ask
+for evidence, not forge it. What layer 0 trusts is what it imports: firmware.abi (the
+contract, with the DICE derivations), its own modules, PID 1's hand-over record
+(firmware.pid1.hardware) and the runtime's console, priority and socket helpers; never the
+monitor, the runner or anything that parses host input.
+"""
+
+from __future__ import annotations
+
+import select
+import time
+from typing import Any, Callable
+
+import cbor2
+
+from ..abi.errors import BadArgs, BadRequest, NoIdentity, UnknownOp, ZoneError
+from ..pid1.hardware import Hardware
+from ..runtime.console import log, log_exception
+from ..runtime.ipc import KEEPER_SOCKET, KEEPER_TIMEOUT, MAX_MESSAGE, KeeperOp, listen, size_buffers
+from ..runtime.process import foreground
+from .identity import Identity, verify_signed
+
+
+class Keeper:
+    def __init__(self, identity: Identity | None, failure: str | None) -> None:
+        self.identity = identity
+        self.failure = failure
+
+    def _ops(self, identity: Identity) -> dict[str, Callable[[dict[str, Any]], Any]]:
+        bbram = identity.bbram
+
+        def load(args: dict[str, Any]) -> dict[str, Any]:
+            state = bbram.load()
+            return {"status": bbram.status, "seq": bbram.seq, "state": state}
+
+        def commit(args: dict[str, Any]) -> dict[str, Any]:
+            state = args["state"]
+            if not isinstance(state, bytes):
+                raise ValueError("bbram-commit takes {state: the CBOR-encoded state}")
+            return {"seq": bbram.commit(state)}
+
+        return {
+            KeeperOp.IDENTITY: lambda args: identity.describe(),
+            KeeperOp.EVIDENCE: lambda args: {"evidence": identity.evidence(
+                args.get("nonce"), args.get("claims") or {})},
+            KeeperOp.BBRAM_LOAD: load,
+            KeeperOp.BBRAM_COMMIT: commit,
+            KeeperOp.VERIFY: lambda args: {"payload": verify_signed(args.get("key"),
+                                                                    args.get("message"))},
+            KeeperOp.RECEIPT: lambda args: {"receipt": identity.receipt(args["claims"])},
+            KeeperOp.AUDIT_ENTRY: lambda args: {"entry": identity.audit_entry(args["claims"])},
+            KeeperOp.APPLET_SIGN: lambda args: identity.applet_sign(args.get("measurement"),
+                                                                    args.get("data")),
+        }
+
+    def handle(self, message: bytes) -> dict[str, Any]:
+        request_id = None
+        try:
+            try:
+                request = cbor2.loads(message)
+                request_id, op, args = request["id"], request["op"], request.get("args") or {}
+            except (ValueError, KeyError, TypeError, AttributeError) as exc:
+                raise BadRequest(f"keeper: {exc}") from None
+            if self.identity is None:
+                raise NoIdentity(f"no identity: {self.failure}")
+            handler = self._ops(self.identity).get(op)
+            if handler is None:
+                raise UnknownOp(f"keeper has no op {op!r}")
+            try:
+                return {"id": request_id, "ok": True, "result": handler(args)}
+            except (ValueError, KeyError, TypeError) as exc:
+                raise BadArgs(str(exc)) from None
+        except ZoneError as exc:
+            return {"id": request_id, "ok": False,
+                    "error": {"code": exc.code, "message": exc.message}}
+
+    def serve(self) -> None:
+        """Serve the monitor, one connection at a time. Waits on a connection are bounded by
+        KEEPER_TIMEOUT: a reply the monitor does not take by then drops the connection (the
+        call has expired on its side too), and a connection idle that long gives way to a
+        monitor waiting to connect (a restarted one)."""
+        server = listen(KEEPER_SOCKET)
+        while True:
+            conn, _ = server.accept()
+            size_buffers(conn)
+            conn.settimeout(KEEPER_TIMEOUT)
+            with conn:
+                while True:
+                    try:
+                        message = conn.recv(MAX_MESSAGE)
+                    except TimeoutError:
+                        if select.select([server], [], [], 0)[0]:
+                            log("layer 0: a new connection replaces an idle one")
+                            break
+                        continue
+                    except OSError:
+                        break
+                    if not message:
+                        break
+                    try:
+                        conn.send(cbor2.dumps(self.handle(message)))
+                    except OSError:
+                        break
+
+
+def main(hw: Hardware) -> None:
+    started = time.monotonic()
+    identity, failure = None, None
+    try:
+        identity = Identity(hw)
+        log(f"layer 0: identity {identity.ueid.hex()} derived in "
+            f"{time.monotonic() - started:.2f} s; alias key certified")
+    except NoIdentity as exc:
+        failure = exc.message
+        log(f"layer 0: NO IDENTITY: {failure}")
+    except Exception:  # whatever broke, the keeper still answers: no-identity, saying so
+        failure = "layer 0 failed (see the console)"
+        log_exception("layer 0 failed")
+    foreground()
+    Keeper(identity, failure).serve()

@@ -1,0 +1,122 @@
+"""The monitor's view of the machine: the virtio-serial port and the power button it serves,
+memory and uptime for ``info``, powering off, and its own memory bound."""
+
+from __future__ import annotations
+
+import os
+import resource
+import struct
+import time
+
+from ..runtime.console import log
+
+__all__ = ["find_port", "wait_for_port", "find_power_buttons", "is_power_press", "power_off",
+           "meminfo", "uptime", "limit_memory"]
+
+VIRTIO_PORTS = "/sys/class/virtio-ports"
+INPUT_CLASS = "/sys/class/input"
+INPUT_EVENT = struct.Struct("llHHi")  # struct input_event on x86-64
+_EV_KEY, _KEY_POWER = 1, 116
+
+
+def _read(path: str) -> bytes:
+    with open(path, "rb") as f:
+        return f.read()
+
+
+def find_port(name: str, root: str = VIRTIO_PORTS) -> str:
+    """The /dev node of the virtio-serial port called ``name``."""
+    try:
+        entries = sorted(os.listdir(root))
+    except OSError:
+        entries = []
+    for entry in entries:
+        try:
+            if _read(f"{root}/{entry}/name").strip() == name.encode():
+                return f"/dev/{entry}"
+        except OSError:
+            continue
+    raise FileNotFoundError(f"no virtio-serial port named {name}")
+
+
+def is_power_press(data: bytes) -> bool:
+    """Whether input events ``data`` (from a power button's evdev node) hold a press."""
+    for offset in range(0, len(data) - INPUT_EVENT.size + 1, INPUT_EVENT.size):
+        _, _, kind, code, value = INPUT_EVENT.unpack_from(data, offset)
+        if kind == _EV_KEY and code == _KEY_POWER and value == 1:
+            return True
+    return False
+
+
+def find_power_buttons(root: str = INPUT_CLASS) -> list[str]:
+    """The evdev nodes of the ACPI power button(s) (QMP system_powerdown presses them)."""
+    found = []
+    try:
+        entries = sorted(e for e in os.listdir(root) if e.startswith("event"))
+    except OSError:
+        entries = []
+    for entry in entries:
+        try:
+            if _read(f"{root}/{entry}/device/name").strip() == b"Power Button":
+                found.append(f"/dev/input/{entry}")
+        except OSError:
+            continue
+    return found
+
+
+def wait_for_port(name: str, timeout: float = 30.0) -> str:
+    """The /dev node of the port ``name``, once the virtio driver has made it.
+
+    Raises TimeoutError if it has not appeared within ``timeout`` seconds: the monitor then
+    exits and PID 1 restarts it (firmware.pid1.supervisor), which waits again.
+    """
+    started = time.monotonic()
+    warned = False
+    while True:
+        try:
+            return find_port(name)
+        except FileNotFoundError:
+            waited = time.monotonic() - started
+            if waited > timeout:
+                raise TimeoutError(f"no virtio-serial port named {name} appeared within "
+                                   f"{timeout:.0f} s") from None
+            if not warned and waited > 5:
+                log(f"still waiting for the virtio-serial port {name}")
+                warned = True
+            time.sleep(0.01)
+
+
+def meminfo() -> dict[str, int]:
+    out = {}
+    try:
+        for line in _read("/proc/meminfo").decode().splitlines():
+            key, _, rest = line.partition(":")
+            out[key] = int(rest.split()[0]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return out
+
+
+def uptime() -> float:
+    try:
+        return float(_read("/proc/uptime").split()[0])
+    except (OSError, ValueError, IndexError):
+        return 0.0
+
+
+def power_off() -> None:
+    import ctypes
+
+    os.sync()
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.reboot(0x4321FEDC)  # LINUX_REBOOT_CMD_POWER_OFF
+
+
+def limit_memory() -> None:
+    """Bound the monitor's address space so hostile input ends in MemoryError, not the OOM killer."""
+    total = meminfo().get("MemTotal", 0)
+    if total:
+        limit = max(total * 3 // 4, 192 * 1024 * 1024)
+        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+
+

@@ -1,0 +1,285 @@
+"""Layer 1: the zone monitor. Serves the control port (abi.device.CONTROL_PORT).
+
+One reactor (firmware.runtime.reactor) owns the port. Bytes go through
+:class:`~firmware.abi.wire.FrameDecoder`; every frame becomes a response, every fault an error
+frame with ``id: null``; nothing that crosses the channel can raise out of the loop. Writes are
+non-blocking and queued, so a host that does not read never stalls the zone.
+
+The session and diagnostics operations (hello, info, echo, sink, source, stats, poweroff) are
+here; the zone's own operations are firmware.monitor.ops. An operation that waits on another
+process returns a Deferred, answered when it resolves.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+from .. import FIRMWARE_VERSION
+from ..abi import wire
+from ..abi.device import CONTROL_PORT
+from ..abi.errors import (BadArgs, BadRequest, Code, Internal, UnexpectedKind, UnknownOp,
+                          ZoneError)
+from ..abi.ops import Op
+from ..pid1.hardware import Hardware
+from ..runtime.console import log
+from ..runtime.ipc import KEEPER_SOCKET
+from ..runtime.port import Port
+from ..runtime.reactor import Reactor
+from . import platform
+from .deferred import Deferred
+from .links import KeeperLink
+from .ops import Operations
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any, Callable
+
+#: A host that reads none of the zone's answers for this long counts as one stall.
+STALL_AFTER = 2.0
+_MAX_ID = (1 << 64) - 1
+
+
+class Monitor:
+    def __init__(self, loop: Reactor, hw: Hardware, restarts: int = 0,
+                 keeper_socket: str = KEEPER_SOCKET) -> None:
+        self.loop = loop
+        self.started = time.monotonic()
+        self.restarts = restarts
+        self.boot_counter = hw.boot_counter
+        self.debug = hw.debug
+        self.zone = Operations(loop, KeeperLink(loop, keeper_socket), self.host_claims)
+        self.decoder = wire.FrameDecoder()
+        self.encoder = wire.FrameEncoder()
+        self.sessions = 0
+        self.host_disconnects = 0
+        self.host_stalls = 0
+        self._stalled = False
+        self.frames_in = self.frames_out = self.bytes_in = self.bytes_out = 0
+        self.errors: dict[str, int] = {}
+        self.ops_served: dict[str, int] = {}
+        self.port: Port | None = None
+        self.native = False  # serving a plain fd on the host (benchmark baseline), not a zone
+        self.ops: dict[str, Callable[[dict[str, Any]], Any]] = {
+            Op.HELLO: self.op_hello,
+            Op.INFO: self.op_info,
+            Op.ECHO: self.op_echo,
+            Op.SINK: self.op_sink,
+            Op.SOURCE: self.op_source,
+            Op.STATS: self.op_stats,
+            Op.POWEROFF: self.op_poweroff,
+            **self.zone.table(),
+        }
+
+    # -- channel -----------------------------------------------------------------------------
+
+    def open(self, fd: int | None = None) -> None:
+        """Serve the control port, or ``fd`` (the host-native benchmark baseline uses a PTY)."""
+        if fd is None:
+            path = platform.wait_for_port(CONTROL_PORT)
+            fd = os.open(path, os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)
+            for button in platform.find_power_buttons():
+                self._watch_power_button(os.open(button, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC))
+        else:
+            path = f"fd {fd}"
+            self.native = True
+        self.port = Port(self.loop, fd, path, self.on_data, self.on_host_gone, repoll=True)
+        self.loop.call_later(STALL_AFTER / 2, self._watch_host)
+        log(f"serving {CONTROL_PORT} on {path} (firmware {FIRMWARE_VERSION}); zone ready")
+
+    def _watch_power_button(self, fd: int) -> None:
+        self.loop.add_reader(fd, lambda: self._on_power_button(fd))
+
+    def _on_power_button(self, fd: int) -> None:
+        try:
+            data = os.read(fd, platform.INPUT_EVENT.size * 64)
+        except OSError:
+            return
+        if platform.is_power_press(data):
+            log("power button pressed: powering off")
+            platform.power_off()
+
+    def _watch_host(self) -> None:
+        """Count stalls: episodes in which the host reads nothing for STALL_AFTER seconds."""
+        since = self.port.blocked_since if self.port is not None else None
+        stalled = since is not None and time.monotonic() - since > STALL_AFTER
+        if stalled and not self._stalled:
+            self.host_stalls += 1
+            log(f"the host has read nothing for {STALL_AFTER:.0f} s (stall {self.host_stalls})")
+        self._stalled = stalled
+        self.loop.call_later(STALL_AFTER / 2, self._watch_host)
+
+    def host_claims(self) -> dict[str, int]:
+        """What the zone saw of its host: sessions, disconnects, stalls, unreadable input."""
+        return {"sessions": self.sessions, "disconnects": self.host_disconnects,
+                "stalls": self.host_stalls, "errors": sum(self.errors.values())}
+
+    def on_host_gone(self) -> None:
+        self.host_disconnects += 1
+        if self.decoder.reset():
+            self._count_error(Code.TRUNCATED_FRAME)
+
+    def on_data(self, data: bytes) -> None:
+        """Bytes from the host. A message a host left unfinished waits until the next one
+        starts (a new session's wire.BREAK and hello end it: see abi.wire); the zone never
+        guesses from silence, which a slow host under load would be mistaken for."""
+        self.bytes_in += len(data)
+        for item in self.decoder.feed(data):
+            if type(item) is wire.Fault:
+                self.send_error(None, item.code, item.message)
+            else:
+                self.frames_in += 1
+                self.handle(item)  # type: ignore[arg-type]
+
+    def send(self, parts: list[bytes | memoryview]) -> None:
+        self.frames_out += 1
+        self.bytes_out += sum(len(part) for part in parts)
+        self.port.send(parts)  # type: ignore[union-attr]
+
+    def send_error(self, request_id: Any, code: str, message: str) -> None:
+        self._count_error(code)
+        self.send(self.encoder.error(request_id, code, message))
+
+    def _count_error(self, code: str) -> None:
+        self.errors[code] = self.errors.get(code, 0) + 1
+
+    def respond(self, request_id: Any, result: Any) -> None:
+        try:
+            frame = self.encoder.response(request_id, result)
+        except (ValueError, TypeError) as exc:  # a result the wire cannot carry: a zone bug
+            log(f"cannot encode the result of request {request_id!r}: {exc!r}")
+            self.send_error(request_id, Code.INTERNAL, f"result not encodable: {exc}"[:200])
+            return
+        self.send(frame)
+
+    # -- requests ----------------------------------------------------------------------------
+
+    def handle(self, frame: wire.Frame) -> None:
+        payload = frame.payload
+        request_id = payload.get("id") if type(payload) is dict else None
+        if type(request_id) is not int or not 0 <= request_id <= _MAX_ID:
+            request_id = None
+        try:
+            if frame.kind is not wire.Kind.REQUEST:
+                raise UnexpectedKind(f"the zone takes requests, not {frame.kind.name.lower()} "
+                                     "frames")
+            if type(payload) is not dict:
+                raise BadRequest(f"a request is a CBOR map, not {type(payload).__name__}")
+            if request_id is None:
+                raise BadRequest("a request needs an id: an unsigned integer")
+            op = payload.get("op")
+            if type(op) is not str:
+                raise BadRequest("a request needs an op: a text string")
+            args = payload.get("args")
+            if args is None:
+                args = {}
+            elif type(args) is not dict:
+                raise BadArgs(f"args must be a map, not {type(args).__name__}")
+            handler = self.ops.get(op)
+            if handler is None:
+                raise UnknownOp(f"no operation {op!r}")
+            self.ops_served[op] = self.ops_served.get(op, 0) + 1
+            result = handler(args)
+        except ZoneError as exc:
+            self.send_error(request_id, exc.code, exc.message)
+            return
+        except Exception as exc:  # a zone bug: the host gets "internal", the zone goes on
+            log(f"request {request_id!r} failed: {exc!r}")
+            self.send_error(request_id, Code.INTERNAL, f"{type(exc).__name__}: {exc}"[:200])
+            return
+        if type(result) is Deferred:
+            result.add(lambda d: self.send_error(request_id, d.error.code, d.error.message)
+                       if d.error is not None else self.respond(request_id, d.value))
+            return
+        self.respond(request_id, result)
+
+    # -- operations --------------------------------------------------------------------------
+
+    def op_hello(self, args: dict[str, Any]) -> dict[str, Any]:
+        """Start a host session: forget responses queued for a host that went away."""
+        assert self.port is not None
+        self.port.drop_unsent()
+        self.sessions += 1
+        return {
+            "protocol": wire.VERSION,
+            "firmware": FIRMWARE_VERSION,
+            "session": self.sessions,
+            "nonce": args.get("nonce"),
+            "max_payload": wire.MAX_PAYLOAD,
+            "boot_counter": self.boot_counter,
+            "debug": self.debug,
+        }
+
+    def op_info(self, args: dict[str, Any]) -> dict[str, Any]:
+        store, jobs = self.zone.store, self.zone.jobs
+        mem = platform.meminfo()
+        return {
+            "firmware": FIRMWARE_VERSION,
+            "protocol": wire.VERSION,
+            "boot_counter": self.boot_counter,
+            "debug": self.debug,
+            "uptime": platform.uptime(),
+            "monitor_uptime": round(time.monotonic() - self.started, 3),
+            "monitor_restarts": self.restarts,
+            "memory": {"total": mem.get("MemTotal", 0), "available": mem.get("MemAvailable", 0)},
+            "host_sessions": self.sessions,
+            "host_disconnects": self.host_disconnects,
+            "host": self.host_claims(),
+            "bbram": store.status,
+            "owner": store.owner()["owner"],
+            "applets": len(store.packages),
+            "jobs": {"active": len(jobs.active), "queued": len(jobs.waiting),
+                     "finished": jobs.finished, "failed": jobs.failed,
+                     "interrupted": jobs.interrupted, "outbox": len(store.outbox())},
+            "schedules": len(self.zone.schedules.specs()),
+            "audit": {"kept": len(store.audit.entries()), "next": store.audit.next_seq()},
+            "bbram_commits": store.state.commits,
+        }
+
+    def op_echo(self, args: dict[str, Any]) -> dict[str, Any]:
+        data = args.get("data")
+        if not isinstance(data, bytes):
+            raise BadArgs("echo takes {data: bytes}")
+        return {"data": data}
+
+    def op_sink(self, args: dict[str, Any]) -> dict[str, Any]:
+        """Diagnostics: take ``data`` and answer only its size (host-to-zone throughput)."""
+        data = args.get("data")
+        if not isinstance(data, bytes):
+            raise BadArgs("sink takes {data: bytes}")
+        return {"size": len(data)}
+
+    def op_source(self, args: dict[str, Any]) -> dict[str, Any]:
+        """Diagnostics: answer ``size`` bytes (zone-to-host throughput)."""
+        size = args.get("size")
+        if type(size) is not int or not 0 <= size <= wire.MAX_PAYLOAD - 64:
+            raise BadArgs(f"source takes {{size: 0..{wire.MAX_PAYLOAD - 64}}}")
+        return {"data": bytes(size)}
+
+    def op_stats(self, args: dict[str, Any]) -> dict[str, Any]:
+        assert self.port is not None
+        return {
+            "frames_in": self.frames_in, "frames_out": self.frames_out,
+            "bytes_in": self.bytes_in, "bytes_out": self.bytes_out,
+            "errors": dict(self.errors),
+            "ops": dict(self.ops_served),
+            "dropped_frames": self.port.dropped_frames,
+            "cpu_user_seconds": round(os.times()[0], 3),
+            "cpu_system_seconds": round(os.times()[1], 3),
+        }
+
+    def op_poweroff(self, args: dict[str, Any]) -> dict[str, Any]:
+        """Answer, then sync and power the machine off (QEMU exits)."""
+        if self.native:
+            raise Internal("poweroff is refused outside a zone")
+        self.loop.call_later(0.05, platform.power_off)
+        return {"powering_off": True}
+
+
+def main(hw: Hardware, restarts: int = 0, fd: int | None = None,
+         keeper_socket: str = KEEPER_SOCKET) -> None:
+    if fd is None:
+        platform.limit_memory()
+    loop = Reactor()
+    Monitor(loop, hw, restarts, keeper_socket).open(fd)
+    loop.run()
