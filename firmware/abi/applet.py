@@ -1,4 +1,4 @@
-"""Applet packages: the canonical form that is measured and signed (DESIGN §7).
+"""Applet packages: the canonical form that is measured and signed.
 
 An applet is a directory of Python files and a ``manifest.toml``::
 

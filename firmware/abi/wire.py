@@ -1,4 +1,4 @@
-"""The channel's wire format (DESIGN §6), shared by the zone and the host driver.
+"""The channel's wire format, shared by the zone and the host driver (docs/architecture.md).
 
 A message (one CBOR item) travels as one or more frames, each an 8-byte header and at most
 CHUNK bytes of the message::
