@@ -20,7 +20,8 @@ Runs in the guest and on the host: standard library only.
 from __future__ import annotations
 
 __all__ = ["CONTROL_PORT", "TAMPER_PORT", "FW_CFG_PREFIX", "FW_UDS", "FW_DEVICE_ID",
-           "FW_MEASUREMENTS", "FW_BOOT_COUNTER", "FW_DEBUG", "UDS_SIZE", "BBRAM_SLOT_SIZE", "BBRAM_SIZE"]
+           "FW_MEASUREMENTS", "FW_BOOT_COUNTER", "FW_DEBUG", "UDS_SIZE", "BBRAM_SLOT_SIZE",
+           "BBRAM_SIZE"]
 
 CONTROL_PORT = "org.sez.ctl"
 TAMPER_PORT = "org.sez.tamper"
