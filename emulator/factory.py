@@ -21,7 +21,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from firmware import dice
+from firmware.abi import dice
 
 from .device import Device
 from .errors import EmulatorError

@@ -27,7 +27,7 @@ from typing import Any, Callable, Iterator
 
 import firmware
 from firmware import FIRMWARE_VERSION
-from firmware.dice import measure_firmware
+from firmware.abi.dice import measure_firmware
 
 from .errors import ImageError
 from .paths import image_dir, project_root

@@ -45,7 +45,7 @@ from firmware.abi import cose
 from firmware.abi import evidence as claims
 from firmware.abi import receipt as receipt_claims
 from firmware.abi.errors import SezError
-from firmware.dice import MEASURED, TCB_INFO_OID, decode_tcb_info
+from firmware.abi.dice import MEASURED, TCB_INFO_OID, decode_tcb_info
 
 __all__ = ["AttestationResult", "ReceiptResult", "Reference", "VerificationError",
            "AuditAnchor", "AuditEntry", "AuditResult", "verify_evidence", "verify_receipt",

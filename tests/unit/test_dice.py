@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives import serialization
 
-from firmware import dice
+from firmware.abi import dice
 
 VECTORS = json.loads((Path(__file__).parent.parent / "vectors" / "dice.json").read_text())
 SPKI = (serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)

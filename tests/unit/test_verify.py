@@ -10,7 +10,7 @@ import pytest
 
 from emulator.factory import Factory
 from emulator.paths import SezHome
-from firmware import dice
+from firmware.abi import dice
 from firmware.abi import cose
 from firmware.hardware import Hardware
 from firmware.keeper import Identity, IdentityError
