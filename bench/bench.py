@@ -39,9 +39,9 @@ from emulator.image import load_image
 from emulator.machine import Machine
 from emulator.paths import SezHome
 from host_driver import Zone
-from host_driver.applet import build_applet, generate_owner_key, owner_spki
-from host_driver.cli import boot_zone
-from host_driver.verify import Reference, verify_evidence
+from host_driver.lifecycle import boot_zone
+from host_driver.owner import build_applet, generate_owner_key, owner_spki
+from host_driver.verifier import Reference, verify_evidence
 
 MB = 1_000_000
 CHUNK = 4 << 20

@@ -77,10 +77,10 @@ from emulator.image import load_image
 from emulator.machine import LAUNCH_TIMEOUT, Machine
 from emulator.paths import SezHome, project_root
 from host_driver import SyncZone, ZoneTimeout
-from host_driver.applet import (build_applet, generate_owner_key, load_owner_key, owner_spki,
-                                package_measurement)
-from host_driver.cli import BOOT_TIMEOUT, boot_zone
-from host_driver.verify import Reference, verify_evidence, verify_receipt
+from host_driver.lifecycle import BOOT_TIMEOUT, boot_zone, qemu_processes
+from host_driver.owner import (build_applet, generate_owner_key, load_owner_key, owner_spki,
+                               package_measurement)
+from host_driver.verifier import Reference, verify_evidence, verify_receipt
 
 T = TypeVar("T")
 log = logging.getLogger("soak")
@@ -175,25 +175,6 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[max(0, min(len(ordered) - 1, math.ceil(q * len(ordered)) - 1))]
 
 
-def qemu_processes(run_root: Path) -> list[int]:
-    """Live (non-zombie) processes whose command line mentions ``run_root``. (The same as
-    host_driver.pytest_plugin.qemu_processes, which cannot be imported without pytest.)"""
-    found = []
-    needle = str(run_root).encode()
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            if needle not in (entry / "cmdline").read_bytes():
-                continue
-            state = (entry / "stat").read_text().rpartition(")")[2].split()[0]
-        except OSError:
-            continue
-        if state not in ("Z", "X"):
-            found.append(int(entry.name))
-    return found
-
-
 class Children:
     """The QEMU processes the soak started, waited for so that none is left a zombie: PID 1
     here reaps no orphans, and a killed QEMU shows as a zombie (its main thread) some time
@@ -229,7 +210,7 @@ class Children:
 def boot(name: str, home: SezHome, *, timeout: float, cpus: int | None,
          tcg_thread: str | None, launched: Callable[[object], None]
          ) -> tuple[dict[str, Any], float]:
-    """host_driver.cli.boot_zone, leaving a zone that does not answer hello running for the
+    """host_driver.lifecycle.boot_zone, leaving a zone that does not answer hello running for the
     report; ``launched`` is told QEMU's pid."""
     try:
         _, session, seconds = boot_zone(name, home=home, timeout=timeout, cpus=cpus,

@@ -13,7 +13,7 @@ from emulator.paths import SezHome
 from firmware.abi import dice
 from firmware.hardware import Hardware
 from firmware.keeper import Identity
-from host_driver.verify import Reference
+from host_driver.verifier import Reference
 
 NONCE = b"verifier-nonce-0123"
 

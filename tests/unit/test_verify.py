@@ -14,7 +14,7 @@ from firmware.abi import dice
 from firmware.abi import cose
 from firmware.hardware import Hardware
 from firmware.keeper import Identity, IdentityError
-from host_driver.verify import Reference, VerificationError, verify_evidence
+from host_driver.verifier import Reference, VerificationError, verify_evidence
 
 from .conftest import NONCE, Zone
 
