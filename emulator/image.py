@@ -8,6 +8,9 @@ write it as an uncompressed newc cpio, and record the reference values in ``mani
 
 Everything is deterministic: sorted entries, fixed owners and times, bytecode compiled by the
 guest's own Python with a fixed hash seed. Two builds from the same packages are byte-identical.
+
+(One module of over 400 lines: the build is one pipeline whose steps share the recipe and the
+work tree, and the unit tests drive each step here.)
 """
 
 from __future__ import annotations
