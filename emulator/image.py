@@ -28,7 +28,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-import firmware
 from firmware import FIRMWARE_VERSION
 from firmware.abi.dice import measure_firmware
 
@@ -119,7 +118,7 @@ def build_image(out: Path | None = None, *, force: bool = False,
     ``cache`` holds the downloaded .deb files (default ``out/cache/debs``); ``firmware_source``
     is the firmware tree to pack (default: this checkout's ``firmware/`` package).
     """
-    source = firmware_source or Path(firmware.__file__).parent
+    source = firmware_source or project_root() / "firmware"
     out = out or image_dir()
     recipe = recipe or Recipe.load()
     if not force:
