@@ -64,13 +64,13 @@ def boot_zone(name: str, *, debug: bool = False, accel: str = "auto",
             with SyncZone(machine.channel, hello_timeout=remaining) as zone:
                 session = zone.session
         except (ZoneTimeout, ChannelError) as exc:
-            silent: ZoneTimeout | ChannelError = exc
+            no_hello: ZoneTimeout | ChannelError = exc
         else:
             return machine.status(), session, time.monotonic() - started
         if kill_on_timeout or not machine.is_running():
-            raise _boot_failure(name, machine, timeout, killed=True) from silent
+            raise _boot_failure(name, machine, timeout, killed=True) from no_hello
     # The zone timed out and the caller keeps it running, to look at it before stopping it.
-    raise _boot_failure(name, machine, timeout, killed=False) from silent
+    raise _boot_failure(name, machine, timeout, killed=False) from no_hello
 
 
 def _boot_failure(name: str, machine: Machine, timeout: float, *, killed: bool) -> LaunchError:

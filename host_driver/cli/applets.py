@@ -27,7 +27,7 @@ def cmd_owner_keygen(args: argparse.Namespace) -> None:
         raise SezError(f"{args.output} exists: refusing to overwrite a key") from None
     fingerprint = hashlib.sha256(owner_spki(key)).hexdigest()
     emit(args, {"key": args.output, "owner": fingerprint},
-          f"owner key (ECDSA P-384) in {args.output}; fingerprint {fingerprint}")
+         f"owner key (ECDSA P-384) in {args.output}; fingerprint {fingerprint}")
 
 
 def cmd_owner_enroll(args: argparse.Namespace) -> None:
@@ -50,9 +50,9 @@ def cmd_applet_build(args: argparse.Namespace) -> None:
     Path(args.output).write_bytes(signed)
     package = package_of(signed)
     emit(args, {"file": args.output, "name": package.name, "version": package.version,
-                 "id": package.id, "measurement": package.measurement.hex()},
-          f"{package.name} v{package.version} -> {args.output} ({len(signed)} bytes)\n"
-          f"  measurement sha384:{package.measurement.hex()}")
+                "id": package.id, "measurement": package.measurement.hex()},
+         f"{package.name} v{package.version} -> {args.output} ({len(signed)} bytes)\n"
+         f"  measurement sha384:{package.measurement.hex()}")
 
 
 def cmd_load(args: argparse.Namespace) -> None:
@@ -60,14 +60,14 @@ def cmd_load(args: argparse.Namespace) -> None:
     with open_zone(args.name) as zone:
         loaded = zone.load(signed)
     emit(args, loaded, f"loaded {loaded['name']} v{loaded['version']}: id {loaded['id']}\n"
-          f"  measurement sha384:{loaded['measurement']}")
+         f"  measurement sha384:{loaded['measurement']}")
 
 
 def cmd_applets(args: argparse.Namespace) -> None:
     with open_zone(args.name) as zone:
         listing = zone.applets()
     emit(args, listing, "\n".join(f"{a['id']}  {a['name']} v{a['version']}" for a in listing)
-          or "no applets loaded")
+         or "no applets loaded")
 
 
 def cmd_run(args: argparse.Namespace) -> None:
@@ -87,7 +87,7 @@ def cmd_run(args: argparse.Namespace) -> None:
         Path(args.receipt).write_bytes(result["receipt"])
     if args.json:
         emit(args, {"job": result["job"], "applet": jsonable(result["applet"]),
-                     "output": result["output"].hex(), "receipt": result["receipt"].hex()}, "")
+                    "output": result["output"].hex(), "receipt": result["receipt"].hex()}, "")
     elif not args.output:
         sys.stdout.buffer.write(result["output"])
         sys.stdout.flush()
@@ -118,7 +118,7 @@ def cmd_result(args: argparse.Namespace) -> None:
         raise SezError(f"job {args.job} {state}: [{error.get('code')}] {error.get('message')}")
     if args.json:
         emit(args, {"job": args.job, "state": state, "output": answer["output"].hex(),
-                     "receipt": answer["receipt"].hex()}, "")
+                    "receipt": answer["receipt"].hex()}, "")
     elif args.output:
         print(f"job {args.job}: {len(answer['output'])} bytes -> {args.output}"
               + (f", receipt -> {args.receipt}" if args.receipt else ""))
@@ -141,9 +141,9 @@ def cmd_verify_receipt(args: argparse.Namespace) -> None:
                                 output=read_file(args.output), nonce=bytes.fromhex(args.nonce),
                                 root=root)
     emit(args, {"ok": True, **result.as_dict()},
-          f"receipt verified: job {result.job} (counter {result.job_counter}) ran "
-          f"{result.applet_name} v{result.applet_version} on device {result.ueid.hex()}; input, "
-          "output and nonce match")
+         f"receipt verified: job {result.job} (counter {result.job_counter}) ran "
+         f"{result.applet_name} v{result.applet_version} on device {result.ueid.hex()}; input, "
+         "output and nonce match")
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

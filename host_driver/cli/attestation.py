@@ -33,7 +33,7 @@ def cmd_attest(args: argparse.Namespace) -> None:
         evidence = zone.attest(nonce)
     Path(args.output).write_bytes(evidence)
     emit(args, {"file": args.output, "size": len(evidence)},
-          f"evidence ({len(evidence)} bytes, COSE_Sign1 EAT) written to {args.output}")
+         f"evidence ({len(evidence)} bytes, COSE_Sign1 EAT) written to {args.output}")
 
 
 def cmd_verify(args: argparse.Namespace) -> None:
@@ -46,9 +46,9 @@ def cmd_verify(args: argparse.Namespace) -> None:
                                  reference=reference, allow_debug=args.allow_debug,
                                  expected_ueid=expected)
     emit(args, {"ok": True, **result.as_dict()},
-          f"evidence verified: device {result.ueid.hex()}, firmware {result.firmware}, "
-          f"boot {result.boot_counter}{', DEBUG' if result.debug else ''}; every measurement "
-          "matches the reference")
+         f"evidence verified: device {result.ueid.hex()}, firmware {result.firmware}, "
+         f"boot {result.boot_counter}{', DEBUG' if result.debug else ''}; every measurement "
+         "matches the reference")
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

@@ -48,12 +48,12 @@ def _verified_audit(args: argparse.Namespace, log: dict[str, Any]) -> AuditResul
                         "(the first the log holds)")
                      + "; earlier entries were acknowledged before and cannot be checked")
     emit(args, {"ok": True, "ueid": result.ueid.hex(),
-                 "entries": [e.as_dict() for e in result.entries], "start": result.start,
-                 "anchor": result.anchor.as_dict() if result.anchor else None},
-          "\n".join(lines + [f"{len(result.entries)} entries verified: signed by device "
-                              f"{result.ueid.hex()}, chain unbroken"
-                              + (f" from the anchor (entry {start.seq})" if start else "")
-                              + " up to the last entry its evidence names"]))
+                "entries": [e.as_dict() for e in result.entries], "start": result.start,
+                "anchor": result.anchor.as_dict() if result.anchor else None},
+         "\n".join(lines + [f"{len(result.entries)} entries verified: signed by device "
+                             f"{result.ueid.hex()}, chain unbroken"
+                             + (f" from the anchor (entry {start.seq})" if start else "")
+                             + " up to the last entry its evidence names"]))
     return result
 
 

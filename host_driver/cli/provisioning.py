@@ -38,14 +38,14 @@ def cmd_factory_init(args: argparse.Namespace) -> None:
     cert = factory.init()
     fingerprint = cert.fingerprint(hashes.SHA256()).hex()
     emit(args, {"root": str(factory.root_cert_path), "sha256": fingerprint},
-          f"manufacturer root CA (ECDSA P-384) in {factory.root_cert_path}\n"
-          f"  SHA-256 fingerprint {fingerprint}")
+         f"manufacturer root CA (ECDSA P-384) in {factory.root_cert_path}\n"
+         f"  SHA-256 fingerprint {fingerprint}")
 
 
 def cmd_device_new(args: argparse.Namespace) -> None:
     device = Factory().provision(args.name)
     emit(args, {"name": device.name, "directory": str(device.directory), **device.info},
-          f"device {device.name} provisioned in {device.directory}: UEID {device.info['ueid']}")
+         f"device {device.name} provisioned in {device.directory}: UEID {device.info['ueid']}")
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

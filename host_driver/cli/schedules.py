@@ -29,8 +29,8 @@ def cmd_schedule(args: argparse.Namespace) -> None:
                                  input=data, every=args.every)
         result = zone.schedule(change)
     emit(args, result, f"schedule {args.schedule}: {applet['name']} v{applet['version']} "
-          f"every {args.every} s on {len(data)} bytes of input, from now on (epoch "
-          f"{result['epoch']})")
+         f"every {args.every} s on {len(data)} bytes of input, from now on (epoch "
+         f"{result['epoch']})")
 
 
 def cmd_unschedule(args: argparse.Namespace) -> None:

@@ -28,9 +28,9 @@ def cmd_boot(args: argparse.Namespace) -> None:
                                          timeout=args.timeout)
     data = {**status.as_dict(), "hello": jsonable(session), "boot_seconds": round(seconds, 3)}
     emit(args, data,
-          f"zone {args.name} up in {seconds:.2f} s: pid {status.pid}, {status.accel}, "
-          f"channel {status.channel}, firmware {session.get('firmware')}, "
-          f"boot {session.get('boot_counter')}" + (", DEBUG" if session.get("debug") else ""))
+         f"zone {args.name} up in {seconds:.2f} s: pid {status.pid}, {status.accel}, "
+         f"channel {status.channel}, firmware {session.get('firmware')}, "
+         f"boot {session.get('boot_counter')}" + (", DEBUG" if session.get("debug") else ""))
 
 
 def cmd_status(args: argparse.Namespace) -> None:
@@ -77,7 +77,7 @@ def cmd_stop(args: argparse.Namespace) -> None:
     stopped = Machine(args.name).stop(kill=args.kill)
     how = "plug pulled" if args.kill else "powered off"
     emit(args, {"name": args.name, "stopped": stopped, "kill": args.kill},
-          f"zone {args.name} {how}" if stopped else f"zone {args.name} was not running")
+         f"zone {args.name} {how}" if stopped else f"zone {args.name} was not running")
 
 
 def cmd_console(args: argparse.Namespace) -> None:
@@ -120,12 +120,12 @@ def cmd_ping(args: argparse.Namespace) -> None:
             "rtt_ms": {"min": round(min(times), 3), "median": round(statistics.median(times), 3),
                        "max": round(max(times), 3), "count": len(times)}}
     emit(args, data,
-          f"zone {args.name}: firmware {info['firmware']}, protocol {info['protocol']}, "
-          f"boot {info['boot_counter']}, up {info['uptime']:.1f} s, "
-          f"{info['memory']['available'] / 2**20:.0f} MiB free\n"
-          f"connect+hello {hello_ms:.2f} ms; round trip over {len(times)} requests: "
-          f"min {min(times):.3f} ms, median {statistics.median(times):.3f} ms, "
-          f"max {max(times):.3f} ms")
+         f"zone {args.name}: firmware {info['firmware']}, protocol {info['protocol']}, "
+         f"boot {info['boot_counter']}, up {info['uptime']:.1f} s, "
+         f"{info['memory']['available'] / 2**20:.0f} MiB free\n"
+         f"connect+hello {hello_ms:.2f} ms; round trip over {len(times)} requests: "
+         f"min {min(times):.3f} ms, median {statistics.median(times):.3f} ms, "
+         f"max {max(times):.3f} ms")
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
