@@ -47,8 +47,7 @@ row and the summary). The last line printed is the summary; the exit status is 0
 there was no failure. No QEMU process the soak started is left at the end, Ctrl-C included.
 """
 
-# (The docstring above is also --help. A cycle's parts are in soak_cycle.py, what a soak
-# writes in soak_report.py.)
+# (The docstring is also --help.) A cycle's parts: soak_cycle.py; its reports: soak_report.py.
 
 from __future__ import annotations
 
@@ -86,9 +85,8 @@ log = logging.getLogger("soak")
 
 
 class Soak:
-    """The run: one thread per zone takes cycles from a shared count, runs each (soak_cycle)
-    and keeps its row; a failed cycle leaves a report (soak_report); the end kills and reaps
-    whatever is left."""
+    """The run: a thread per zone takes cycles from a shared count and keeps each one's row;
+    the end kills and reaps whatever is left."""
 
     def __init__(self, args: argparse.Namespace, home: SezHome, run_dir: Path,
                  key: ec.EllipticCurvePrivateKey) -> None:

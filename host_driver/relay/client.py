@@ -7,10 +7,12 @@
 Requests are pipelined: each carries an id, many can be in flight, and responses are matched
 by id in whatever order they come. Every call has a timeout (``DEFAULT_TIMEOUT`` unless
 given) and raises :class:`~host_driver.errors.ZoneTimeout` when it runs out, never returning
-partial data; :func:`seconds_bound` says how long a call may take in all, for callers that wait
-on it from outside the event loop (``SyncZone``). Error frames become the
+partial data (``bounds`` says how long a call may take in all). Error frames become the
 :class:`~firmware.abi.errors.ZoneError` subclass of their code. Frames with ``id: null`` (the
 zone's answer to bytes it could not read) are kept in ``Zone.faults``.
+
+(Over 400 lines: ``Zone`` is one state machine, its session, requests and incoming frames
+sharing one table of pending requests.)
 """
 
 from __future__ import annotations
@@ -20,17 +22,17 @@ import enum
 import logging
 import secrets
 import time
-from typing import Any, Callable, TypeVar
+from typing import Any
 
 from firmware.abi import audit as audit_claims
 from firmware.abi import wire
 from firmware.abi.errors import Code, ProtocolError, ZoneError, error_for_code
 
 from ..errors import ChannelClosed, StateError, ZoneTimeout, ZoneUnresponsive
+from .bounds import bounded_by
 from .channel import Channel, open_channel
 
-__all__ = ["Zone", "ZoneState", "DEFAULT_TIMEOUT", "HELLO_RETRY", "RESULT_CHUNK",
-           "seconds_bound"]
+__all__ = ["Zone", "ZoneState", "DEFAULT_TIMEOUT", "HELLO_RETRY", "RESULT_CHUNK"]
 
 log = logging.getLogger(__name__)
 
@@ -47,31 +49,6 @@ HEARTBEAT_TIMEOUT = 8.0
 HELLO_RETRY = 5.0
 #: The longest the zone holds one ``result`` answer (seconds): a longer wait asks again.
 RESULT_CHUNK = 60.0
-
-F = TypeVar("F", bound=Callable[..., Any])
-
-
-def _bounded_by(bound: Callable[..., float]) -> Callable[[F], F]:
-    """Give a request method its own bound: ``bound(zone, *args, **kwargs)``, the seconds a
-    call with those arguments may take in all (see seconds_bound)."""
-
-    def mark(method: F) -> F:
-        setattr(method, "_seconds_bound", bound)
-        return method
-
-    return mark
-
-
-def seconds_bound(zone: "Zone", name: str, args: tuple[Any, ...], kwargs: dict[str, Any]
-                  ) -> float:
-    """The seconds ``zone.<name>(*args, **kwargs)`` may take in all: the method's own bound
-    if it has one (``result``), else its ``timeout`` argument when given, else the client's
-    timeout."""
-    bound = getattr(getattr(Zone, name), "_seconds_bound", None)
-    if bound is not None:
-        return float(bound(zone, *args, **kwargs))
-    timeout = kwargs.get("timeout")
-    return zone.timeout if timeout is None else float(timeout)
 
 
 class ZoneState(enum.Enum):
@@ -310,7 +287,7 @@ class Zone:
         asks = 1 + int(max(wait, 0.0) // RESULT_CHUNK)
         return asks * self.timeout + max(wait, 0.0)
 
-    @_bounded_by(_result_bound)
+    @bounded_by(_result_bound)
     async def result(self, job: str, *, wait: float = 0.0) -> dict[str, Any]:
         """{job, state, applet, output?, receipt?, error?}; ``wait`` seconds (any length) hold
         the answer until the job is final. The zone holds one answer at most 60 s, so a longer

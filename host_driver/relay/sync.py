@@ -6,7 +6,7 @@
 It runs a private event loop in a daemon thread. Its request methods are not written out
 again: each public coroutine method of ``Zone`` (``info``, ``run``, ``result`` …) becomes a
 blocking method of the same name, signature and docstring that runs the coroutine on that
-loop. Every call is bounded by what the call itself may take (``client.seconds_bound``: its
+loop. Every call is bounded by what the call itself may take (``bounds.seconds_bound``: its
 ``timeout``, or the client's, or the method's own bound) plus a margin, so a wedged loop still
 cannot hang the caller.
 """
@@ -21,7 +21,8 @@ import threading
 from typing import TYPE_CHECKING, Any, Callable, Coroutine, TypeVar
 
 from ..errors import ZoneTimeout
-from .client import DEFAULT_TIMEOUT, HEARTBEAT, Zone, seconds_bound
+from .bounds import seconds_bound
+from .client import DEFAULT_TIMEOUT, HEARTBEAT, Zone
 
 __all__ = ["SyncZone"]
 
