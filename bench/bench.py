@@ -36,12 +36,11 @@ from typing import Any
 
 from emulator.factory import Factory
 from emulator.image import load_image
-from emulator.machine import Machine
 from emulator.paths import SezHome
 from host_driver import Zone
-from host_driver.applet import build_applet, generate_owner_key, owner_spki
-from host_driver.cli import boot_zone
-from host_driver.verify import Reference, verify_evidence
+from host_driver.lifecycle import booted
+from host_driver.owner import build_applet, generate_owner_key, owner_spki
+from host_driver.verifier import Reference, verify_evidence
 
 MB = 1_000_000
 CHUNK = 4 << 20
@@ -194,24 +193,22 @@ def main() -> int:
         os.environ["SEZ_HOME"] = tmp
         Factory(home).init()
         Factory(home).provision("bench")
-        machine = Machine("bench", home)
         boots = []
-        try:
-            for i in range(args.boots):
-                _, _, seconds = boot_zone("bench", home=home)
-                boots.append(seconds)
-                print(f"boot {i + 1}: {seconds:.2f} s", file=sys.stderr)
+        for i in range(args.boots):
+            with booted("bench", home=home) as bench:  # killed at the end of each block
+                boots.append(bench.boot_seconds)
+                print(f"boot {i + 1}: {bench.boot_seconds:.2f} s", file=sys.stderr)
                 if i < args.boots - 1:
-                    machine.stop(kill=True)
-            zone = asyncio.run(channel_figures(machine.channel, args.requests, volume, args.runs))
-            identity = asyncio.run(attest_figures(
-                machine.channel, Factory(home).root_cert(),
-                Reference.from_manifest(load_image().directory / "manifest.json"), args.attests))
-            applet = asyncio.run(applet_figures(machine.channel, Path(tmp), args.loads,
-                                                args.jobs))
-            outbox = asyncio.run(outbox_figures(machine.channel, Path(tmp), args.backlog))
-        finally:
-            machine.stop(kill=True)
+                    continue
+                # The last boot stays up for the figures.
+                zone = asyncio.run(channel_figures(bench.url, args.requests, volume, args.runs))
+                identity = asyncio.run(attest_figures(
+                    bench.url, Factory(home).root_cert(),
+                    Reference.from_manifest(load_image().directory / "manifest.json"),
+                    args.attests))
+                applet = asyncio.run(applet_figures(bench.url, Path(tmp), args.loads,
+                                                    args.jobs))
+                outbox = asyncio.run(outbox_figures(bench.url, Path(tmp), args.backlog))
     native = native_figures(args.requests, volume, args.runs)
 
     results: dict[str, Any] = {

@@ -47,27 +47,23 @@ row and the summary). The last line printed is the summary; the exit status is 0
 there was no failure. No QEMU process the soak started is left at the end, Ctrl-C included.
 """
 
+# (The docstring is also --help.) A cycle's parts: soak_cycle.py; its reports: soak_report.py.
+
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import logging
-import math
 import os
-import select
 import shutil
 import signal
 import subprocess
 import sys
 import tempfile
-import textwrap
 import threading
 import time
-import traceback
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, TypeVar
+from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric import ec
 
@@ -75,246 +71,36 @@ from emulator.device import Device
 from emulator.factory import Factory
 from emulator.image import load_image
 from emulator.machine import LAUNCH_TIMEOUT, Machine
-from emulator.paths import SezHome, project_root
-from host_driver import SyncZone, ZoneTimeout
-from host_driver.applet import (build_applet, generate_owner_key, load_owner_key, owner_spki,
-                                package_measurement)
-from host_driver.cli import BOOT_TIMEOUT, boot_zone
-from host_driver.verify import Reference, verify_evidence, verify_receipt
+from emulator.paths import SezHome
+from host_driver import SyncZone
+from host_driver.lifecycle import BOOT_TIMEOUT, qemu_processes
+from host_driver.owner import generate_owner_key, load_owner_key
+from host_driver.verifier import Reference, verify_evidence
 
-T = TypeVar("T")
+from soak_cycle import (STOP_BOUND, Children, Cycle, Mismatch, QemuExited, StepFailed,
+                        StopLadder, Workload, ZoneSlot, boot, bounded, kill, step, timed)
+from soak_report import summary, tcg_settings, write_report
+
 log = logging.getLogger("soak")
-
-NULL_APPLET = project_root() / "tests" / "applets" / "null"
-#: Bound of a Machine.stop() (its ladder: power button 5 s, quit 5 s, SIGTERM 3 s, SIGKILL 5 s).
-STOP_BOUND = 45.0
-#: Seconds to wait after the sysrq keys before copying the console again.
-SYSRQ_WAIT = 3.0
-
-#: The driver that gets killed mid-request (as in tests/e2e/test_channel.py): it sends half
-#: of an 8 MiB request, says so, and waits to be killed.
-DRIVER = textwrap.dedent("""
-    import asyncio, sys
-    from firmware.abi import wire
-    from host_driver import Zone
-    async def main():
-        zone = await Zone.connect(sys.argv[1], timeout=float(sys.argv[2]), heartbeat=None)
-        message = wire.encode_request(1, "echo", {"data": b"z" * (8 << 20)})
-        zone._channel.write(message[:len(message) // 2])
-        await zone._channel.drain()
-        print("half sent", flush=True)
-        await asyncio.sleep(3600)
-    asyncio.run(main())
-""")
-
-
-class StepTimeout(Exception):
-    """A step outlived its bound."""
-
-
-class Mismatch(Exception):
-    """The zone answered, but not what it should have."""
-
-
-class DriverError(Exception):
-    """The driver meant to be killed mid-request did not get that far, or would not die."""
-
-
-class QemuExited(Exception):
-    """QEMU was gone before the soak stopped it."""
-
-
-class StepFailed(Exception):
-    def __init__(self, step: str, error: BaseException) -> None:
-        super().__init__(f"{step}: {error.__class__.__name__}: {error}")
-        self.step = step
-        self.error = error
-        timeout = isinstance(error, StepTimeout)
-        self.kind = f"{step}:{'timeout' if timeout else error.__class__.__name__}"
-
-
-def bounded(seconds: float, fn: Callable[[], T]) -> T:
-    """``fn()`` in a daemon thread; StepTimeout if it has not returned within ``seconds``
-    (the thread is then left behind: killing the zone is what unblocks it)."""
-    box: dict[str, Any] = {}
-
-    def target() -> None:
-        try:
-            box["value"] = fn()
-        except BaseException as exc:  # handed to the caller below
-            box["error"] = exc
-
-    thread = threading.Thread(target=target, name="soak-step", daemon=True)
-    thread.start()
-    thread.join(seconds)
-    if thread.is_alive():
-        raise StepTimeout(f"did not finish within {seconds:.1f} s")
-    if "error" in box:
-        raise box["error"]
-    return box["value"]  # type: ignore[no-any-return]
-
-
-def step(name: str, seconds: float, fn: Callable[[], T]) -> T:
-    """``fn()`` as step ``name``, bounded by ``seconds``: StepFailed if it raises or hangs."""
-    try:
-        return bounded(seconds, fn)
-    except Exception as exc:
-        raise StepFailed(name, exc) from exc
-
-
-def timed(fn: Callable[[], T]) -> tuple[T, float]:
-    """``fn()`` and the seconds it took."""
-    started = time.monotonic()
-    value = fn()
-    return value, time.monotonic() - started
-
-
-def percentile(values: list[float], q: float) -> float:
-    """Nearest rank: the smallest value with at least ``q`` of all values at or below it."""
-    ordered = sorted(values)
-    return ordered[max(0, min(len(ordered) - 1, math.ceil(q * len(ordered)) - 1))]
-
-
-def qemu_processes(run_root: Path) -> list[int]:
-    """Live (non-zombie) processes whose command line mentions ``run_root``. (The same as
-    host_driver.pytest_plugin.qemu_processes, which cannot be imported without pytest.)"""
-    found = []
-    needle = str(run_root).encode()
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            if needle not in (entry / "cmdline").read_bytes():
-                continue
-            state = (entry / "stat").read_text().rpartition(")")[2].split()[0]
-        except OSError:
-            continue
-        if state not in ("Z", "X"):
-            found.append(int(entry.name))
-    return found
-
-
-class Children:
-    """The QEMU processes the soak started, waited for so that none is left a zombie: PID 1
-    here reaps no orphans, and a killed QEMU shows as a zombie (its main thread) some time
-    before it can be reaped (its other threads)."""
-
-    def __init__(self) -> None:
-        self.pids: set[int] = set()
-        self.lock = threading.Lock()
-
-    def add(self, pid: object) -> None:
-        if isinstance(pid, int):
-            with self.lock:
-                self.pids.add(pid)
-
-    def reap(self, timeout: float = 0.0) -> list[int]:
-        """Reap those that have exited, waiting up to ``timeout`` s; the pids not reaped."""
-        deadline = time.monotonic() + timeout
-        while True:
-            with self.lock:
-                for pid in list(self.pids):
-                    try:
-                        done = os.waitpid(pid, os.WNOHANG)[0] == pid
-                    except ChildProcessError:
-                        done = True  # reaped already (emulator.machine polls its children)
-                    if done:
-                        self.pids.discard(pid)
-                left = sorted(self.pids)
-            if not left or time.monotonic() >= deadline:
-                return left
-            time.sleep(0.05)
-
-
-def boot(name: str, home: SezHome, *, timeout: float, cpus: int | None,
-         tcg_thread: str | None, launched: Callable[[object], None]
-         ) -> tuple[dict[str, Any], float]:
-    """host_driver.cli.boot_zone, leaving a zone that does not answer hello running for the
-    report; ``launched`` is told QEMU's pid."""
-    try:
-        _, session, seconds = boot_zone(name, home=home, timeout=timeout, cpus=cpus,
-                                        tcg_thread=tcg_thread, kill_on_timeout=False)
-    finally:
-        launched(Machine(name, home).state().get("pid"))
-    return session, seconds
-
-
-def read_line(stream: Any, timeout: float) -> bytes:
-    """One line from a pipe, or what came before EOF or ``timeout``."""
-    data = b""
-    deadline = time.monotonic() + timeout
-    while b"\n" not in data:
-        left = deadline - time.monotonic()
-        if left <= 0 or not select.select([stream], [], [], left)[0]:
-            break
-        chunk = os.read(stream.fileno(), 4096)
-        if not chunk:
-            break
-        data += chunk
-    return data.partition(b"\n")[0]
-
-
-def tcg_settings(argv: list[str]) -> tuple[str, str]:
-    """The vCPUs and TCG threading a QEMU command line asks for."""
-    cpus = argv[argv.index("-smp") + 1] if "-smp" in argv else "?"
-    accel = argv[argv.index("-accel") + 1] if "-accel" in argv else "?"
-    return cpus, accel.partition("thread=")[2] or accel
-
-
-class StopLadder(logging.Handler):
-    """Which rung of Machine.stop()'s ladder stopped each machine (stop() only says whether
-    the machine was running; it logs the rung)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.last: dict[str, str] = {}
-
-    def emit(self, record: logging.LogRecord) -> None:
-        if record.msg == "stopped after %s" and isinstance(record.args, tuple):
-            self.last[record.name.rpartition(".")[2]] = str(record.args[0])
-
-
-@dataclass
-class ZoneSlot:
-    """One zone, driven by one thread."""
-
-    name: str
-    machine: Machine
-    ueid: bytes
-    ready: bool = False  # owner enrolled and applet loaded
-    cycles: int = 0  # cycles this zone has run
-
-
-@dataclass
-class Cycle:
-    number: int
-    zone: ZoneSlot
-    kill_driver: bool
-    orderly: bool
-    timings: dict[str, float] = field(default_factory=dict)
-    info: dict[str, Any] = field(default_factory=dict)
-    sessions: list[SyncZone] = field(default_factory=list)
 
 
 class Soak:
+    """The run: a thread per zone takes cycles from a shared count and keeps each one's row;
+    the end kills and reaps whatever is left."""
+
     def __init__(self, args: argparse.Namespace, home: SezHome, run_dir: Path,
                  key: ec.EllipticCurvePrivateKey) -> None:
         self.args = args
         self.home = home
         self.run_dir = run_dir
-        self.key = key
-        self.signed = build_applet(NULL_APPLET, key)
-        self.measurement = package_measurement(self.signed)
-        self.root = Factory(home).root_cert()
+        self.work = Workload(key, Factory(home).root_cert(), args.step_timeout / 2)
         self.reference = Reference.from_manifest(load_image().directory / "manifest.json")
-        self.request_timeout = args.step_timeout / 2
         self.kill_cycles = args.cycles if args.kill_cycles is None else args.kill_cycles
         self.names = [f"soak-{i}" for i in range(args.zones)]
         self.lock = threading.Lock()
         self.taken = 0
         self.rows: list[dict[str, Any]] = []
         self.stopping = threading.Event()
-        self.drivers: set[subprocess.Popen[bytes]] = set()
         self.children = Children()
         self.ladder = StopLadder()
         logging.getLogger("emulator.machine").addHandler(self.ladder)
@@ -341,7 +127,7 @@ class Soak:
                 row = self.run_cycle(cycle)
             except Exception as exc:  # a bug of the soak itself: stop this zone, say why
                 log.exception("cycle %d of %s", number, slot.name)
-                self.kill(slot.machine)
+                kill(slot.machine)
                 self.record(self.row(cycle, f"soak:{exc.__class__.__name__}", None))
                 return
             slot.cycles += 1
@@ -384,8 +170,8 @@ class Soak:
             if self.stopping.is_set():
                 cycle.info["interrupted"] = True
             else:
-                report = self.report(cycle, failure)
-            self.kill(cycle.zone.machine)
+                report = write_report(self.run_dir, cycle, failure, self.args)
+            kill(cycle.zone.machine)
             for session in cycle.sessions:
                 try:
                     bounded(10, session.close)
@@ -396,7 +182,7 @@ class Soak:
             return self.row(cycle, failure.kind, report)
 
     def steps(self, cycle: Cycle) -> None:
-        slot, bound, timeout = cycle.zone, self.args.step_timeout, self.request_timeout
+        slot, bound, timeout = cycle.zone, self.args.step_timeout, self.work.request_timeout
         machine, timings = slot.machine, cycle.timings
         self.children.reap()
         if machine.is_running():  # left over by a step that outlived its bound
@@ -423,22 +209,23 @@ class Soak:
         evidence, seconds = step("attest", bound, lambda: timed(lambda: zone.attest(nonce)))
         timings["attest_ms"] = seconds * 1000
         _, seconds = step("verify", bound, lambda: timed(lambda: verify_evidence(
-            evidence, nonce=nonce, root=self.root, reference=self.reference,
+            evidence, nonce=nonce, root=self.work.root, reference=self.reference,
             expected_ueid=slot.ueid)))
         timings["verify_ms"] = seconds * 1000
         if not slot.ready:
-            _, timings["setup_s"] = step("setup", bound, lambda: timed(lambda: self.setup(zone)))
+            _, timings["setup_s"] = step("setup", bound,
+                                         lambda: timed(lambda: self.work.setup(zone)))
             slot.ready = True
-        timings["job_ms"] = step("job", bound, lambda: self.job(zone, slot.ueid)) * 1000
+        timings["job_ms"] = step("job", bound, lambda: self.work.job(zone, slot.ueid)) * 1000
         timings["detached_ms"] = step("detached", bound,
-                                      lambda: self.detached(zone, slot.ueid)) * 1000
+                                      lambda: self.work.detached(zone, slot.ueid)) * 1000
         if self.args.hold > 0:
             timings["traffic_n"] = step("traffic", self.args.hold + bound,
-                                        lambda: self.traffic(zone, self.args.hold))
+                                        lambda: self.work.traffic(zone, self.args.hold))
         step("disconnect", bound, zone.close)
 
         if cycle.kill_driver:
-            step("kill", bound, lambda: self.kill_a_driver(url))
+            step("kill", bound, lambda: self.work.kill_a_driver(url))
             zone, timings["rehello_s"] = step("rehello", bound, lambda: timed(connect))
 
             def echo() -> None:
@@ -457,163 +244,26 @@ class Soak:
 
         _, timings["stop_s"] = step("stop", STOP_BOUND, lambda: timed(stop))
 
-    @staticmethod
-    def traffic(zone: SyncZone, seconds: float) -> int:
-        """1 MiB echoes and null jobs back to back for ``seconds``; how many rounds."""
-        rounds, until = 0, time.monotonic() + seconds
-        while time.monotonic() < until:
-            data = os.urandom(1 << 20)
-            if zone.echo(data) != data or zone.run("null", data[:4096])["output"] != data[:4096]:
-                raise Mismatch("an echo or a null job came back changed")
-            rounds += 1
-        return rounds
-
-    def setup(self, zone: SyncZone) -> None:
-        """Enrol the soak's owner key and load the null applet, unless done already."""
-        spki = owner_spki(self.key)
-        owner = zone.owner()["owner"]
-        if owner is None:
-            zone.enroll(spki)
-        elif owner != hashlib.sha256(spki).hexdigest():
-            raise Mismatch(f"the zone belongs to another owner ({owner[:16]}…)")
-        if not any(applet.get("name") == "null" for applet in zone.applets()):
-            zone.load(self.signed, timeout=self.request_timeout)
-
-    def job(self, zone: SyncZone, ueid: bytes) -> float:
-        """An interactive null job; its receipt verified. Returns the round trip (s)."""
-        data, nonce = os.urandom(256), os.urandom(16)
-        answer, seconds = timed(lambda: zone.run("null", data, nonce=nonce))
-        if answer["output"] != data:
-            raise Mismatch("the null applet's output is not its input")
-        verify_receipt(answer["receipt"], input=data, output=answer["output"], nonce=nonce,
-                       root=self.root, expected_ueid=ueid, expected_measurement=self.measurement)
-        return seconds
-
-    def detached(self, zone: SyncZone, ueid: bytes) -> float:
-        """A detached null job: submit, wait for its result, verify the receipt, ack."""
-        data, nonce = os.urandom(256), os.urandom(16)
-        started = time.monotonic()
-        job = str(zone.submit("null", data, nonce=nonce)["job"])
-        deadline = started + self.request_timeout
-        while True:
-            answer = zone.result(job, wait=max(0.5, min(30.0, deadline - time.monotonic())))
-            if answer["state"] not in ("queued", "running"):
-                break
-            if time.monotonic() > deadline:
-                raise ZoneTimeout(f"detached job {job} still {answer['state']} after "
-                                  f"{self.request_timeout:.0f} s", op="result")
-        seconds = time.monotonic() - started
-        if answer["state"] != "done" or answer.get("output") != data:
-            raise Mismatch(f"detached job {job} ended {answer['state']}: "
-                           f"{answer.get('error') or 'another output'}")
-        verify_receipt(answer["receipt"], input=data, output=data, nonce=nonce, root=self.root,
-                       expected_ueid=ueid, expected_measurement=self.measurement)
-        zone.ack(job)
-        return seconds
-
-    def kill_a_driver(self, url: str) -> None:
-        """A driver process connects, sends half of an 8 MiB request, and is SIGKILLed."""
-        proc = subprocess.Popen(
-            [sys.executable, "-c", DRIVER, url, str(self.request_timeout)],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
-        self.drivers.add(proc)
-        try:
-            line = read_line(proc.stdout, self.request_timeout)
-        finally:
-            proc.kill()
-            try:
-                _, err = proc.communicate(timeout=10)
-            except subprocess.TimeoutExpired:
-                raise DriverError("the killed driver was not gone within 10 s") from None
-            self.drivers.discard(proc)
-        if line != b"half sent":
-            tail = err.decode(errors="replace").strip().splitlines()[-1:] or ["no output"]
-            raise DriverError(f"the driver did not connect (said {line!r}): {tail[0]}")
-
-    def kill(self, machine: Machine) -> None:
-        try:
-            bounded(STOP_BOUND, lambda: machine.stop(kill=True))
-        except Exception as exc:
-            log.error("killing %s: %r", machine.name, exc)
-
-    # -- reports -------------------------------------------------------------------------------
-
-    def qmp(self, machine: Machine, command: str, args: dict[str, Any] | None = None) -> Any:
-        """{"return": ...} or {"error": ...}: never raises, never hangs."""
-        if not machine.is_running():
-            return {"error": "the machine is not running"}
-        try:
-            return {"return": bounded(15, lambda: machine.qmp(command, args))}
-        except Exception as exc:
-            return {"error": f"{exc.__class__.__name__}: {exc}"}
-
-    def report(self, cycle: Cycle, failure: StepFailed) -> Path:
-        machine = cycle.zone.machine
-        directory = self.run_dir / (f"{cycle.number:04d}-{cycle.zone.name}-"
-                                    + failure.kind.replace(":", "-"))
-        directory.mkdir(parents=True, exist_ok=True)
-        for source, target in ((machine.console_log, "console.log"),
-                               (machine.run_dir / "console.prev.log", "console.prev.log"),
-                               (machine.qemu_log, "qemu.log")):
-            if source.exists():
-                shutil.copyfile(source, directory / target)
-        qmp = {command: self.qmp(machine, command)
-               for command in ("query-status", "query-cpus-fast")}
-        (directory / "qmp.json").write_text(json.dumps(qmp, indent=2) + "\n")
-        registers = self.qmp(machine, "human-monitor-command",
-                             {"command-line": "info registers -a"})
-        (directory / "registers.txt").write_text(
-            str(registers["return"]) if "return" in registers else f"error: {registers['error']}\n")
-        # 9 first: the console loglevel to 9 (the kernel boots `quiet`, and the dumps are
-        # printed below the default loglevel), then l (all CPUs), t (all tasks), w (blocked).
-        sysrq = {}
-        for key in ("9", "l", "t", "w"):
-            sysrq[key] = self.qmp(machine, "send-key", {"keys": [
-                {"type": "qcode", "data": "alt"}, {"type": "qcode", "data": "sysrq"},
-                {"type": "qcode", "data": key}]})
-            time.sleep(0.3)
-        (directory / "sysrq.json").write_text(json.dumps(sysrq, indent=2) + "\n")
-        if any("return" in answer for answer in sysrq.values()):
-            time.sleep(SYSRQ_WAIT)
-        if machine.console_log.exists():
-            shutil.copyfile(machine.console_log, directory / "console-after-sysrq.log")
-        error = failure.error
-        argv = machine.state().get("argv", [])
-        details = {
-            "cycle": cycle.number, "zone": cycle.zone.name, "zone_cycle": cycle.zone.cycles,
-            "step": failure.step, "kind": failure.kind,
-            "exception": {"class": f"{type(error).__module__}.{type(error).__qualname__}",
-                          "message": str(error),
-                          "traceback": traceback.format_exception(error)},
-            "timings": cycle.timings, **cycle.info,
-            "cpus": self.args.cpus, "tcg_thread": self.args.tcg_thread,
-            "qemu_settings": dict(zip(("cpus", "tcg_thread"), tcg_settings(argv))) if argv
-            else None,
-            "argv": argv, "qemu_pid": machine.state().get("pid"), "time": time.time(),
-        }
-        (directory / "step.json").write_text(json.dumps(details, indent=2, default=str) + "\n")
-        return directory
-
     # -- the end ---------------------------------------------------------------------------------
 
     def abort(self) -> None:
         """Ctrl-C: no new cycle; kill the drivers and the zones (their steps then fail fast)."""
         self.stopping.set()
-        for proc in list(self.drivers):
+        for proc in list(self.work.drivers):
             proc.kill()
         for name in self.names:
-            self.kill(Machine(name, self.home))
+            kill(Machine(name, self.home))
 
     def cleanup(self) -> list[int]:
         """Kill every zone and driver still there, reap them; the QEMU pids that survived."""
-        for proc in list(self.drivers):
+        for proc in list(self.work.drivers):
             proc.kill()
             try:
                 proc.wait(5)
             except subprocess.TimeoutExpired:
                 pass
         for name in self.names:
-            self.kill(Machine(name, self.home))
+            kill(Machine(name, self.home))
         run_root = self.home.root / "run"
         for pid in qemu_processes(run_root):
             log.error("QEMU pid %d still there at the end: SIGKILL", pid)
@@ -625,53 +275,6 @@ class Soak:
         if unreaped:
             log.error("QEMU pids not reaped at the end: %s", unreaped)
         return sorted(set(qemu_processes(run_root)) | set(unreaped))
-
-    def summary(self, interrupted: bool, left: list[int]) -> tuple[dict[str, Any], str]:
-        """The results (every cycle's row and the summary) and the summary line."""
-        rows = sorted(self.rows, key=lambda r: int(r["cycle"]))
-        finished = sum(1 for row in rows if not row.get("interrupted"))  # cut short by Ctrl-C
-        failures: dict[str, int] = {}
-        for row in rows:
-            if row["kind"]:
-                failures[row["kind"]] = failures.get(row["kind"], 0) + 1
-        if left:
-            failures["cleanup:QemuLeftBehind"] = len(left)
-
-        def figures(key: str) -> dict[str, Any]:
-            values = [float(r["timings"][key]) for r in rows if key in r["timings"]]
-            return {"n": len(values), "p50": percentile(values, .5) if values else None,
-                    "p99": percentile(values, .99) if values else None,
-                    "worst": max(values, default=None), "all": values}
-
-        boot, attest, rehello = figures("boot_s"), figures("attest_ms"), figures("rehello_s")
-        cpus, thread = self.settings or ("?", "?")
-        cpus = str(self.args.cpus) if self.args.cpus is not None else cpus
-        thread = self.args.tcg_thread or thread
-        summary = {
-            "cycles": finished, "requested": self.args.cycles, "zones": self.args.zones,
-            "interrupted": interrupted, "cpus": cpus, "tcg_thread": thread,
-            "failures": failures, "boot_s": boot, "attest_ms": attest,
-            "hello_after_killed_driver_s": rehello, "left_behind": left,
-            "home": str(self.home.root), "reports": str(self.run_dir),
-        }
-        total = sum(failures.values())
-        failed = (f"{total} failure{'s' * (total != 1)} ("
-                  + ", ".join(f"{k} {v}" for k, v in sorted(failures.items())) + ")"
-                  if total else "0 failures")
-        done = (f"interrupted after {finished} of {self.args.cycles} cycles" if interrupted
-                else f"{finished} cycles" if finished == self.args.cycles
-                else f"{finished} of {self.args.cycles} cycles")
-        parts = [
-            f"soak: {done}, {self.args.zones} zone{'s' * (self.args.zones != 1)}, "
-            f"cpus {cpus} {thread}: {failed}",
-            f"boot p50 {boot['p50']:.1f} s p99 {boot['p99']:.1f} s" if boot["n"] else "boot -",
-            f"attest p50 {attest['p50']:.0f} ms p99 {attest['p99']:.0f} ms" if attest["n"]
-            else "attest -",
-            f"hello after a killed driver: {rehello['n']} times, p50 {rehello['p50']:.2f} s, "
-            f"worst {rehello['worst']:.2f} s" if rehello["n"]
-            else "hello after a killed driver: 0 times",
-        ]
-        return {"summary": summary, "line": "; ".join(parts), "cycles": rows}, "; ".join(parts)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -779,7 +382,7 @@ def main(argv: list[str] | None = None) -> int:
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # the clean-up is not to be interrupted
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         left = soak.cleanup()
-    results, line = soak.summary(interrupted, left)
+    results, line = summary(soak.rows, args, soak.settings, interrupted, left, home, run_dir)
     text = json.dumps(results, indent=2, default=str) + "\n"
     (run_dir / "summary.json").write_text(text)
     if args.json:

@@ -1,10 +1,11 @@
-"""The manufacturer (DESIGN §4): a root CA, and the provisioning of each device.
+"""The manufacturer: a root CA, and the provisioning of each device (README, "Identity and
+evidence").
 
 ``Factory.init()`` makes the root CA (ECDSA P-384) under ``$SEZ_HOME/factory/``:
 ``root.pem`` (the certificate verifiers trust) and ``root.key.pem`` (kept offline, 0600).
 
 ``Factory.provision(name)`` blows one device's fuses: a fresh random 32-byte UDS, from which
-the DeviceID key pair is derived (firmware.dice, the same code layer 0 runs), and a DeviceID
+the DeviceID key pair is derived (firmware.abi.dice, the same code layer 0 runs), and a DeviceID
 certificate signed by the root whose subject carries the device's UEID. The factory does not
 keep the DeviceID private key: it is derived again in the zone at every boot. No two devices
 share anything.

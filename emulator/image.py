@@ -8,6 +8,9 @@ write it as an uncompressed newc cpio, and record the reference values in ``mani
 
 Everything is deterministic: sorted entries, fixed owners and times, bytecode compiled by the
 guest's own Python with a fixed hash seed. Two builds from the same packages are byte-identical.
+
+(One module of over 400 lines: the build is one pipeline whose steps share the recipe and the
+work tree, and the unit tests drive each step here.)
 """
 
 from __future__ import annotations
@@ -25,7 +28,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-import firmware
 from firmware import FIRMWARE_VERSION
 from firmware.abi.dice import measure_firmware
 
@@ -116,7 +118,7 @@ def build_image(out: Path | None = None, *, force: bool = False,
     ``cache`` holds the downloaded .deb files (default ``out/cache/debs``); ``firmware_source``
     is the firmware tree to pack (default: this checkout's ``firmware/`` package).
     """
-    source = firmware_source or Path(firmware.__file__).parent
+    source = firmware_source or project_root() / "firmware"
     out = out or image_dir()
     recipe = recipe or Recipe.load()
     if not force:

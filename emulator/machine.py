@@ -1,4 +1,5 @@
-"""The emulated card: one QEMU process per device, detached, controlled through QMP.
+"""The emulated card: one QEMU process per device, detached, controlled through QMP (what
+that QEMU emulates, and its command line, is ``emulator.board``'s).
 
 ``Machine(name).launch(...)`` starts QEMU in its own session with a runtime directory
 ``$SEZ_HOME/run/NAME/`` that holds everything a later process needs to find it again:
@@ -13,17 +14,19 @@
 
 The control port ``org.sez.ctl`` is a PTY; its path comes from QMP ``query-chardev``.
 Stopping is a bounded, idempotent ladder: ACPI power-off, QMP ``quit``, SIGTERM, SIGKILL.
+
+A ``Machine`` is a context manager for the QEMU it launches: if the ``with`` block raises, a
+QEMU launched inside the block is killed; one that was running before is left alone, and a
+block that ends normally leaves the machine running (zones run detached).
 """
 
 from __future__ import annotations
 
 import asyncio
-import fcntl
 import hashlib
 import json
 import logging
 import os
-import shlex
 import shutil
 import signal
 import subprocess
@@ -31,76 +34,34 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from types import TracebackType
 from typing import Any, Callable, Coroutine, TypeVar
 
 from qemu.qmp import QMPClient, QMPError
 
+from .board import CPUS, QEMU, TCG_THREAD, qemu_command, resolve_accel
 from .device import Device
 from .errors import LaunchError, MachineStateError, MachineTimeout
 from .image import Image, sha384_file
 from .paths import SezHome
 
-__all__ = ["Machine", "MachineStatus", "probe_kvm", "resolve_accel", "QEMU", "QBOOT"]
+__all__ = ["Machine", "MachineStatus", "QMP_ERRORS", "LAUNCH_TIMEOUT"]
 
 log = logging.getLogger(__name__)
 
-QEMU = os.environ.get("SEZ_QEMU", "qemu-system-x86_64")
-QBOOT = Path("/usr/share/qemu/qboot.rom")
-CONTROL_PORT = "org.sez.ctl"
-TAMPER_PORT = "org.sez.tamper"
 #: Seconds to wait for QEMU's QMP socket after spawning it.
 LAUNCH_TIMEOUT = 20.0
 #: Seconds one QMP command may take.
 QMP_TIMEOUT = 5.0
+#: What Machine.qmp raises when QEMU does not answer (TimeoutError, MachineTimeout among the
+#: OSErrors), is gone, or refuses the command.
+QMP_ERRORS = (QMPError, OSError, EOFError)
 #: Seconds run_sync waits for its helper thread beyond the coroutine's own bound.
 JOIN_MARGIN = 2.0
 #: Seconds the guest gets to power off after the ACPI power button.
 POWERDOWN_TIMEOUT = 5.0
-#: vCPUs of a zone, and how TCG runs them: "single" (one host thread for all vCPUs) or
-#: "multi" (a host thread each). One vCPU in one thread: with two vCPUs under multi-threaded
-#: TCG (QEMU 7.2) zones soft-locked in the guest kernel (cross-vCPU code patching and IPIs;
-#: README "Reliability"); one vCPU also boots and answers faster when zones share the host.
-#: $SEZ_CPUS and $SEZ_TCG_THREAD override them (A/B runs, or parallel jobs at that risk).
-CPUS = int(os.environ.get("SEZ_CPUS", "1"))
-TCG_THREAD = os.environ.get("SEZ_TCG_THREAD", "single")
-#: The guest's CPU model under TCG (why: Machine.command_line).
-TCG_CPU = "qemu64,+rdrand,+aes,+pclmulqdq,+ssse3,+sse4.1,+sse4.2"
 
 T = TypeVar("T")
-
-
-def probe_kvm() -> bool:
-    """True when KVM really works here: /dev/kvm opens and the CPU has vmx or svm.
-
-    (A /dev/kvm without hardware virtualisation underneath makes the guest hang at boot.)
-    """
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    if " vmx" not in flags and " svm" not in flags:
-        return False
-    try:
-        fd = os.open("/dev/kvm", os.O_RDWR | os.O_CLOEXEC)
-    except OSError:
-        return False
-    try:
-        kvm_get_api_version = 0xAE00
-        return fcntl.ioctl(fd, kvm_get_api_version) == 12
-    except OSError:
-        return False
-    finally:
-        os.close(fd)
-
-
-def resolve_accel(accel: str) -> str:
-    if accel == "auto":
-        return "kvm" if probe_kvm() else "tcg"
-    if accel not in ("tcg", "kvm"):
-        raise ValueError(f"accel must be auto, tcg or kvm, not {accel!r}")
-    if accel == "kvm" and not probe_kvm():
-        raise MachineStateError("KVM is not usable here (no /dev/kvm or no vmx/svm): use --accel tcg")
-    return accel
 
 
 def run_sync(factory: Callable[[], Coroutine[Any, Any, T]], timeout: float) -> T:
@@ -161,6 +122,23 @@ class Machine:
         self.home = home or SezHome.default()
         self.run_dir = self.home.run_dir(name)
         self.log = log.getChild(name)
+        self._running_before: int | None = None
+
+    def __enter__(self) -> "Machine":
+        self._running_before = self.pid
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        """If the block raised, kill the QEMU it launched (see the module's docstring)."""
+        pid = self.pid
+        if exc_type is None or pid is None or pid == self._running_before:
+            return
+        self.log.info("killing QEMU pid %d: %s", pid, exc_type.__name__)
+        try:
+            self.stop(kill=True)
+        except MachineStateError as error:  # the block's own error is the one to raise
+            self.log.error("%s", error)
 
     # -- paths ------------------------------------------------------------------------------
 
@@ -235,7 +213,7 @@ class Machine:
             return MachineStatus(self.name, False, boot_counter=state.get("boot_counter"))
         try:
             qemu_status = self.qmp("query-status")["status"]
-        except Exception as exc:  # a wedged QMP is a status, not a crash of `sez status`
+        except QMP_ERRORS as exc:  # a wedged QMP is a status, not a crash of `sez status`
             qemu_status = f"unreachable ({exc.__class__.__name__})"
         return MachineStatus(self.name, True, pid, qemu_status, state.get("channel"),
                              state.get("accel"), state.get("started"), state.get("boot_counter"))
@@ -267,41 +245,6 @@ class Machine:
         return run_sync(go, 3 * timeout)
 
     # -- lifecycle ----------------------------------------------------------------------------
-
-    def command_line(self, image: Image, *, accel: str, memory_mb: int, cpus: int,
-                     tcg_thread: str, fw_cfg: dict[str, Path | str], bbram: Path) -> list[str]:
-        # q35 boots ~1 s faster than pc under TCG (no ACPI interrupt-link routing for each
-        # virtio-pci device). Under TCG a plain x86-64 model beats "max" (its REP MOVSB and AVX2
-        # string copies are slower to emulate), plus RDRAND (the guest's CRNG is seeded at
-        # once), AES-NI and PCLMULQDQ (AES-GCM 2.2x faster in the guest), and SSSE3/SSE4.x
-        # (without them OpenSSL's AES-NI code raises SIGILL). The soft lockups once blamed on
-        # these flags came from multi-threaded TCG (see CPUS).
-        cpu = "host" if accel == "kvm" else TCG_CPU
-        argv = [
-            QEMU, "-name", f"sez-{self.name},debug-threads=on",
-            "-machine", "q35", "-accel", accel if accel == "kvm" else f"tcg,thread={tcg_thread}",
-            "-cpu", cpu, "-smp", str(cpus), "-m", str(memory_mb),
-            "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
-            "-bios", str(QBOOT),
-            "-kernel", str(image.kernel), "-initrd", str(image.initramfs),
-            "-append", image.cmdline,
-            "-chardev", f"file,id=console,path={self.console_log}",
-            "-serial", "chardev:console",
-            "-device", "virtio-serial-pci,id=vser",
-            "-chardev", "pty,id=ctl",
-            "-device", f"virtserialport,bus=vser.0,chardev=ctl,name={CONTROL_PORT}",
-            "-chardev", f"socket,id=tamper,path={self.tamper_socket},server=on,wait=off",
-            "-device", f"virtserialport,bus=vser.0,chardev=tamper,name={TAMPER_PORT}",
-            "-device", "virtio-rng-pci",
-            "-drive", f"file={bbram},if=none,format=raw,id=bbram,cache=writeback",
-            "-device", "virtio-blk-pci,drive=bbram",
-            "-qmp", f"unix:{self.qmp_socket},server=on,wait=off",
-        ]
-        for name, value in sorted(fw_cfg.items()):
-            source = f"file={value}" if isinstance(value, Path) else f"string={value}"
-            argv += ["-fw_cfg", f"name=opt/sez/{name},{source}"]
-        # Expert knob: extra QEMU arguments (later options override earlier ones).
-        return argv + shlex.split(os.environ.get("SEZ_QEMU_ARGS", ""))
 
     def launch(self, image: Image, device: Device, *, accel: str = "auto", debug: bool = False,
                memory_mb: int = 512, cpus: int | None = None, tcg_thread: str | None = None,
@@ -335,11 +278,13 @@ class Machine:
             f"kernel {sha384_file(image.kernel)}\n"
             f"initramfs {sha384_file(image.initramfs)}\n"
             f"cmdline {hashlib.sha384(image.cmdline.encode()).hexdigest()}\n")
-        argv = self.command_line(image, accel=accel, memory_mb=memory_mb, cpus=cpus,
-                                 tcg_thread=tcg_thread, fw_cfg={
-            "uds": device.fuses, "deviceid": device.device_id_cert, "measurements": measured,
-            "boot_counter": str(boots), "debug": "1" if debug else "0"},
-            bbram=device.ensure_bbram())
+        argv = qemu_command(self.name, image, accel=accel, memory_mb=memory_mb, cpus=cpus,
+                            tcg_thread=tcg_thread, console_log=self.console_log,
+                            tamper_socket=self.tamper_socket, qmp_socket=self.qmp_socket,
+                            fw_cfg={"uds": device.fuses, "deviceid": device.device_id_cert,
+                                    "measurements": measured, "boot_counter": str(boots),
+                                    "debug": "1" if debug else "0"},
+                            bbram=device.ensure_bbram())
         with self.qemu_log.open("wb") as out:
             proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=out,
                                     start_new_session=True, close_fds=True)
@@ -406,7 +351,7 @@ class Machine:
             for what, action, wait in steps:
                 try:
                     action()
-                except (OSError, QMPError, asyncio.TimeoutError, EOFError) as exc:
+                except QMP_ERRORS as exc:
                     self.log.debug("%s: %r", what, exc)
                 if self.wait(wait):
                     self.log.info("stopped after %s", what)

@@ -1,4 +1,4 @@
-"""Where SEZ keeps its state (DESIGN §10): $SEZ_HOME and the image directory."""
+"""Where SEZ keeps its state (README, "CLI"): $SEZ_HOME and the image directory."""
 
 from __future__ import annotations
 

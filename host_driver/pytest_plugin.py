@@ -18,50 +18,20 @@ from __future__ import annotations
 
 import os
 import shutil
-from dataclasses import dataclass
-from pathlib import Path
+from contextlib import ExitStack
 from typing import Callable, Iterator
 
 import pytest
 
+from emulator.board import QEMU
 from emulator.errors import ImageError
 from emulator.factory import Factory
 from emulator.image import load_image
-from emulator.machine import QEMU, Machine
 from emulator.paths import SezHome
 
-from .cli import boot_zone, qemu_state
+from .lifecycle import BootedZone, booted, qemu_processes, qemu_state
 
-__all__ = ["BootedZone", "qemu_processes"]
-
-
-@dataclass
-class BootedZone:
-    name: str
-    machine: Machine
-    boot_seconds: float
-
-    @property
-    def url(self) -> str:
-        return self.machine.channel
-
-
-def qemu_processes(run_root: Path) -> list[int]:
-    """Live (non-zombie) processes whose command line mentions ``run_root``."""
-    found = []
-    needle = str(run_root).encode()
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            if needle not in (entry / "cmdline").read_bytes():
-                continue
-            state = (entry / "stat").read_text().rpartition(")")[2].split()[0]
-        except OSError:
-            continue
-        if state not in ("Z", "X"):
-            found.append(int(entry.name))
-    return found
+__all__ = ["sez_home", "sez_zone_factory", "sez_zone"]
 
 
 #: The zones sez_zone_factory booted in this session.
@@ -113,20 +83,20 @@ def sez_zone_factory(sez_home: SezHome) -> Iterator[Callable[..., BootedZone]]:
         load_image()
     except ImageError as exc:
         _unavailable(str(exc))
-    booted = _BOOTED
+    zones = ExitStack()  # closing it kills every zone booted here
 
     def factory(name: str, *, debug: bool = False) -> BootedZone:
         if not sez_home.device_dir(name).exists():
             Factory(sez_home).provision(name)
-        _, _, seconds = boot_zone(name, debug=debug, home=sez_home)
-        zone = BootedZone(name, Machine(name, sez_home), seconds)
-        booted.append(zone)
+        zone = zones.enter_context(booted(name, debug=debug, home=sez_home))
+        _BOOTED.append(zone)
         return zone
 
-    yield factory
-    for zone in booted:
-        zone.machine.stop(kill=True)
-    booted.clear()
+    try:
+        yield factory
+    finally:
+        _BOOTED.clear()
+        zones.close()
     left = qemu_processes(sez_home.root / "run")
     assert not left, f"QEMU processes left behind: {left}"
 

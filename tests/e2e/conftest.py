@@ -13,7 +13,7 @@ import pytest
 import serial
 
 from firmware.abi import wire
-from host_driver.pytest_plugin import BootedZone
+from host_driver.lifecycle import BootedZone
 
 pytestmark = pytest.mark.e2e
 

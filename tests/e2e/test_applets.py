@@ -29,10 +29,10 @@ from emulator.paths import SezHome
 from firmware.abi import cose
 from firmware.abi.errors import Code
 from host_driver import SyncZone, ZoneError
-from host_driver.applet import (build_applet, enroll_authorization, generate_owner_key,
-                                owner_spki)
-from host_driver.pytest_plugin import BootedZone
-from host_driver.verify import VerificationError, verify_evidence, verify_receipt
+from host_driver.lifecycle import BootedZone
+from host_driver.owner import (build_applet, enroll_authorization, generate_owner_key,
+                               owner_spki)
+from host_driver.verifier import VerificationError, verify_evidence, verify_receipt
 
 pytestmark = pytest.mark.e2e
 ROOT = Path(__file__).parent.parent.parent

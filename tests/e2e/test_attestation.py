@@ -24,8 +24,9 @@ from emulator.image import build_image, load_image
 from emulator.paths import SezHome
 from firmware.abi import cose
 from host_driver import BadArgs, SyncZone
-from host_driver.pytest_plugin import BootedZone
-from host_driver.verify import AttestationResult, Reference, VerificationError, verify_evidence
+from host_driver.lifecycle import BootedZone
+from host_driver.verifier import (AttestationResult, Reference, VerificationError,
+                                  verify_evidence)
 
 pytestmark = pytest.mark.e2e
 SPKI = (serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)

@@ -15,9 +15,9 @@ import pytest
 from firmware import FIRMWARE_VERSION
 from firmware.abi import wire
 from firmware.abi.errors import Code
-from host_driver import client
 from host_driver import BadArgs, ChannelBusy, ConnectError, SyncZone, UnknownOp, Zone, ZoneError
-from host_driver.pytest_plugin import BootedZone
+from host_driver.lifecycle import BootedZone
+from host_driver.relay import client
 
 from .conftest import RawChannel
 

@@ -17,7 +17,7 @@ import pytest
 from emulator.machine import Machine
 from emulator.paths import SezHome
 from host_driver import ChannelClosed, Zone
-from host_driver.pytest_plugin import qemu_processes
+from host_driver.lifecycle import qemu_processes
 
 pytestmark = pytest.mark.e2e
 

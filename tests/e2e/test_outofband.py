@@ -24,10 +24,10 @@ from emulator.paths import SezHome
 from firmware.abi import wire
 from firmware.abi.errors import Code
 from host_driver import SyncZone, Zone, ZoneError, ZoneUnresponsive
-from host_driver.applet import build_applet, owner_spki, schedule_change, unschedule_change
-from host_driver.pytest_plugin import BootedZone
-from host_driver.verify import (AuditAnchor, AuditResult, VerificationError, verify_audit,
-                                verify_audit_log, verify_evidence, verify_receipt)
+from host_driver.lifecycle import BootedZone
+from host_driver.owner import build_applet, owner_spki, schedule_change, unschedule_change
+from host_driver.verifier import (AuditAnchor, AuditResult, VerificationError, verify_audit,
+                                  verify_audit_log, verify_evidence, verify_receipt)
 
 from .conftest import RawChannel
 

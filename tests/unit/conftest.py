@@ -11,9 +11,9 @@ import pytest
 from emulator.factory import Factory
 from emulator.paths import SezHome
 from firmware.abi import dice
-from firmware.pid1.hardware import Hardware
 from firmware.layer0.identity import Identity
-from host_driver.verify import Reference
+from firmware.pid1.hardware import Hardware
+from host_driver.verifier import Reference
 
 NONCE = b"verifier-nonce-0123"
 

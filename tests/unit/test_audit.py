@@ -15,7 +15,7 @@ from emulator.factory import Factory
 from firmware.abi import audit, cose
 from firmware.abi import schedule as schedules
 from firmware.abi.errors import BadArgs
-from host_driver.verify import AuditAnchor, VerificationError, verify_audit, verify_audit_log
+from host_driver.verifier import AuditAnchor, VerificationError, verify_audit, verify_audit_log
 
 from .conftest import NONCE, Zone
 

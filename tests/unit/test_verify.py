@@ -13,9 +13,9 @@ from emulator.paths import SezHome
 from firmware.abi import dice
 from firmware.abi import cose
 from firmware.abi.errors import NoIdentity
-from firmware.pid1.hardware import Hardware
 from firmware.layer0.identity import Identity
-from host_driver.verify import Reference, VerificationError, verify_evidence
+from firmware.pid1.hardware import Hardware
+from host_driver.verifier import Reference, VerificationError, verify_evidence
 
 from .conftest import NONCE, Zone
 

@@ -10,9 +10,10 @@ from typing import Any, Iterator
 
 import pytest
 
-from host_driver import ZoneTimeout, ZoneUnresponsive, client, sync
-from host_driver.client import Zone
-from host_driver.sync import SyncZone
+from host_driver import ZoneTimeout, ZoneUnresponsive
+from host_driver.relay import client, sync
+from host_driver.relay.client import Zone
+from host_driver.relay.sync import SyncZone
 
 
 class FakeTime:

@@ -1,4 +1,4 @@
-"""The owner's side of trusted code: owner keys, applet packages, enrolment authorizations.
+"""The owner's tools: owner keys, applet packages, enrolment authorizations, schedule changes.
 
     key = generate_owner_key("owner.pem")
     signed = build_applet("docs/examples/key-custody", key)       # the .sez bytes

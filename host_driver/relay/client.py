@@ -7,9 +7,12 @@
 Requests are pipelined: each carries an id, many can be in flight, and responses are matched
 by id in whatever order they come. Every call has a timeout (``DEFAULT_TIMEOUT`` unless
 given) and raises :class:`~host_driver.errors.ZoneTimeout` when it runs out, never returning
-partial data. Error frames become the :class:`~firmware.abi.errors.ZoneError` subclass of
-their code. Frames with ``id: null`` (the zone's answer to bytes it could not read) are kept in
-``Zone.faults``.
+partial data (``bounds`` says how long a call may take in all). Error frames become the
+:class:`~firmware.abi.errors.ZoneError` subclass of their code. Frames with ``id: null`` (the
+zone's answer to bytes it could not read) are kept in ``Zone.faults``.
+
+(Over 400 lines: ``Zone`` is one state machine, its session, requests and incoming frames
+sharing one table of pending requests.)
 """
 
 from __future__ import annotations
@@ -25,12 +28,11 @@ from firmware.abi import audit as audit_claims
 from firmware.abi import wire
 from firmware.abi.errors import Code, ProtocolError, ZoneError, error_for_code
 
+from ..errors import ChannelClosed, StateError, ZoneTimeout, ZoneUnresponsive
+from .bounds import bounded_by
 from .channel import Channel, open_channel
-from firmware.abi.errors import SezError
 
-from .errors import ChannelClosed, StateError, ZoneTimeout, ZoneUnresponsive
-
-__all__ = ["Zone", "ZoneState", "DEFAULT_TIMEOUT", "HELLO_RETRY"]
+__all__ = ["Zone", "ZoneState", "DEFAULT_TIMEOUT", "HELLO_RETRY", "RESULT_CHUNK"]
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +47,8 @@ HEARTBEAT_TIMEOUT = 8.0
 #: the hello as soon as it arrives, and a booting one once its monitor starts: the retry only
 #: covers a monitor that restarted and lost it.)
 HELLO_RETRY = 5.0
+#: The longest the zone holds one ``result`` answer (seconds): a longer wait asks again.
+RESULT_CHUNK = 60.0
 
 
 class ZoneState(enum.Enum):
@@ -114,8 +118,10 @@ class Zone:
                     f"the zone answered no heartbeat within {HEARTBEAT_TIMEOUT:.0f} s: it is "
                     "frozen or gone", op="heartbeat", seconds=HEARTBEAT_TIMEOUT))
                 return
-            except SezError:
+            except (ChannelClosed, StateError):  # closed under the beat: nothing left to watch
                 return
+            except ZoneError as exc:  # an error frame is an answer: the zone is alive
+                self.log.warning("heartbeat answered with an error: %s", exc)
 
     def _dead(self, exc: Exception) -> None:
         self.state = ZoneState.CLOSED
@@ -229,7 +235,7 @@ class Zone:
 
     async def attest(self, nonce: bytes, *, timeout: float | None = None) -> bytes:
         """Evidence for ``nonce`` (8 to 64 bytes): a COSE_Sign1 EAT, raw CBOR. Appraise it
-        with host_driver.verify.verify_evidence; the host that relays it is not trusted."""
+        with host_driver.verifier.verify_evidence; the host that relays it is not trusted."""
         result = await self.request("attest", {"nonce": nonce}, timeout=timeout)
         return bytes(result["evidence"])
 
@@ -243,7 +249,7 @@ class Zone:
 
     async def enroll(self, owner: bytes, authorization: bytes | None = None) -> dict[str, Any]:
         """Bind ``owner`` (SPKI DER). Replacing an owner needs ``authorization``
-        (host_driver.applet.enroll_authorization by the current owner). Raises ZoneError
+        (host_driver.owner.enroll_authorization by the current owner). Raises ZoneError
         ``not-owner`` if it is missing or wrong."""
         args: dict[str, Any] = {"owner": owner}
         if authorization is not None:
@@ -275,6 +281,13 @@ class Zone:
             args["key"] = key
         return dict(await self.request("submit", args))
 
+    def _result_bound(self, job: str, *, wait: float = 0.0) -> float:
+        """The longest ``result(job, wait=wait)`` can take: one ask per RESULT_CHUNK of the
+        wait and one more, each bounded by ``timeout`` + its chunk."""
+        asks = 1 + int(max(wait, 0.0) // RESULT_CHUNK)
+        return asks * self.timeout + max(wait, 0.0)
+
+    @bounded_by(_result_bound)
     async def result(self, job: str, *, wait: float = 0.0) -> dict[str, Any]:
         """{job, state, applet, output?, receipt?, error?}; ``wait`` seconds (any length) hold
         the answer until the job is final. The zone holds one answer at most 60 s, so a longer
@@ -282,16 +295,16 @@ class Zone:
         each ask is bounded by ``timeout`` + its chunk. The result stays in the zone until
         ``ack``. Raises ZoneError (``no-such-job``; ``bad-args`` for a negative wait),
         ZoneTimeout."""
-        chunk_limit, final = 60.0, ("done", "failed", "interrupted")
+        final = ("done", "failed", "interrupted")
         deadline = time.monotonic() + wait
-        chunk = min(wait, chunk_limit)
+        chunk = min(wait, RESULT_CHUNK)
         while True:
             answer = dict(await self.request("result", {"job": job, "wait": chunk},
                                              timeout=self.timeout + chunk))
             left = deadline - time.monotonic()
             if answer.get("state") in final or left <= 0:
                 return answer
-            chunk = min(left, chunk_limit)
+            chunk = min(left, RESULT_CHUNK)
 
     async def ack(self, job: str) -> None:
         """Tell the zone the host has the result of ``job``: it leaves the outbox."""
@@ -302,12 +315,12 @@ class Zone:
         return list((await self.request("jobs"))["jobs"])
 
     async def schedule(self, change: bytes) -> dict[str, Any]:
-        """Install an owner-signed schedule (host_driver.applet.schedule_change):
+        """Install an owner-signed schedule (host_driver.owner.schedule_change):
         {name, op, epoch}. ZoneError codes: not-owner, no-such-schedule, audit-full."""
         return dict(await self.request("schedule", {"change": change}))
 
     async def unschedule(self, change: bytes) -> dict[str, Any]:
-        """Remove a schedule (host_driver.applet.unschedule_change)."""
+        """Remove a schedule (host_driver.owner.unschedule_change)."""
         return dict(await self.request("unschedule", {"change": change}))
 
     async def schedules(self) -> dict[str, Any]:
@@ -319,7 +332,7 @@ class Zone:
         """Every audit-log entry the zone keeps after sequence number ``after``:
         {chain: [alias, DeviceID], entries: [COSE_Sign1 bytes], first, next}. With ``nonce``,
         first the zone's evidence for it (``evidence``, ``nonce``): it names the last entry,
-        which the fetch must then reach. Appraise it with host_driver.verify.verify_audit_log
+        which the fetch must then reach. Appraise it with host_driver.verifier.verify_audit_log
         (or verify_audit)."""
         head = {"evidence": await self.attest(nonce), "nonce": nonce} if nonce else {}
         chain: list[bytes] = []

@@ -1,4 +1,4 @@
-"""Opening the byte channel to the zone's control port (DESIGN §6).
+"""Opening the byte channel to the zone's control port (docs/architecture.md, "A request's path").
 
 Accepted addresses:
 
@@ -18,7 +18,7 @@ from urllib.parse import urlsplit
 
 import serial
 
-from .errors import ChannelBusy, ConnectError
+from ..errors import ChannelBusy, ConnectError
 
 __all__ = ["Channel", "open_channel"]
 

@@ -1,0 +1,107 @@
+"""The board QEMU emulates for a zone: which accelerator, which CPU model, which devices and
+ports, and the command line that asks QEMU for them.
+
+``emulator.machine`` runs QEMU with this command line and looks after the process; what the
+hardware *is* lives here, apart from how it is started and stopped.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import shlex
+from pathlib import Path
+
+from .errors import MachineStateError
+from .image import Image
+
+__all__ = ["QEMU", "QBOOT", "CONTROL_PORT", "TAMPER_PORT", "CPUS", "TCG_THREAD", "TCG_CPU",
+           "probe_kvm", "resolve_accel", "qemu_command"]
+
+QEMU = os.environ.get("SEZ_QEMU", "qemu-system-x86_64")
+QBOOT = Path("/usr/share/qemu/qboot.rom")
+CONTROL_PORT = "org.sez.ctl"
+TAMPER_PORT = "org.sez.tamper"
+#: vCPUs of a zone, and how TCG runs them: "single" (one host thread for all vCPUs) or
+#: "multi" (a host thread each). One vCPU in one thread: with two vCPUs under multi-threaded
+#: TCG (QEMU 7.2) zones soft-locked in the guest kernel (cross-vCPU code patching and IPIs;
+#: README "Reliability"); one vCPU also boots and answers faster when zones share the host.
+#: $SEZ_CPUS and $SEZ_TCG_THREAD override them (A/B runs, or parallel jobs at that risk).
+CPUS = int(os.environ.get("SEZ_CPUS", "1"))
+TCG_THREAD = os.environ.get("SEZ_TCG_THREAD", "single")
+#: The guest's CPU model under TCG (why: qemu_command).
+TCG_CPU = "qemu64,+rdrand,+aes,+pclmulqdq,+ssse3,+sse4.1,+sse4.2"
+
+
+def probe_kvm() -> bool:
+    """True when KVM really works here: /dev/kvm opens and the CPU has vmx or svm.
+
+    (A /dev/kvm without hardware virtualisation underneath makes the guest hang at boot.)
+    """
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    if " vmx" not in flags and " svm" not in flags:
+        return False
+    try:
+        fd = os.open("/dev/kvm", os.O_RDWR | os.O_CLOEXEC)
+    except OSError:
+        return False
+    try:
+        kvm_get_api_version = 0xAE00
+        return fcntl.ioctl(fd, kvm_get_api_version) == 12
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
+
+
+def resolve_accel(accel: str) -> str:
+    if accel == "auto":
+        return "kvm" if probe_kvm() else "tcg"
+    if accel not in ("tcg", "kvm"):
+        raise ValueError(f"accel must be auto, tcg or kvm, not {accel!r}")
+    if accel == "kvm" and not probe_kvm():
+        raise MachineStateError("KVM is not usable here (no /dev/kvm or no vmx/svm): use --accel tcg")
+    return accel
+
+
+def qemu_command(name: str, image: Image, *, accel: str, memory_mb: int, cpus: int,
+                 tcg_thread: str, console_log: Path, tamper_socket: Path, qmp_socket: Path,
+                 fw_cfg: dict[str, Path | str], bbram: Path) -> list[str]:
+    """QEMU's command line for zone ``name``: the board booting ``image``, its console written
+    to ``console_log``, its tamper line and QMP on the given unix sockets, ``fw_cfg`` items
+    under opt/sez/ (a Path is a file, a str the value), ``bbram`` its BBRAM disk."""
+    # q35 boots ~1 s faster than pc under TCG (no ACPI interrupt-link routing for each
+    # virtio-pci device). Under TCG a plain x86-64 model beats "max" (its REP MOVSB and AVX2
+    # string copies are slower to emulate), plus RDRAND (the guest's CRNG is seeded at
+    # once), AES-NI and PCLMULQDQ (AES-GCM 2.2x faster in the guest), and SSSE3/SSE4.x
+    # (without them OpenSSL's AES-NI code raises SIGILL). The soft lockups once blamed on
+    # these flags came from multi-threaded TCG (see CPUS).
+    cpu = "host" if accel == "kvm" else TCG_CPU
+    argv = [
+        QEMU, "-name", f"sez-{name},debug-threads=on",
+        "-machine", "q35", "-accel", accel if accel == "kvm" else f"tcg,thread={tcg_thread}",
+        "-cpu", cpu, "-smp", str(cpus), "-m", str(memory_mb),
+        "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
+        "-bios", str(QBOOT),
+        "-kernel", str(image.kernel), "-initrd", str(image.initramfs),
+        "-append", image.cmdline,
+        "-chardev", f"file,id=console,path={console_log}",
+        "-serial", "chardev:console",
+        "-device", "virtio-serial-pci,id=vser",
+        "-chardev", "pty,id=ctl",
+        "-device", f"virtserialport,bus=vser.0,chardev=ctl,name={CONTROL_PORT}",
+        "-chardev", f"socket,id=tamper,path={tamper_socket},server=on,wait=off",
+        "-device", f"virtserialport,bus=vser.0,chardev=tamper,name={TAMPER_PORT}",
+        "-device", "virtio-rng-pci",
+        "-drive", f"file={bbram},if=none,format=raw,id=bbram,cache=writeback",
+        "-device", "virtio-blk-pci,drive=bbram",
+        "-qmp", f"unix:{qmp_socket},server=on,wait=off",
+    ]
+    for item, value in sorted(fw_cfg.items()):
+        source = f"file={value}" if isinstance(value, Path) else f"string={value}"
+        argv += ["-fw_cfg", f"name=opt/sez/{item},{source}"]
+    # Expert knob: extra QEMU arguments (later options override earlier ones).
+    return argv + shlex.split(os.environ.get("SEZ_QEMU_ARGS", ""))
