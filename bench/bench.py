@@ -37,6 +37,7 @@ from typing import Any
 from emulator.factory import Factory
 from emulator.image import load_image
 from emulator.paths import SezHome
+from firmware.abi.jobs import FINAL, JobState
 from host_driver import Zone
 from host_driver.lifecycle import booted
 from host_driver.owner import build_applet, generate_owner_key, owner_spki
@@ -110,7 +111,7 @@ async def outbox_figures(url: str, tmp: Path, backlog: int) -> dict[str, float]:
         submitted = await asyncio.gather(*(zone.submit("null", b"") for _ in range(backlog)))
         jobs = [s["job"] for s in submitted]
         for job in jobs:
-            while (await zone.result(job, wait=60))["state"] in ("queued", "running"):
+            while (await zone.result(job, wait=60))["state"] not in FINAL:
                 pass
         detached = backlog / (time.perf_counter() - t)
     # The host was away; it comes back to a backlog of finished results.
@@ -119,7 +120,7 @@ async def outbox_figures(url: str, tmp: Path, backlog: int) -> dict[str, float]:
 
         async def deliver(job: str) -> None:
             answer = await zone.result(job)
-            assert answer["state"] == "done", answer
+            assert answer["state"] == JobState.DONE, answer
             await zone.ack(job)
 
         await asyncio.gather(*(deliver(job) for job in jobs))

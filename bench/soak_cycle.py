@@ -3,7 +3,6 @@ the soak's own QEMU children, and the work a cycle does with a zone that answers
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import select
@@ -20,6 +19,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from emulator.machine import Machine
 from emulator.paths import SezHome, project_root
+from firmware.abi.keys import key_id
+from firmware.abi.jobs import FINAL, JobState
 from host_driver import SyncZone, ZoneTimeout
 from host_driver.lifecycle import boot_zone
 from host_driver.owner import build_applet, owner_spki, package_measurement
@@ -236,7 +237,7 @@ class Workload:
         owner = zone.owner()["owner"]
         if owner is None:
             zone.enroll(spki)
-        elif owner != hashlib.sha256(spki).hexdigest():
+        elif owner != key_id(spki).hex():
             raise Mismatch(f"the zone belongs to another owner ({owner[:16]}…)")
         if not any(applet.get("name") == "null" for applet in zone.applets()):
             zone.load(self.signed, timeout=self.request_timeout)
@@ -259,13 +260,13 @@ class Workload:
         deadline = started + self.request_timeout
         while True:
             answer = zone.result(job, wait=max(0.5, min(30.0, deadline - time.monotonic())))
-            if answer["state"] not in ("queued", "running"):
+            if answer["state"] in FINAL:
                 break
             if time.monotonic() > deadline:
                 raise ZoneTimeout(f"detached job {job} still {answer['state']} after "
                                   f"{self.request_timeout:.0f} s", op="result")
         seconds = time.monotonic() - started
-        if answer["state"] != "done" or answer.get("output") != data:
+        if answer["state"] != JobState.DONE or answer.get("output") != data:
             raise Mismatch(f"detached job {job} ended {answer['state']}: "
                            f"{answer.get('error') or 'another output'}")
         verify_receipt(answer["receipt"], input=data, output=data, nonce=nonce, root=self.root,

@@ -12,16 +12,16 @@ import os
 import shlex
 from pathlib import Path
 
+from firmware.abi.device import CONTROL_PORT, FW_CFG_PREFIX, TAMPER_PORT
+
 from .errors import MachineStateError
 from .image import Image
 
-__all__ = ["QEMU", "QBOOT", "CONTROL_PORT", "TAMPER_PORT", "CPUS", "TCG_THREAD", "TCG_CPU",
-           "probe_kvm", "resolve_accel", "qemu_command"]
+__all__ = ["QEMU", "QBOOT", "CPUS", "TCG_THREAD", "TCG_CPU", "probe_kvm", "resolve_accel",
+           "qemu_command"]
 
 QEMU = os.environ.get("SEZ_QEMU", "qemu-system-x86_64")
 QBOOT = Path("/usr/share/qemu/qboot.rom")
-CONTROL_PORT = "org.sez.ctl"
-TAMPER_PORT = "org.sez.tamper"
 #: vCPUs of a zone, and how TCG runs them: "single" (one host thread for all vCPUs) or
 #: "multi" (a host thread each). One vCPU in one thread: with two vCPUs under multi-threaded
 #: TCG (QEMU 7.2) zones soft-locked in the guest kernel (cross-vCPU code patching and IPIs;
@@ -102,6 +102,6 @@ def qemu_command(name: str, image: Image, *, accel: str, memory_mb: int, cpus: i
     ]
     for item, value in sorted(fw_cfg.items()):
         source = f"file={value}" if isinstance(value, Path) else f"string={value}"
-        argv += ["-fw_cfg", f"name=opt/sez/{item},{source}"]
+        argv += ["-fw_cfg", f"name={FW_CFG_PREFIX}{item},{source}"]
     # Expert knob: extra QEMU arguments (later options override earlier ones).
     return argv + shlex.split(os.environ.get("SEZ_QEMU_ARGS", ""))

@@ -17,6 +17,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from firmware.abi.device import BBRAM_SIZE
+
 from .paths import SezHome, write_atomic
 
 __all__ = ["Device"]
@@ -24,8 +26,6 @@ __all__ = ["Device"]
 FUSES_FILE = "fuses.bin"
 DEVICE_ID_FILE = "deviceid.pem"
 BBRAM_FILE = "bbram.img"
-#: Size of the BBRAM disk: two 4 MiB slots (firmware.bbram).
-BBRAM_SIZE = 8 << 20
 INFO_FILE = "device.json"
 BOOTS_FILE = "boot_counter"
 

@@ -39,6 +39,8 @@ from typing import Any, Callable, Coroutine, TypeVar
 
 from qemu.qmp import QMPClient, QMPError
 
+from firmware.abi import device as hw
+
 from .board import CPUS, QEMU, TCG_THREAD, qemu_command, resolve_accel
 from .device import Device
 from .errors import LaunchError, MachineStateError, MachineTimeout
@@ -278,13 +280,14 @@ class Machine:
             f"kernel {sha384_file(image.kernel)}\n"
             f"initramfs {sha384_file(image.initramfs)}\n"
             f"cmdline {hashlib.sha384(image.cmdline.encode()).hexdigest()}\n")
+        fw_cfg: dict[str, Path | str] = {
+            hw.FW_UDS: device.fuses, hw.FW_DEVICE_ID: device.device_id_cert,
+            hw.FW_MEASUREMENTS: measured, hw.FW_BOOT_COUNTER: str(boots),
+            hw.FW_DEBUG: "1" if debug else "0"}
         argv = qemu_command(self.name, image, accel=accel, memory_mb=memory_mb, cpus=cpus,
                             tcg_thread=tcg_thread, console_log=self.console_log,
                             tamper_socket=self.tamper_socket, qmp_socket=self.qmp_socket,
-                            fw_cfg={"uds": device.fuses, "deviceid": device.device_id_cert,
-                                    "measurements": measured, "boot_counter": str(boots),
-                                    "debug": "1" if debug else "0"},
-                            bbram=device.ensure_bbram())
+                            fw_cfg=fw_cfg, bbram=device.ensure_bbram())
         with self.qemu_log.open("wb") as out:
             proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=out,
                                     start_new_session=True, close_fds=True)

@@ -11,7 +11,6 @@ the SHA-256 of the owner's public key.
 
 from __future__ import annotations
 
-import hashlib
 import os
 from pathlib import Path
 
@@ -20,16 +19,13 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from firmware.abi import applet as applets
-from firmware.abi import cose
+from firmware.abi import cose, keys
 from firmware.abi import schedule as schedules
 from firmware.abi.errors import SezError
 
 __all__ = ["generate_owner_key", "load_owner_key", "owner_spki", "read_applet_files",
            "build_applet", "package_of", "package_measurement", "enroll_authorization",
            "schedule_change", "unschedule_change"]
-
-_SPKI = (serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
-
 
 def generate_owner_key(path: Path | str) -> ec.EllipticCurvePrivateKey:
     """A new owner key (ECDSA P-384), written to ``path`` (PEM, PKCS#8, mode 0600)."""
@@ -53,7 +49,7 @@ def load_owner_key(path: Path | str) -> ec.EllipticCurvePrivateKey:
 
 
 def owner_spki(key: ec.EllipticCurvePrivateKey) -> bytes:
-    return key.public_key().public_bytes(*_SPKI)
+    return keys.spki(key)
 
 
 def read_applet_files(directory: Path | str) -> dict[str, bytes]:
@@ -75,7 +71,7 @@ def read_applet_files(directory: Path | str) -> dict[str, bytes]:
 
 def _sign(payload: bytes, key: ec.EllipticCurvePrivateKey) -> bytes:
     """COSE_Sign1 by the owner: alg ES384, kid = SHA-256(SPKI)."""
-    return cose.sign1(payload, key, kid=hashlib.sha256(owner_spki(key)).digest())
+    return cose.sign1(payload, key, kid=keys.key_id(owner_spki(key)))
 
 
 def build_applet(directory: Path | str, key: ec.EllipticCurvePrivateKey) -> bytes:

@@ -5,11 +5,12 @@
 from __future__ import annotations
 
 import argparse
-import hashlib
 import sys
 from pathlib import Path
 
 from firmware.abi.errors import SezError
+from firmware.abi.jobs import FINAL, JobState
+from firmware.abi.keys import key_id
 
 from ..owner import (build_applet, enroll_authorization, generate_owner_key, load_owner_key,
                      owner_spki, package_of)
@@ -25,7 +26,7 @@ def cmd_owner_keygen(args: argparse.Namespace) -> None:
         key = generate_owner_key(args.output)
     except FileExistsError:
         raise SezError(f"{args.output} exists: refusing to overwrite a key") from None
-    fingerprint = hashlib.sha256(owner_spki(key)).hexdigest()
+    fingerprint = key_id(owner_spki(key)).hex()
     emit(args, {"key": args.output, "owner": fingerprint},
          f"owner key (ECDSA P-384) in {args.output}; fingerprint {fingerprint}")
 
@@ -35,7 +36,7 @@ def cmd_owner_enroll(args: argparse.Namespace) -> None:
     with open_zone(args.name) as zone:
         current = zone.owner()
         authorization = None
-        if current["owner"] is not None and current["owner"] != hashlib.sha256(new).hexdigest():
+        if current["owner"] is not None and current["owner"] != key_id(new).hex():
             if not args.authorize:
                 raise SezError(f"zone {args.name} has an owner ({current['owner'][:16]}…): "
                                "replacing it needs --authorize CURRENT_OWNER.pem")
@@ -101,7 +102,7 @@ def cmd_result(args: argparse.Namespace) -> None:
     with open_zone(args.name, timeout=60.0) as zone:
         answer = zone.result(args.job, wait=args.wait)
         state = answer["state"]
-        if state == "done":
+        if state == JobState.DONE:
             if args.output:
                 Path(args.output).write_bytes(answer["output"])
             if args.receipt:
@@ -109,11 +110,11 @@ def cmd_result(args: argparse.Namespace) -> None:
             if not args.output and not args.json:
                 sys.stdout.buffer.write(answer["output"])
                 sys.stdout.flush()
-        if state in ("done", "failed", "interrupted") and not args.keep:
+        if state in FINAL and not args.keep:
             zone.ack(args.job)
-    if state not in ("done", "failed", "interrupted"):
+    if state not in FINAL:
         raise SezError(f"job {args.job} is {state}: not finished (wait with --wait SECONDS)")
-    if state != "done":
+    if state != JobState.DONE:
         error = answer.get("error") or {}
         raise SezError(f"job {args.job} {state}: [{error.get('code')}] {error.get('message')}")
     if args.json:

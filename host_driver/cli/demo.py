@@ -4,7 +4,6 @@ attest, own it and run trusted code, leave it alone on a schedule, come back, po
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import statistics
@@ -19,6 +18,7 @@ from emulator.factory import Factory
 from emulator.machine import Machine
 from emulator.paths import SezHome, image_dir, project_root
 from firmware.abi.errors import SezError
+from firmware.abi.keys import key_id
 
 from ..lifecycle import booted
 from ..owner import (build_applet, generate_owner_key, load_owner_key, owner_spki,
@@ -112,7 +112,7 @@ def _demo_applets(zone: SyncZone, home: SezHome, factory: Factory
     if current is None:
         _step(f"enroll: the owner key {key_path} becomes the zone's owner (BBRAM)")
         zone.enroll(mine)
-    elif current != hashlib.sha256(mine).hexdigest():
+    elif current != key_id(mine).hex():
         raise SezError("the demo zone has another owner (sez tamper it, or use --name)")
     examples = project_root() / "docs" / "examples"
     for name in ("aggregate", "key-custody"):

@@ -26,7 +26,9 @@ from typing import Any
 
 from firmware.abi import audit as audit_claims
 from firmware.abi import wire
-from firmware.abi.errors import Code, ProtocolError, ZoneError, error_for_code
+from firmware.abi.errors import Internal, ProtocolError, ZoneError, error_for_code
+from firmware.abi.jobs import FINAL, RESULT_WAIT_MAX
+from firmware.abi.ops import Op
 
 from ..errors import ChannelClosed, StateError, ZoneTimeout, ZoneUnresponsive
 from .bounds import bounded_by
@@ -48,7 +50,7 @@ HEARTBEAT_TIMEOUT = 8.0
 #: covers a monitor that restarted and lost it.)
 HELLO_RETRY = 5.0
 #: The longest the zone holds one ``result`` answer (seconds): a longer wait asks again.
-RESULT_CHUNK = 60.0
+RESULT_CHUNK = float(RESULT_WAIT_MAX)
 
 
 class ZoneState(enum.Enum):
@@ -111,7 +113,7 @@ class Zone:
             if self.state is not ZoneState.RUNNING:
                 return
             try:
-                await self.request("echo", {"data": b""}, timeout=HEARTBEAT_TIMEOUT)
+                await self.request(Op.ECHO, {"data": b""}, timeout=HEARTBEAT_TIMEOUT)
             except ZoneTimeout:
                 self.log.error("no heartbeat answer within %.0f s", HEARTBEAT_TIMEOUT)
                 self._dead(ZoneUnresponsive(
@@ -141,7 +143,7 @@ class Zone:
         while True:
             nonce = secrets.token_bytes(16)
             self._channel.write(wire.BREAK)  # type: ignore[union-attr]
-            request_id, future = self._send("hello", {"nonce": nonce})
+            request_id, future = self._send(Op.HELLO, {"nonce": nonce})
             wait = min(HELLO_RETRY, max(0.0, deadline - time.monotonic()))
             await asyncio.wait({future}, timeout=wait)
             if future.done():
@@ -215,37 +217,37 @@ class Zone:
     async def hello(self) -> dict[str, Any]:
         """Start a new session: the zone forgets responses queued for an earlier host."""
         nonce = secrets.token_bytes(16)
-        self.session = dict(await self.request("hello", {"nonce": nonce}))
+        self.session = dict(await self.request(Op.HELLO, {"nonce": nonce}))
         if self.session.get("nonce") != nonce:
             raise ProtocolError("hello answered with another session's nonce")
         return self.session
 
     async def info(self) -> dict[str, Any]:
         """Firmware and protocol versions, boot counter, uptime, memory, host sessions."""
-        return dict(await self.request("info"))
+        return dict(await self.request(Op.INFO))
 
     async def echo(self, data: bytes, *, timeout: float | None = None) -> bytes:
         """Send ``data`` to the zone and return what it sends back."""
-        result = await self.request("echo", {"data": data}, timeout=timeout)
+        result = await self.request(Op.ECHO, {"data": data}, timeout=timeout)
         return bytes(result["data"])
 
     async def stats(self) -> dict[str, Any]:
         """The monitor's counters: frames and bytes each way, errors by code, ops served."""
-        return dict(await self.request("stats"))
+        return dict(await self.request(Op.STATS))
 
     async def attest(self, nonce: bytes, *, timeout: float | None = None) -> bytes:
         """Evidence for ``nonce`` (8 to 64 bytes): a COSE_Sign1 EAT, raw CBOR. Appraise it
         with host_driver.verifier.verify_evidence; the host that relays it is not trusted."""
-        result = await self.request("attest", {"nonce": nonce}, timeout=timeout)
+        result = await self.request(Op.ATTEST, {"nonce": nonce}, timeout=timeout)
         return bytes(result["evidence"])
 
     async def identity(self, *, timeout: float | None = None) -> dict[str, Any]:
         """UEID, alias and DeviceID certificates (DER), measurements, debug."""
-        return dict(await self.request("identity", timeout=timeout))
+        return dict(await self.request(Op.IDENTITY, timeout=timeout))
 
     async def owner(self) -> dict[str, Any]:
         """{owner: SHA-256 hex of the owner's public key or None, epoch, ueid}."""
-        return dict(await self.request("owner"))
+        return dict(await self.request(Op.OWNER))
 
     async def enroll(self, owner: bytes, authorization: bytes | None = None) -> dict[str, Any]:
         """Bind ``owner`` (SPKI DER). Replacing an owner needs ``authorization``
@@ -254,21 +256,21 @@ class Zone:
         args: dict[str, Any] = {"owner": owner}
         if authorization is not None:
             args["authorization"] = authorization
-        return dict(await self.request("enroll", args))
+        return dict(await self.request(Op.ENROLL, args))
 
     async def load(self, signed: bytes, *, timeout: float | None = None) -> dict[str, Any]:
         """Load a signed applet (.sez bytes): {id, name, version, measurement, limits}.
         ZoneError codes: not-owner, rollback, bad-package."""
-        return dict(await self.request("load", {"package": signed}, timeout=timeout))
+        return dict(await self.request(Op.LOAD, {"package": signed}, timeout=timeout))
 
     async def applets(self) -> list[dict[str, Any]]:
-        return list((await self.request("applets"))["applets"])
+        return list((await self.request(Op.APPLETS))["applets"])
 
     async def run(self, applet: str, data: bytes, *, nonce: bytes = b"",
                   timeout: float | None = None) -> dict[str, Any]:
         """Run ``applet`` (name or id) on ``data``: {job, applet, output, receipt}. A failing
         applet raises ZoneError ``applet-failed`` saying why."""
-        return dict(await self.request("run", {"applet": applet, "input": data, "nonce": nonce},
+        return dict(await self.request(Op.RUN, {"applet": applet, "input": data, "nonce": nonce},
                                        timeout=timeout))
 
     async def submit(self, applet: str, data: bytes, *, nonce: bytes = b"",
@@ -279,7 +281,7 @@ class Zone:
         args: dict[str, Any] = {"applet": applet, "input": data, "nonce": nonce}
         if key is not None:
             args["key"] = key
-        return dict(await self.request("submit", args))
+        return dict(await self.request(Op.SUBMIT, args))
 
     def _result_bound(self, job: str, *, wait: float = 0.0) -> float:
         """The longest ``result(job, wait=wait)`` can take: one ask per RESULT_CHUNK of the
@@ -290,42 +292,41 @@ class Zone:
     @bounded_by(_result_bound)
     async def result(self, job: str, *, wait: float = 0.0) -> dict[str, Any]:
         """{job, state, applet, output?, receipt?, error?}; ``wait`` seconds (any length) hold
-        the answer until the job is final. The zone holds one answer at most 60 s, so a longer
-        wait asks again, in chunks of at most 60 s, until the job is final or ``wait`` is over;
+        the answer until the job is final. The zone holds one answer at most RESULT_CHUNK s, so a
+        longer wait asks again, in chunks of at most that, until the job is final or ``wait`` is over;
         each ask is bounded by ``timeout`` + its chunk. The result stays in the zone until
         ``ack``. Raises ZoneError (``no-such-job``; ``bad-args`` for a negative wait),
         ZoneTimeout."""
-        final = ("done", "failed", "interrupted")
         deadline = time.monotonic() + wait
         chunk = min(wait, RESULT_CHUNK)
         while True:
-            answer = dict(await self.request("result", {"job": job, "wait": chunk},
+            answer = dict(await self.request(Op.RESULT, {"job": job, "wait": chunk},
                                              timeout=self.timeout + chunk))
             left = deadline - time.monotonic()
-            if answer.get("state") in final or left <= 0:
+            if answer.get("state") in FINAL or left <= 0:
                 return answer
             chunk = min(left, RESULT_CHUNK)
 
     async def ack(self, job: str) -> None:
         """Tell the zone the host has the result of ``job``: it leaves the outbox."""
-        await self.request("ack", {"job": job})
+        await self.request(Op.ACK, {"job": job})
 
     async def jobs(self) -> list[dict[str, Any]]:
         """The outbox: detached jobs not yet acknowledged, with their states."""
-        return list((await self.request("jobs"))["jobs"])
+        return list((await self.request(Op.JOBS))["jobs"])
 
     async def schedule(self, change: bytes) -> dict[str, Any]:
         """Install an owner-signed schedule (host_driver.owner.schedule_change):
         {name, op, epoch}. ZoneError codes: not-owner, no-such-schedule, audit-full."""
-        return dict(await self.request("schedule", {"change": change}))
+        return dict(await self.request(Op.SCHEDULE, {"change": change}))
 
     async def unschedule(self, change: bytes) -> dict[str, Any]:
         """Remove a schedule (host_driver.owner.unschedule_change)."""
-        return dict(await self.request("unschedule", {"change": change}))
+        return dict(await self.request(Op.UNSCHEDULE, {"change": change}))
 
     async def schedules(self) -> dict[str, Any]:
         """{ueid, epoch, schedules: [{name, applet, measurement, every, runs, skipped, ...}]}."""
-        return dict(await self.request("schedules"))
+        return dict(await self.request(Op.SCHEDULES))
 
     async def audit(self, *, after: int = 0, page: int = 256,
                     nonce: bytes | None = None) -> dict[str, Any]:
@@ -341,7 +342,7 @@ class Zone:
             if len(entries) > audit_claims.KEPT:  # a zone that never stops: bounded
                 raise ProtocolError(f"the zone sent more audit entries than it can keep "
                                     f"({audit_claims.KEPT})")
-            answer = await self.request("audit", {"after": after, "limit": page})
+            answer = await self.request(Op.AUDIT, {"after": after, "limit": page})
             chain = [bytes(c) for c in answer["chain"]]
             got = [bytes(e) for e in answer["entries"]]
             entries += got
@@ -352,11 +353,11 @@ class Zone:
 
     async def audit_ack(self, upto: int) -> dict[str, Any]:
         """The host keeps the entries up to ``upto``: the zone forgets them."""
-        return dict(await self.request("audit-ack", {"upto": upto}))
+        return dict(await self.request(Op.AUDIT_ACK, {"upto": upto}))
 
     async def poweroff(self) -> None:
         """Ask the zone to sync and power the machine off (QEMU exits)."""
-        await self.request("poweroff")
+        await self.request(Op.POWEROFF)
 
     # -- incoming ---------------------------------------------------------------------------
 
@@ -386,7 +387,7 @@ class Zone:
     def _error(payload: dict[str, Any]) -> ZoneError:
         error = payload.get("error")
         if not isinstance(error, dict):
-            return ZoneError("malformed error frame from the zone", code=Code.INTERNAL)
+            return Internal("malformed error frame from the zone")
         return error_for_code(str(error.get("code")), str(error.get("message")),
                               payload.get("id"))
 

@@ -4,16 +4,15 @@ naming the one before, none missing, up to the head that fresh evidence names.""
 from __future__ import annotations
 
 import datetime
-import hashlib
 import hmac
 from dataclasses import dataclass
 from typing import Any
 
 from cryptography import x509
-from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 
 from firmware.abi import audit as audit_claims
-from firmware.abi import cose
+from firmware.abi import cose, keys
 
 from .common import AuditAnchor, VerificationError, serial_number, signed_claims, zone_chain
 from .evidence import verify_evidence
@@ -74,8 +73,9 @@ def verify_audit(chain: list[bytes], entries: list[bytes], *, root: x509.Certifi
         if expected is not None and not hmac.compare_digest(ueid, expected):
             raise VerificationError("device", f"the log comes from device {ueid.hex()}, not "
                                     f"{expected.hex()}")
-    kid = hashlib.sha256(alias.public_key().public_bytes(
-        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)).digest()
+    alias_key = alias.public_key()
+    assert isinstance(alias_key, ec.EllipticCurvePublicKey)  # zone_chain checked it
+    kid = keys.key_id(keys.spki(alias_key))
     seq, link = (anchor.seq, anchor.link) if anchor else (None, None)
     verified = []
     for raw in entries:

@@ -82,13 +82,13 @@ class AttestationResult:
     @property
     def owner(self) -> bytes | None:
         """SHA-256 of the enrolled owner's public key, or None."""
-        owner = self.claims.get("sez.owner")
+        owner = self.claims.get(claims.OWNER)
         return owner if isinstance(owner, bytes) else None
 
     @property
     def audit_head(self) -> AuditAnchor | None:
         """The zone's last audit-log entry when it made this evidence (verify_audit's head)."""
-        head = self.claims.get("sez.audit")
+        head = self.claims.get(claims.AUDIT)
         if not (isinstance(head, dict) and type(head.get("seq")) is int
                 and isinstance(head.get("link"), bytes)):
             return None
@@ -97,7 +97,7 @@ class AttestationResult:
     @property
     def applets(self) -> list[dict[str, Any]]:
         """The loaded applets: [{name, version, measurement}]."""
-        applets = self.claims.get("sez.applets")
+        applets = self.claims.get(claims.APPLETS)
         return list(applets) if isinstance(applets, list) else []
 
     def as_dict(self) -> dict[str, Any]:
@@ -105,7 +105,7 @@ class AttestationResult:
                 "firmware": self.firmware, "issued_at": self.issued_at,
                 "measurements": {k: v.hex() for k, v in self.measurements.items()},
                 "owner": self.owner.hex() if self.owner else None,
-                "bbram": self.claims.get("sez.bbram"),
+                "bbram": self.claims.get(claims.BBRAM),
                 "applets": [{**a, "measurement": bytes(a["measurement"]).hex()}
                             for a in self.applets]}
 
