@@ -148,7 +148,7 @@ def parse(raw: bytes) -> Package:
         raise BadPackage(f"package of {len(raw)} bytes exceeds {MAX_PACKAGE}")
     try:
         package = cbor2.loads(raw)
-    except Exception as exc:
+    except Exception as exc:  # cbor2 raises several types on hostile input: all mean this
         raise BadPackage(f"package is not CBOR: {exc}") from exc
     if not isinstance(package, dict) or package.get("format") != FORMAT:
         raise BadPackage(f"not a format-{FORMAT} applet package")

@@ -95,7 +95,7 @@ def decode_sign1(data: bytes) -> Sign1:
     """Parse a (tagged or untagged) COSE_Sign1; CoseError if it is not one."""
     try:
         item = cbor2.loads(data)
-    except Exception as exc:
+    except Exception as exc:  # cbor2 raises several types on hostile input: all mean this
         raise CoseError(f"not CBOR: {exc}") from exc
     if isinstance(item, cbor2.CBORTag):
         if item.tag != COSE_SIGN1_TAG:
@@ -109,7 +109,7 @@ def decode_sign1(data: bytes) -> Sign1:
         raise CoseError("COSE_Sign1 items have the wrong types")
     try:
         headers = cbor2.loads(protected) if protected else {}
-    except Exception as exc:
+    except Exception as exc:  # as above
         raise CoseError(f"protected header is not CBOR: {exc}") from exc
     if not isinstance(headers, dict):
         raise CoseError("protected header is not a map")

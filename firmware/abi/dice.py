@@ -197,7 +197,7 @@ def decode_tcb_info(der: bytes) -> dict[str, object]:
     the extension is not a TcbInfo with one SHA-384 fwid per MEASURED entry."""
     try:
         info, rest = der_decoder.decode(der, asn1Spec=_DiceTcbInfo())
-    except Exception as exc:
+    except Exception as exc:  # pyasn1 raises several types on hostile input: all mean this
         raise ValueError(f"not a DiceTcbInfo: {exc}") from exc
     if rest:
         raise ValueError("bytes after the DiceTcbInfo")

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-from ..abi.errors import ZoneError
+from ..abi.errors import Internal, ZoneError
+from ..runtime.console import log_exception
 
 __all__ = ["Deferred"]
 
@@ -40,7 +41,8 @@ class Deferred:
 
     def then(self, transform: Callable[[Any], Any]) -> "Deferred":
         """A Deferred of ``transform(value)`` (which may itself return a Deferred); errors pass
-        through, and a ZoneError that ``transform`` raises becomes the error."""
+        through, a ZoneError that ``transform`` raises becomes the error, and any other
+        exception (a zone bug) becomes ``internal``, logged: a request is always answered."""
         out = Deferred()
 
         def chain(d: Deferred) -> None:
@@ -51,6 +53,10 @@ class Deferred:
                 value = transform(d.value)
             except ZoneError as exc:
                 out.resolve(error=exc)
+                return
+            except Exception as exc:  # a zone bug: the request is still answered (internal)
+                log_exception("a deferred step failed")
+                out.resolve(error=Internal(f"{type(exc).__name__}: {exc}"[:200]))
                 return
             if isinstance(value, Deferred):
                 value.add(lambda inner: out.resolve(inner.value, inner.error))

@@ -111,7 +111,7 @@ class ZoneStore:
         def check(result: dict[str, Any]) -> Deferred:
             try:
                 signed = cbor2.loads(result["payload"])
-            except Exception:
+            except (ValueError, TypeError):  # cbor2's decode errors are ValueErrors
                 signed = None
             if signed != expected:
                 raise NotOwner("the authorization is for another owner, device or epoch")

@@ -92,6 +92,6 @@ def main() -> None:
     while True:  # PID 1 must never return
         try:
             supervise(hw)
-        except Exception:
+        except Exception:  # PID 1's exit would panic the kernel: log, wait, supervise again
             log_exception("supervisor failed")
             time.sleep(1)
