@@ -244,7 +244,7 @@ class Jobs:
                scheduled: dict[str, Any] | None = None) -> Deferred:
         """Queue a detached job; resolve to {job, state, duplicate} once it is durable. A
         retried submission (same ``key``) gets the first one's job, and runs nothing.
-        ``scheduled`` marks a scheduled run (firmware.schedules)."""
+        ``scheduled`` marks a scheduled run (firmware.monitor.schedules)."""
         if key is not None:
             found = self.store.find_key(key)
             if found is not None:

@@ -1,7 +1,7 @@
 """Scheduled work: owner-signed schedules the zone runs with or without a host (abi.schedule).
 
 Each schedule runs its applet on its input at once when it is installed or the zone boots, then
-every ``every`` seconds. A run is a detached job (firmware.jobs) whose result waits in the
+every ``every`` seconds. A run is a detached job (firmware.monitor.jobs) whose result waits in the
 outbox like any other, and whose end is committed together with an audit-log entry
 (firmware.monitor.audit), so every run that ends is in the log. A tick is skipped, and counted in the
 next run's entry, when the previous run is still going, the applet with the pinned measurement
@@ -42,7 +42,7 @@ class Schedules:
 
     def start(self, requeued: list[str]) -> None:
         """After a boot: every persisted schedule runs again, its first run at once, unless
-        a run of it is among the ``requeued`` jobs (firmware.jobs.Jobs.recover) and still
+        a run of it is among the ``requeued`` jobs (firmware.monitor.jobs.Jobs.recover) and still
         going: runs of one schedule never overlap."""
         specs = self.specs()
         outbox = self.store.outbox()
