@@ -52,6 +52,8 @@ _NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,63}$")
 _PATH = re.compile(r"^(?!.*(^|/)\.)[A-Za-z0-9_./-]{1,200}$")
 _ENTRY = re.compile(r"^([A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*):([A-Za-z_][A-Za-z0-9_]*)$")
 MAX_FILES = 256
+#: The most bytes an applet seals at once (``zone.seal``).
+SEAL_MAX = 1 << 20
 MAX_PACKAGE = 8 << 20
 
 

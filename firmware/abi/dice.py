@@ -37,7 +37,7 @@ from .keys import key_id, spki
 
 __all__ = [
     "MEASURED", "UDS_SIZE", "TCB_INFO_OID", "device_id_key", "ueid", "cdi", "alias_key",
-    "bbram_key", "applet_key",
+    "bbram_key", "applet_key", "seal_root", "sealing_key",
     "derive_key", "measure_firmware", "measurement_digest", "encode_tcb_info", "decode_tcb_info",
     "issue_alias_cert", "issue_applet_cert", "device_id_name",
 ]
@@ -97,6 +97,21 @@ def alias_key(cdi_value: bytes) -> ec.EllipticCurvePrivateKey:
 def bbram_key(cdi_value: bytes) -> bytes:
     """The AES-256-GCM key that seals BBRAM: bound to this device and this firmware."""
     return _kdf(cdi_value, b"BBRAM", 32)
+
+
+def seal_root(uds: bytes | bytearray, debug: bool) -> bytes:
+    """The root of applets' sealing keys: bound to the device and the mode, not to the
+    firmware, so what applets sealed survives a firmware update (the owner and the applet's
+    name and version bind each key: see sealing_key)."""
+    _check_uds(uds)
+    return _kdf(uds, b"Seal:" + (b"debug" if debug else b"normal"), 32)
+
+
+def sealing_key(root: bytes, owner: bytes, name: str, version: int) -> bytes:
+    """The AES-256-GCM key for blobs that version ``version`` of applet ``name`` seals under
+    the owner whose key id is ``owner``."""
+    return _kdf(root, b"SealKey\0" + owner + b"\0" + name.encode() + b"\0"
+                + version.to_bytes(4, "big"), 32)
 
 
 def applet_key(cdi_value: bytes, measurement: bytes) -> ec.EllipticCurvePrivateKey:

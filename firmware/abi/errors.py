@@ -9,7 +9,7 @@ Every failure anywhere in SEZ is a :class:`SezError`. The tree::
      |    |        UnexpectedKind
      |    +-- UnknownOp, BadArgs, NoIdentity, BbramError, NotOwner, Rollback, BadPackage,
      |        NoSuchApplet, AppletFailed, OutboxFull, NoSuchJob, Interrupted, AuditFull,
-     |        NoSuchSchedule, Internal
+     |        NoSuchSchedule, BadBlob, Internal
      +-- cose.CoseError         a COSE_Sign1 that is malformed or does not verify
      +-- (emulator.errors)      the "hardware": image, machine lifecycle, boot
      +-- (host_driver.errors)   the host side of the channel: connect, timeout, closed
@@ -30,7 +30,7 @@ __all__ = [
     "TruncatedFrame", "BadCbor", "BadRequest", "UnexpectedKind", "UnknownOp", "BadArgs",
     "NoIdentity", "BbramError", "NotOwner", "Rollback", "BadPackage", "NoSuchApplet",
     "AppletFailed", "OutboxFull", "NoSuchJob", "Interrupted", "AuditFull", "NoSuchSchedule",
-    "Internal", "error_for_code",
+    "BadBlob", "Internal", "error_for_code",
 ]
 
 
@@ -57,6 +57,7 @@ class Code(enum.StrEnum):
     INTERRUPTED = "interrupted"  # the job was running when the power went
     AUDIT_FULL = "audit-full"  # the audit log holds its most: the host must acknowledge entries
     NO_SUCH_SCHEDULE = "no-such-schedule"
+    BAD_BLOB = "bad-blob"  # a sealed blob that does not open for this applet (or was changed)
     INTERNAL = "internal"  # a fault inside the zone; the zone keeps serving
 
     #: The codes of ProtocolError: what crossed the channel could not be read as a request.
@@ -181,6 +182,13 @@ class NoSuchSchedule(ZoneError):
     code = Code.NO_SUCH_SCHEDULE
 
 
+class BadBlob(ZoneError):
+    """A sealed blob that does not open: another device, owner or applet sealed it, a newer
+    version of this applet did, or it was changed."""
+
+    code = Code.BAD_BLOB
+
+
 class Internal(ZoneError):
     code = Code.INTERNAL
 
@@ -190,7 +198,7 @@ _BY_CODE: dict[str, type[ZoneError]] = {
         BadFrame, FrameTooLarge, TruncatedFrame, BadCbor, BadRequest, UnexpectedKind,
         UnknownOp, BadArgs, NoIdentity, BbramError, NotOwner, Rollback, BadPackage,
         NoSuchApplet, AppletFailed, OutboxFull, NoSuchJob, Interrupted, AuditFull,
-        NoSuchSchedule, Internal)
+        NoSuchSchedule, BadBlob, Internal)
 }
 
 

@@ -4,7 +4,8 @@ From the UDS and the measurements (firmware.abi.dice): DeviceID (checked against
 certificate the factory signed, then dropped), the UEID, the CDI, the alias key (certified
 here, by DeviceID), the BBRAM key, and each applet's own key. Signing: evidence
 (abi.evidence), job receipts (abi.receipt), audit-log entries (abi.audit) and applet
-signatures; verifying: a COSE_Sign1 against a given public key (the owner's).
+signatures; verifying: a COSE_Sign1 against a given public key (the owner's); sealing for
+applets (firmware.layer0.sealing).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from ..abi import receipt as receipt_claims
 from ..abi.errors import NoIdentity
 from ..pid1.hardware import Hardware
 from .bbram import Bbram
+from .sealing import Sealer
 
 __all__ = ["Identity", "verify_signed"]
 
@@ -46,6 +48,7 @@ class Identity:
             device_id = dice.device_id_key(uds)
             self.ueid = dice.ueid(uds)
             cdi = dice.cdi(uds, measurements, hw.debug)
+            self.sealer = Sealer(dice.seal_root(uds, hw.debug), self.ueid)
         finally:
             uds[:] = bytes(len(uds))  # layer 0 is done with the fuses
         certified = x509.load_pem_x509_certificate(hw.device_id_cert)

@@ -13,6 +13,8 @@ and serves the monitor on a root-only unix socket (firmware.runtime.ipc):
 ``audit-entry``   ``{claims}`` -> an audit-log entry (COSE_Sign1 by the alias key, with kid)
 ``applet-sign``   ``{measurement, data}`` -> the applet's own signature, its public key and
                   its certificate (signed by the alias key)
+``seal``          ``{owner, name, version, data}`` -> a blob only that applet opens
+``unseal``        ``{owner, name, version, blob}`` -> the data (firmware.layer0.sealing)
 
 The monitor, which parses everything that crosses the channel, never holds a key: it can ask
 for evidence, not forge it. What layer 0 trusts is what it imports: firmware.abi (the
@@ -67,6 +69,12 @@ class Keeper:
             KeeperOp.AUDIT_ENTRY: lambda args: {"entry": identity.audit_entry(args["claims"])},
             KeeperOp.APPLET_SIGN: lambda args: identity.applet_sign(args.get("measurement"),
                                                                     args.get("data")),
+            KeeperOp.SEAL: lambda args: {"blob": identity.sealer.seal(
+                _bytes(args, "owner"), _text(args, "name"), _version(args),
+                _bytes(args, "data"))},
+            KeeperOp.UNSEAL: lambda args: {"data": identity.sealer.unseal(
+                _bytes(args, "owner"), _text(args, "name"), _version(args),
+                _bytes(args, "blob"))},
         }
 
     def handle(self, message: bytes) -> dict[str, Any]:
@@ -117,6 +125,27 @@ class Keeper:
                         conn.send(cbor2.dumps(self.handle(message)))
                     except OSError:
                         break
+
+
+def _bytes(args: dict[str, Any], key: str) -> bytes:
+    value = args.get(key)
+    if not isinstance(value, bytes):
+        raise ValueError(f"{key} must be bytes")
+    return value
+
+
+def _text(args: dict[str, Any], key: str) -> str:
+    value = args.get(key)
+    if not isinstance(value, str):
+        raise ValueError(f"{key} must be text")
+    return value
+
+
+def _version(args: dict[str, Any]) -> int:
+    value = args.get("version")
+    if type(value) is not int or not 1 <= value < 1 << 32:
+        raise ValueError("version must be an integer >= 1")
+    return value
 
 
 def main(hw: Hardware) -> None:

@@ -21,8 +21,9 @@ from typing import Any, Callable
 from ..abi import receipt as receipt_claims
 from ..abi import wire
 from ..abi.applet import Package
-from ..abi.errors import AppletFailed, Code, NoSuchJob, UnknownOp
+from ..abi.errors import AppletFailed, BadArgs, Code, NoSuchJob, NotOwner, UnknownOp
 from ..abi.jobs import FINAL, JobState
+from ..abi.keys import key_id
 from ..runtime.console import log
 from ..runtime.ipc import CONFINEMENT_FAILED, EXIT, JOB_DONE, JOB_ERROR, JobCall, KeeperOp
 from ..runtime.port import Port
@@ -114,10 +115,31 @@ class Job:
             if self.log_lines <= LOG_LINES:
                 log(f"job {self.id} ({self.package.name}): {str(args.get('message'))[:300]}")
             Deferred.of({}).add(reply)
+        elif op in (JobCall.SEAL, JobCall.UNSEAL):
+            self._seal(op, args).add(reply)
         else:
             refused = Deferred()
-            refused.resolve(error=UnknownOp(f"applets may call sign and log, not {op!r}"))
+            refused.resolve(error=UnknownOp(f"applets may call sign, log, seal and unseal, not "
+                                            f"{op!r}"))
             reply(refused)
+
+    def _seal(self, op: str, args: dict[str, Any]) -> Deferred:
+        """Seal or unseal for this job's applet: the monitor, not the applet, names it (its
+        name and version, and the enrolled owner), so no applet can open another's blobs."""
+        field = "data" if op == JobCall.SEAL else "blob"
+        value, owner = args.get(field), self.jobs.store.state.map.get("owner")
+        if not isinstance(value, bytes):
+            refused = Deferred()
+            refused.resolve(error=BadArgs(f"{op} takes {{{field}: bytes}}"))
+            return refused
+        if owner is None:
+            refused = Deferred()
+            refused.resolve(error=NotOwner("no owner is enrolled: nothing can be sealed"))
+            return refused
+        return self.jobs.keeper.call(
+            KeeperOp.SEAL if op == JobCall.SEAL else KeeperOp.UNSEAL,
+            {"owner": key_id(owner), "name": self.package.name,
+             "version": self.package.version, field: value})
 
     def _eof(self) -> None:
         """The job's socket closed: everything the job sent has been read. If its process

@@ -57,7 +57,7 @@ class JobChannel:
         payload = frame.payload
         if not payload.get("ok"):
             error = payload.get("error") or {}
-            raise RuntimeError(f"zone refused {op}: {error.get('message')}")
+            raise RuntimeError(f"zone refused {op}: [{error.get('code')}] {error.get('message')}")
         return payload.get("result")
 
 
@@ -97,6 +97,16 @@ class ZoneAPI:
             self.sign(b"")
         assert self._signer is not None
         return self._signer
+
+    def seal(self, data: bytes) -> bytes:
+        """``data`` sealed for this applet: a blob that only this applet (this name, or a later
+        version of it), under this owner, on this device, can unseal. Anyone may keep it."""
+        return bytes(self._channel.call(JobCall.SEAL, {"data": bytes(data)})["blob"])
+
+    def unseal(self, blob: bytes) -> bytes:
+        """The data in a blob this applet (or an older version of it) sealed; RuntimeError
+        ``bad-blob`` for any other blob, or a changed one."""
+        return bytes(self._channel.call(JobCall.UNSEAL, {"blob": bytes(blob)})["data"])
 
     def log(self, message: str) -> None:
         """One line on the zone's console, prefixed with the job id."""

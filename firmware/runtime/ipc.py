@@ -41,6 +41,8 @@ class KeeperOp(enum.StrEnum):
     RECEIPT = "receipt"
     AUDIT_ENTRY = "audit-entry"
     APPLET_SIGN = "applet-sign"
+    SEAL = "seal"
+    UNSEAL = "unseal"
 
 
 class RunnerOp(enum.StrEnum):
@@ -59,6 +61,8 @@ class JobCall(enum.StrEnum):
 
     SIGN = "sign"  # {data} -> its own signature, public key, certificate, chain
     LOG = "log"  # {message} -> one console line
+    SEAL = "seal"  # {data} -> {blob}: only this applet (name, owner, device) opens it
+    UNSEAL = "unseal"  # {blob} -> {data}
 
 
 #: The events that end a job.
