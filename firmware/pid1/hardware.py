@@ -11,9 +11,12 @@ import os
 
 from ..abi import device
 from ..runtime.console import log
+from ..runtime.process import run_tool
 
 FW_CFG = "/sys/firmware/qemu_fw_cfg/by_name/" + device.FW_CFG_PREFIX.rstrip("/")
 FW_CFG_MODULE = "/lib/modules/qemu_fw_cfg.ko"
+#: Seconds rmmod may take.
+TOOL_TIMEOUT = 10.0
 
 
 def _read(name: str) -> bytes | None:
@@ -70,10 +73,10 @@ def seal_fw_cfg() -> None:
     """Unload the fw_cfg driver and delete its module: the fuses are out of reach from now on."""
     if not os.path.exists("/sys/firmware/qemu_fw_cfg"):
         return
-    pid = os.posix_spawn("/bin/rmmod", ["rmmod", "qemu_fw_cfg"], {"PATH": "/bin"})
-    _, status = os.waitpid(pid, 0)
+    status = run_tool(["/bin/rmmod", "qemu_fw_cfg"], TOOL_TIMEOUT)
     if status != 0 or os.path.exists("/sys/firmware/qemu_fw_cfg"):
-        log("hardware: could not unload qemu_fw_cfg")
+        log("hardware: could not unload qemu_fw_cfg"
+            + (f" within {TOOL_TIMEOUT:.0f} s" if status is None else ""))
     try:
         os.unlink(FW_CFG_MODULE)
     except FileNotFoundError:

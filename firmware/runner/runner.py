@@ -27,7 +27,7 @@ import cbor2
 
 from ..runtime.console import log, log_exception
 from ..runtime.ipc import CONFINEMENT_FAILED, EXIT, RUNNER_SOCKET, RunnerOp, listen
-from ..runtime.process import foreground
+from ..runtime.process import foreground, run_tool
 from ..runtime.reactor import Reactor
 from .job import run_job  # imported here, so a job's process starts with it loaded
 
@@ -36,6 +36,8 @@ JOBS_CGROUP = f"{CGROUP_ROOT}/sez-jobs"
 WORK_ROOT = "/tmp/sez-jobs"
 #: Memory kept for the zone's own processes (PID 1, keeper, runner, monitor, page cache).
 ZONE_RESERVE = 192 << 20
+#: Seconds mounting the cgroup file system may take.
+MOUNT_TIMEOUT = 10.0
 
 
 def _write(path: str, value: str) -> None:
@@ -60,9 +62,9 @@ class Runner:
     def setup(self) -> None:
         os.makedirs(CGROUP_ROOT, exist_ok=True)
         if not os.path.exists(f"{CGROUP_ROOT}/cgroup.controllers"):
-            pid = os.posix_spawn("/bin/mount", ["mount", "-t", "cgroup2", "cgroup2", CGROUP_ROOT],
-                                 {"PATH": "/bin"})
-            os.waitpid(pid, 0)
+            if run_tool(["/bin/mount", "-t", "cgroup2", "cgroup2", CGROUP_ROOT],
+                        MOUNT_TIMEOUT) is None:
+                log(f"runner: mounting cgroup2 took longer than {MOUNT_TIMEOUT:.0f} s")
         _write(f"{CGROUP_ROOT}/cgroup.subtree_control", "+memory +pids")
         os.makedirs(JOBS_CGROUP, exist_ok=True)
         _write(f"{JOBS_CGROUP}/cgroup.subtree_control", "+memory +pids")
