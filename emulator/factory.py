@@ -77,7 +77,7 @@ class Factory:
             .subject_name(name).issuer_name(name).public_key(key.public_key())
             .serial_number(x509.random_serial_number())
             .not_valid_before(now - _SKEW).not_valid_after(now + ROOT_VALIDITY)
-            .add_extension(x509.BasicConstraints(ca=True, path_length=1), critical=True)
+            .add_extension(x509.BasicConstraints(ca=True, path_length=2), critical=True)
             .add_extension(_ca_usage(False), critical=True)
             .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()),
                            critical=False)
@@ -118,7 +118,7 @@ class Factory:
             .issuer_name(root.subject).public_key(device_key)
             .serial_number(x509.random_serial_number())
             .not_valid_before(now - _SKEW).not_valid_after(now + validity)
-            .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+            .add_extension(x509.BasicConstraints(ca=True, path_length=1), critical=True)
             .add_extension(_ca_usage(True), critical=True)
             .add_extension(x509.SubjectKeyIdentifier.from_public_key(device_key), critical=False)
             .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(

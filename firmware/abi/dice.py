@@ -288,10 +288,10 @@ def issue_alias_cert(alias: ec.EllipticCurvePublicKey, devid: ec.EllipticCurvePr
         .serial_number(int.from_bytes(key_id(spki(alias))[:16], "big") >> 1)
         .not_valid_before(not_before)
         .not_valid_after(not_after)
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
         .add_extension(x509.KeyUsage(digital_signature=True, content_commitment=False,
                                      key_encipherment=False, data_encipherment=False,
-                                     key_agreement=False, key_cert_sign=False, crl_sign=False,
+                                     key_agreement=False, key_cert_sign=True, crl_sign=False,
                                      encipher_only=False, decipher_only=False), critical=True)
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(alias), critical=False)
         .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(devid.public_key()),

@@ -16,7 +16,7 @@ from typing import Any, Callable, Iterator
 import cbor2
 import pytest
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from pycose.headers import X5chain
 from pycose.keys import EC2Key
@@ -150,6 +150,28 @@ def test_key_custody(zone: SyncZone, sez_home: SezHome) -> None:
     certificate.verify_directly_issued_by(alias)
     assert "key-custody" in {a["name"] for a in verify_evidence(
         evidence, nonce=b"custody-nonce", root=Factory(sez_home).root_cert()).applets}
+
+
+def test_openssl_verifies_an_applet_certificate_up_to_the_root(zone: SyncZone,
+                                                               sez_home: SezHome,
+                                                               tmp_path: Path) -> None:
+    answer = json.loads(zone.run("key-custody", b'{"op": "public-key"}')["output"])
+    alias, device_id = cose.decode_sign1(zone.attest(b"applet-chain")).x5chain
+    pem = [x509.load_der_x509_certificate(der).public_bytes(serialization.Encoding.PEM)
+           for der in (bytes.fromhex(answer["certificate"]), alias, device_id)]
+    (tmp_path / "applet.pem").write_bytes(pem[0])
+    (tmp_path / "chain.pem").write_bytes(pem[1] + pem[2])
+    root = str(Factory(sez_home).root_cert_path)
+
+    def openssl_verify(untrusted: Path) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(["openssl", "verify", "-CAfile", root, "-untrusted",
+                               str(untrusted), str(tmp_path / "applet.pem")],
+                              capture_output=True, text=True)
+
+    checked = openssl_verify(tmp_path / "chain.pem")
+    assert checked.returncode == 0 and checked.stdout.strip().endswith("OK"), checked.stderr
+    (tmp_path / "alias-only.pem").write_bytes(pem[1])  # without DeviceID: no path to the root
+    assert openssl_verify(tmp_path / "alias-only.pem").returncode != 0
 
 
 @pytest.mark.parametrize("behaviour, says", [
@@ -295,6 +317,7 @@ def test_power_cuts_during_bbram_writes(sez_zone_factory: Callable[..., BootedZo
         time.sleep(rng.uniform(0.0, 1.5))
         booted.machine.stop(kill=True)
         acked = [int(line) for line in driver.stdout.read().split()]
+        driver.stdout.close()
         driver.wait(30)
         acknowledged = max([acknowledged] + acked)
         booted.machine.launch(load_image(), device)
