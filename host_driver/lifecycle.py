@@ -82,15 +82,12 @@ def _boot_failure(name: str, machine: Machine, timeout: float, *, killed: bool) 
         return LaunchError(f"QEMU exited while zone {name!r} booted (sez console {name}):"
                            f"\n{console}", console=console)
     state = qemu_state(machine)
-    if not killed:
-        return BootTimeout(f"zone {name!r} did not answer hello within {timeout:.0f} s (QEMU:"
-                           f" {state}); to recover: sez stop {name} --kill, then sez boot "
-                           f"{name} (the zone keeps its state):\n{console}",
-                           console=console, qemu_status=state)
+    then = (f"killed it: sez boot {name} starts it again, the zone keeps its state (sez "
+            f"console {name} shows the boot)" if killed else
+            f"to recover: sez stop {name} --kill, then sez boot {name} (the zone keeps its "
+            "state)")
     return BootTimeout(f"zone {name!r} did not answer hello within {timeout:.0f} s (QEMU: "
-                       f"{state}); killed it: sez boot {name} starts it again, the zone "
-                       f"keeps its state (sez console {name} shows the boot):\n{console}",
-                       console=console, qemu_status=state)
+                       f"{state}); {then}:\n{console}", console=console, qemu_status=state)
 
 
 @dataclass(frozen=True)

@@ -43,6 +43,7 @@ class Keeper:
     def __init__(self, identity: Identity | None, failure: str | None) -> None:
         self.identity = identity
         self.failure = failure
+        self.ops = self._ops(identity) if identity is not None else {}
 
     def _ops(self, identity: Identity) -> dict[str, Callable[[dict[str, Any]], Any]]:
         bbram = identity.bbram
@@ -87,7 +88,7 @@ class Keeper:
                 raise BadRequest(f"keeper: {exc}") from None
             if self.identity is None:
                 raise NoIdentity(f"no identity: {self.failure}")
-            handler = self._ops(self.identity).get(op)
+            handler = self.ops.get(op)
             if handler is None:
                 raise UnknownOp(f"keeper has no op {op!r}")
             try:

@@ -71,3 +71,9 @@ class Deferred:
         done = Deferred()
         done.resolve(value)
         return done
+
+    @staticmethod
+    def failed(error: ZoneError) -> "Deferred":
+        done = Deferred()
+        done.resolve(error=error)
+        return done

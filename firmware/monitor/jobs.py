@@ -21,7 +21,8 @@ from typing import Any, Callable
 from ..abi import receipt as receipt_claims
 from ..abi import wire
 from ..abi.applet import Package
-from ..abi.errors import AppletFailed, BadArgs, Code, NoSuchJob, NotOwner, UnknownOp
+from ..abi.errors import (AppletFailed, BadArgs, Code, NoSuchJob, NotOwner, UnknownOp,
+                          ZoneError)
 from ..abi.jobs import FINAL, JobState
 from ..abi.keys import key_id
 from ..runtime.console import log
@@ -107,21 +108,25 @@ class Job:
             else:
                 self._send(wire.Kind.RESPONSE, {"id": request_id, "ok": True, "result": d.value})
 
+        try:
+            answer = self._answer(op, args)
+        except ZoneError as exc:
+            answer = Deferred.failed(exc)
+        answer.add(reply)
+
+    def _answer(self, op: Any, args: dict[str, Any]) -> Deferred:
+        """The answer to the applet's call ``op``; ZoneError if it cannot be made."""
         if op == JobCall.SIGN and isinstance(args.get("data"), bytes):
-            self.jobs.keeper.call(KeeperOp.APPLET_SIGN, {"measurement": self.package.measurement,
-                                                  "data": args["data"]}).add(reply)
-        elif op == JobCall.LOG:
+            return self.jobs.keeper.call(KeeperOp.APPLET_SIGN, {
+                "measurement": self.package.measurement, "data": args["data"]})
+        if op == JobCall.LOG:
             self.log_lines += 1
             if self.log_lines <= LOG_LINES:
                 log(f"job {self.id} ({self.package.name}): {str(args.get('message'))[:300]}")
-            Deferred.of({}).add(reply)
-        elif op in (JobCall.SEAL, JobCall.UNSEAL):
-            self._seal(op, args).add(reply)
-        else:
-            refused = Deferred()
-            refused.resolve(error=UnknownOp(f"applets may call sign, log, seal and unseal, not "
-                                            f"{op!r}"))
-            reply(refused)
+            return Deferred.of({})
+        if op in (JobCall.SEAL, JobCall.UNSEAL):
+            return self._seal(op, args)
+        raise UnknownOp(f"applets may call sign, log, seal and unseal, not {op!r}")
 
     def _seal(self, op: str, args: dict[str, Any]) -> Deferred:
         """Seal or unseal for this job's applet: the monitor, not the applet, names it (its
@@ -129,13 +134,9 @@ class Job:
         field = "data" if op == JobCall.SEAL else "blob"
         value, owner = args.get(field), self.jobs.store.state.map.get("owner")
         if not isinstance(value, bytes):
-            refused = Deferred()
-            refused.resolve(error=BadArgs(f"{op} takes {{{field}: bytes}}"))
-            return refused
+            raise BadArgs(f"{op} takes {{{field}: bytes}}")
         if owner is None:
-            refused = Deferred()
-            refused.resolve(error=NotOwner("no owner is enrolled: nothing can be sealed"))
-            return refused
+            raise NotOwner("no owner is enrolled: nothing can be sealed")
         return self.jobs.keeper.call(
             KeeperOp.SEAL if op == JobCall.SEAL else KeeperOp.UNSEAL,
             {"owner": key_id(owner), "name": self.package.name,

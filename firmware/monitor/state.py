@@ -92,6 +92,5 @@ class State:
         try:  # encoded once, here: the keeper seals these bytes as they are
             sent = self.keeper.call(KeeperOp.BBRAM_COMMIT, {"state": cbor2.dumps(new)})
         except (cbor2.CBOREncodeError, TypeError, ValueError) as exc:  # a zone bug
-            sent = Deferred()
-            sent.resolve(error=Internal(f"state not encodable: {exc}"[:200]))
+            sent = Deferred.failed(Internal(f"state not encodable: {exc}"[:200]))
         sent.add(committed)

@@ -147,10 +147,7 @@ class Zone:
             wait = min(HELLO_RETRY, max(0.0, deadline - time.monotonic()))
             await asyncio.wait({future}, timeout=wait)
             if future.done():
-                result = future.result()
-                if result.get("nonce") != nonce:
-                    raise ProtocolError("hello answered with another session's nonce")
-                return dict(result)
+                return _session(future.result(), nonce)
             self._pending.pop(request_id, None)
             future.cancel()
             if time.monotonic() >= deadline:
@@ -217,9 +214,7 @@ class Zone:
     async def hello(self) -> dict[str, Any]:
         """Start a new session: the zone forgets responses queued for an earlier host."""
         nonce = secrets.token_bytes(16)
-        self.session = dict(await self.request(Op.HELLO, {"nonce": nonce}))
-        if self.session.get("nonce") != nonce:
-            raise ProtocolError("hello answered with another session's nonce")
+        self.session = _session(await self.request(Op.HELLO, {"nonce": nonce}), nonce)
         return self.session
 
     async def info(self) -> dict[str, Any]:
@@ -411,3 +406,10 @@ def _expire(future: asyncio.Future[Any], op: str, timeout: float) -> None:
     if not future.done():
         future.set_exception(ZoneTimeout(f"zone did not answer {op} within {timeout:.1f} s",
                                          op=op, seconds=timeout))
+
+
+def _session(answer: Any, nonce: bytes) -> dict[str, Any]:
+    """The session ``hello`` started: ProtocolError unless the answer echoes this ``nonce``."""
+    if not isinstance(answer, dict) or answer.get("nonce") != nonce:
+        raise ProtocolError("hello answered with another session's nonce")
+    return dict(answer)
