@@ -62,7 +62,7 @@ def boot_zone(name: str, *, debug: bool = False, accel: str = "auto",
         remaining = max(1.0, timeout - (time.monotonic() - started))
         try:
             with SyncZone(machine.channel, hello_timeout=remaining) as zone:
-                session = zone.session
+                session = zone.greeting
         except (ZoneTimeout, ChannelError) as exc:
             no_hello: ZoneTimeout | ChannelError = exc
         else:
@@ -98,7 +98,7 @@ class BootedZone:
     name: str
     machine: Machine
     status: MachineStatus = field(repr=False)
-    session: dict[str, Any] = field(repr=False)
+    greeting: dict[str, Any] = field(repr=False)
     boot_seconds: float
 
     @property

@@ -9,7 +9,9 @@ Every failure anywhere in SEZ is a :class:`SezError`. The tree::
      |    |        UnexpectedKind
      |    +-- UnknownOp, BadArgs, NoIdentity, BbramError, NotOwner, Rollback, BadPackage,
      |        NoSuchApplet, AppletFailed, OutboxFull, NoSuchJob, Interrupted, AuditFull,
-     |        NoSuchSchedule, BadBlob, Internal
+     |        NoSuchSchedule, BadBlob, NeedsSession, NoSuchSession, TooManySessions,
+     |        SessionFailed, NoSuchSecret, SecretExists, SecretDenied, PolicyUnmatched,
+     |        Internal
      +-- cose.CoseError         a COSE_Sign1 that is malformed or does not verify
      +-- (emulator.errors)      the "hardware": image, machine lifecycle, boot
      +-- (host_driver.errors)   the host side of the channel: connect, timeout, closed
@@ -30,7 +32,9 @@ __all__ = [
     "TruncatedFrame", "BadCbor", "BadRequest", "UnexpectedKind", "UnknownOp", "BadArgs",
     "NoIdentity", "BbramError", "NotOwner", "Rollback", "BadPackage", "NoSuchApplet",
     "AppletFailed", "OutboxFull", "NoSuchJob", "Interrupted", "AuditFull", "NoSuchSchedule",
-    "BadBlob", "Internal", "error_for_code",
+    "BadBlob", "NeedsSession", "NoSuchSession", "TooManySessions", "SessionFailed",
+    "NoSuchSecret", "SecretExists", "SecretDenied", "PolicyUnmatched", "Internal",
+    "error_for_code",
 ]
 
 
@@ -58,6 +62,14 @@ class Code(enum.StrEnum):
     AUDIT_FULL = "audit-full"  # the audit log holds its most: the host must acknowledge entries
     NO_SUCH_SCHEDULE = "no-such-schedule"
     BAD_BLOB = "bad-blob"  # a sealed blob that does not open for this applet (or was changed)
+    NEEDS_SESSION = "needs-session"  # an operation only an attested session may request
+    NO_SUCH_SESSION = "no-such-session"  # not open (never opened, closed, or a new host)
+    TOO_MANY_SESSIONS = "too-many-sessions"
+    SESSION_FAILED = "session-failed"  # the session's TLS failed (bytes changed, lost, forged)
+    NO_SUCH_SECRET = "no-such-secret"
+    SECRET_EXISTS = "secret-exists"  # secrets are written once
+    SECRET_DENIED = "secret-denied"  # the secret's policy does not admit this applet
+    POLICY_UNMATCHED = "policy-unmatched"  # provisioning to a policy no loaded applet meets
     INTERNAL = "internal"  # a fault inside the zone; the zone keeps serving
 
     #: The codes of ProtocolError: what crossed the channel could not be read as a request.
@@ -189,6 +201,49 @@ class BadBlob(ZoneError):
     code = Code.BAD_BLOB
 
 
+class NeedsSession(ZoneError):
+    """An operation that carries secrets: the zone takes it only inside an attested session."""
+
+    code = Code.NEEDS_SESSION
+
+
+class NoSuchSession(ZoneError):
+    code = Code.NO_SUCH_SESSION
+
+
+class TooManySessions(ZoneError):
+    code = Code.TOO_MANY_SESSIONS
+
+
+class SessionFailed(ZoneError):
+    """A session's TLS failed: its bytes were changed, dropped, replayed or forged on the way,
+    or its peer's certificate or evidence did not verify. The session is gone; others go on."""
+
+    code = Code.SESSION_FAILED
+
+
+class NoSuchSecret(ZoneError):
+    code = Code.NO_SUCH_SECRET
+
+
+class SecretExists(ZoneError):
+    """A secret of that name is already provisioned: secrets are written once."""
+
+    code = Code.SECRET_EXISTS
+
+
+class SecretDenied(ZoneError):
+    """The secret's policy does not admit the applet that asked for it."""
+
+    code = Code.SECRET_DENIED
+
+
+class PolicyUnmatched(ZoneError):
+    """Provisioning to a policy that no loaded applet meets."""
+
+    code = Code.POLICY_UNMATCHED
+
+
 class Internal(ZoneError):
     code = Code.INTERNAL
 
@@ -198,7 +253,8 @@ _BY_CODE: dict[str, type[ZoneError]] = {
         BadFrame, FrameTooLarge, TruncatedFrame, BadCbor, BadRequest, UnexpectedKind,
         UnknownOp, BadArgs, NoIdentity, BbramError, NotOwner, Rollback, BadPackage,
         NoSuchApplet, AppletFailed, OutboxFull, NoSuchJob, Interrupted, AuditFull,
-        NoSuchSchedule, BadBlob, Internal)
+        NoSuchSchedule, BadBlob, NeedsSession, NoSuchSession, TooManySessions,
+        SessionFailed, NoSuchSecret, SecretExists, SecretDenied, PolicyUnmatched, Internal)
 }
 
 

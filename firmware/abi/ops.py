@@ -41,3 +41,10 @@ class Op(enum.StrEnum):
     SCHEDULES = "schedules"
     AUDIT = "audit"
     AUDIT_ACK = "audit-ack"
+    # attested sessions (TLS 1.3 terminating in the zone, carried over this channel)
+    SESSION_OPEN = "session-open"
+    SESSION_DATA = "session-data"
+    SESSION_CLOSE = "session-close"
+    # provisioned secrets (secret-put only inside a session)
+    SECRET_PUT = "secret-put"
+    SECRET_LIST = "secret-list"

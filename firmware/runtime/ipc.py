@@ -43,6 +43,9 @@ class KeeperOp(enum.StrEnum):
     APPLET_SIGN = "applet-sign"
     SEAL = "seal"
     UNSEAL = "unseal"
+    SESSION_KEY = "session-key"
+    SECRET_SEAL = "secret-seal"
+    SECRET_OPEN = "secret-open"
 
 
 class RunnerOp(enum.StrEnum):
@@ -63,6 +66,7 @@ class JobCall(enum.StrEnum):
     LOG = "log"  # {message} -> one console line
     SEAL = "seal"  # {data} -> {blob}: only this applet (name, owner, device) opens it
     UNSEAL = "unseal"  # {blob} -> {data}
+    SECRET = "secret"  # {name} -> {value}: a provisioned secret whose policy admits this applet
 
 
 #: The events that end a job.

@@ -56,7 +56,7 @@ def cmd_demo(args: argparse.Namespace) -> None:
             print(f"    up in {booted_zone.boot_seconds:.2f} s: QEMU pid {status.pid} "
                   f"({status.accel}), control channel {status.channel}")
             with SyncZone(booted_zone.url) as zone:
-                _demo_channel(zone, booted_zone.session, factory)
+                _demo_channel(zone, booted_zone.greeting, factory)
                 key = _demo_applets(zone, home, factory)
             _demo_out_of_band(machine, key, factory.root_cert())
         finally:
@@ -68,7 +68,7 @@ def _demo_channel(zone: SyncZone, session: dict[str, Any], factory: Factory) -> 
     """Talk over the channel: hello, info, a large echo, null requests, attestation."""
     _step("hello (a new host session)")
     print(f"    protocol {session['protocol']}, firmware {session['firmware']}, "
-          f"session {zone.session['session']}, boot counter {session['boot_counter']}")
+          f"session {zone.greeting['session']}, boot counter {session['boot_counter']}")
     _step("info")
     info = zone.info()
     print(f"    uptime {info['uptime']:.1f} s, memory {info['memory']['available'] / 2**20:.0f}"

@@ -70,7 +70,7 @@ class Zone:
         self.heartbeat = heartbeat
         self._heartbeat_task: asyncio.Task[None] | None = None
         self.state = ZoneState.IDLE
-        self.session: dict[str, Any] = {}
+        self.greeting: dict[str, Any] = {}
         self.faults: list[ZoneError] = []
         self.failure: Exception | None = None
         self._channel: Channel | None = None
@@ -98,14 +98,14 @@ class Zone:
         self.state = ZoneState.CONNECTING
         try:
             self._channel = await open_channel(self.url, self._on_data, self._on_lost)
-            self.session = await self._handshake(hello_timeout or self.timeout)
+            self.greeting = await self._handshake(hello_timeout or self.timeout)
         except BaseException:
             await self.close()
             raise
         self.state = ZoneState.RUNNING
         if self.heartbeat:
             self._heartbeat_task = asyncio.ensure_future(self._beat(self.heartbeat))
-        return self.session
+        return self.greeting
 
     async def _beat(self, interval: float) -> None:
         while self.state is ZoneState.RUNNING:
@@ -214,8 +214,8 @@ class Zone:
     async def hello(self) -> dict[str, Any]:
         """Start a new session: the zone forgets responses queued for an earlier host."""
         nonce = secrets.token_bytes(16)
-        self.session = _session(await self.request(Op.HELLO, {"nonce": nonce}), nonce)
-        return self.session
+        self.greeting = _session(await self.request(Op.HELLO, {"nonce": nonce}), nonce)
+        return self.greeting
 
     async def info(self) -> dict[str, Any]:
         """Firmware and protocol versions, boot counter, uptime, memory, host sessions."""

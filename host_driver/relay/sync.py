@@ -67,8 +67,9 @@ class SyncZone:
         return future.result()
 
     @property
-    def session(self) -> dict[str, Any]:
-        return self.zone.session
+    def greeting(self) -> dict[str, Any]:
+        """The zone's answer to this session's ``hello``."""
+        return self.zone.greeting
 
     if TYPE_CHECKING:
         # The blocking request methods are made from Zone's below, at import time.

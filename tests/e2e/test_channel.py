@@ -26,9 +26,9 @@ pytestmark = pytest.mark.e2e
 
 async def test_hello_and_info(sez_zone: BootedZone) -> None:
     async with await Zone.connect(sez_zone.url) as zone:
-        assert zone.session["protocol"] == wire.VERSION
-        assert zone.session["firmware"] == FIRMWARE_VERSION
-        assert zone.session["max_payload"] == wire.MAX_PAYLOAD
+        assert zone.greeting["protocol"] == wire.VERSION
+        assert zone.greeting["firmware"] == FIRMWARE_VERSION
+        assert zone.greeting["max_payload"] == wire.MAX_PAYLOAD
         info = await zone.info()
     assert info["firmware"] == FIRMWARE_VERSION
     assert info["protocol"] == wire.VERSION
@@ -41,7 +41,7 @@ async def test_hello_and_info(sez_zone: BootedZone) -> None:
 
 async def test_sessions_are_counted(sez_zone: BootedZone) -> None:
     async with await Zone.connect(sez_zone.url) as zone:
-        first = zone.session["session"]
+        first = zone.greeting["session"]
         again = await zone.hello()
     assert again["session"] == first + 1
 
