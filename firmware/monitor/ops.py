@@ -62,6 +62,10 @@ class Operations:
             Op.AUDIT_ACK: self.op_audit_ack,
         }
 
+    def session_table(self) -> dict[str, Callable[[dict[str, Any]], Any]]:
+        """The operations only an attested session may request (firmware.monitor.sessions)."""
+        return {}
+
     def op_attest(self, args: dict[str, Any]) -> Deferred:
         """Evidence for the verifier's ``nonce``: an EAT signed by layer 0's alias key."""
         nonce = args.get("nonce")

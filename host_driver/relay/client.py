@@ -22,17 +22,24 @@ import enum
 import logging
 import secrets
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any, Callable
 
 from firmware.abi import audit as audit_claims
 from firmware.abi import wire
-from firmware.abi.errors import Internal, ProtocolError, ZoneError, error_for_code
+from firmware.abi.errors import Internal, ProtocolError, SezError, ZoneError, error_for_code
 from firmware.abi.jobs import FINAL, RESULT_WAIT_MAX
 from firmware.abi.ops import Op
 
 from ..errors import ChannelClosed, StateError, ZoneTimeout, ZoneUnresponsive
 from .bounds import bounded_by
 from .channel import Channel, open_channel
+from .tunnel import Tunnel
+
+if TYPE_CHECKING:
+    from cryptography import x509
+
+    from ..verifier import Reference
+    from .session import Session
 
 __all__ = ["Zone", "ZoneState", "DEFAULT_TIMEOUT", "HELLO_RETRY", "RESULT_CHUNK"]
 
@@ -63,6 +70,9 @@ class ZoneState(enum.Enum):
 class Zone:
     """A session with one zone over its control channel."""
 
+    #: What a new host session writes before its hello (see _handshake).
+    _BREAK = wire.BREAK
+
     def __init__(self, url: str, *, timeout: float = DEFAULT_TIMEOUT,
                  heartbeat: float | None = HEARTBEAT) -> None:
         self.url = url
@@ -77,6 +87,7 @@ class Zone:
         self._decoder = wire.FrameDecoder()
         self._encoder = wire.FrameEncoder()
         self._pending: dict[int, asyncio.Future[Any]] = {}
+        self._tunnels: dict[int, Tunnel] = {}
         self._next_id = secrets.randbits(40)
         self.log = log.getChild(url.rsplit("/", 1)[-1])
 
@@ -97,7 +108,7 @@ class Zone:
             raise StateError(f"open() needs state idle, the zone client is {self.state.value}")
         self.state = ZoneState.CONNECTING
         try:
-            self._channel = await open_channel(self.url, self._on_data, self._on_lost)
+            self._channel = await self._open_channel()
             self.greeting = await self._handshake(hello_timeout or self.timeout)
         except BaseException:
             await self.close()
@@ -106,6 +117,9 @@ class Zone:
         if self.heartbeat:
             self._heartbeat_task = asyncio.ensure_future(self._beat(self.heartbeat))
         return self.greeting
+
+    async def _open_channel(self) -> Channel:
+        return await open_channel(self.url, self._on_data, self._on_lost)
 
     async def _beat(self, interval: float) -> None:
         while self.state is ZoneState.RUNNING:
@@ -142,7 +156,7 @@ class Zone:
         deadline = time.monotonic() + timeout
         while True:
             nonce = secrets.token_bytes(16)
-            self._channel.write(wire.BREAK)  # type: ignore[union-attr]
+            self._channel.write(self._BREAK)  # type: ignore[union-attr]
             request_id, future = self._send(Op.HELLO, {"nonce": nonce})
             wait = min(HELLO_RETRY, max(0.0, deadline - time.monotonic()))
             await asyncio.wait({future}, timeout=wait)
@@ -350,6 +364,49 @@ class Zone:
         """The host keeps the entries up to ``upto``: the zone forgets them."""
         return dict(await self.request(Op.AUDIT_ACK, {"upto": upto}))
 
+    async def tunnel(self) -> Tunnel:
+        """Open a session in the zone and return its bytes as the host sees them: a Tunnel
+        carrying TLS to the zone's endpoint (``sez relay`` joins one to a TCP connection).
+        ZoneError ``too-many-sessions`` when the zone has no room."""
+        number = int((await self.request(Op.SESSION_OPEN))["session"])
+        tunnel = self._tunnels[number] = Tunnel(self, number)
+        return tunnel
+
+    async def session(self, *, root: x509.Certificate, reference: Reference,
+                      ueid: bytes | None = None, allow_debug: bool = False,
+                      timeout: float | None = None) -> Session:
+        """An attested session: TLS 1.3 to the zone, the chain verified against ``root``, then
+        fresh evidence appraised against ``reference`` (and ``ueid``, when given) and bound to
+        the TLS key. The Session has this client's operations, carried inside TLS; the host
+        relays bytes it cannot read. Raises VerificationError (appraisal) or SessionFailed
+        (TLS) and closes the session on any failure."""
+        from .session import Session
+
+        return await Session.start(await self.tunnel(), root=root, reference=reference,
+                                   ueid=ueid, allow_debug=allow_debug,
+                                   timeout=self.timeout if timeout is None else timeout)
+
+    def _post(self, op: str, args: dict[str, Any],
+              on_error: Callable[[SezError], None]) -> None:
+        """Send a request whose answer only matters if it is an error (``on_error``)."""
+        try:
+            request_id, future = self._send(op, args)
+        except SezError as exc:
+            on_error(exc)
+            return
+
+        def answered(future: asyncio.Future[Any]) -> None:
+            self._pending.pop(request_id, None)
+            if not future.cancelled() and future.exception() is not None:
+                error = future.exception()
+                on_error(error if isinstance(error, SezError) else ChannelClosed(str(error)))
+
+        future.add_done_callback(answered)
+
+    async def _drain(self) -> None:
+        if self._channel is not None:
+            await self._channel.drain()
+
     async def poweroff(self) -> None:
         """Ask the zone to sync and power the machine off (QEMU exits)."""
         await self.request(Op.POWEROFF)
@@ -362,6 +419,12 @@ class Zone:
                 self.log.warning("unreadable bytes from the zone: %s", item.message)
                 continue
             payload = item.payload
+            if item.kind == wire.Kind.EVENT and isinstance(payload, dict) and \
+                    payload.get("event") == "session":
+                tunnel = self._tunnels.get(payload.get("session"))  # type: ignore[arg-type]
+                if tunnel is not None:
+                    tunnel.event(payload)
+                continue
             if item.kind != wire.Kind.RESPONSE or not isinstance(payload, dict):
                 self.log.debug("ignoring %r", item)
                 continue
@@ -400,6 +463,9 @@ class Zone:
         for future in pending.values():
             if not future.done():
                 future.set_exception(exc)
+        tunnels, self._tunnels = self._tunnels, {}
+        for tunnel in tunnels.values():
+            tunnel._closed(exc if isinstance(exc, SezError) else ChannelClosed(str(exc)))
 
 
 def _expire(future: asyncio.Future[Any], op: str, timeout: float) -> None:
