@@ -21,6 +21,7 @@ import asyncio
 import enum
 import logging
 import secrets
+import ssl
 import time
 from typing import TYPE_CHECKING, Any, Callable
 
@@ -31,15 +32,14 @@ from firmware.abi.jobs import FINAL, RESULT_WAIT_MAX
 from firmware.abi.ops import Op
 
 from ..errors import ChannelClosed, StateError, ZoneTimeout, ZoneUnresponsive
+from ..verifier import AttestationResult, Reference, verify_session
 from .bounds import bounded_by
 from .channel import Channel, open_channel
+from .tls import TlsChannel, client_context
 from .tunnel import Tunnel
 
 if TYPE_CHECKING:
     from cryptography import x509
-
-    from ..verifier import Reference
-    from .session import Session
 
 __all__ = ["Zone", "ZoneState", "DEFAULT_TIMEOUT", "HELLO_RETRY", "RESULT_CHUNK"]
 
@@ -68,14 +68,16 @@ class ZoneState(enum.Enum):
 
 
 class Zone:
-    """A session with one zone over its control channel."""
-
-    #: What a new host session writes before its hello (see _handshake).
-    _BREAK = wire.BREAK
+    """A session with one zone over its control channel, or (``Zone.session``) an attested
+    session with it, over TLS inside that channel."""
 
     def __init__(self, url: str, *, timeout: float = DEFAULT_TIMEOUT,
-                 heartbeat: float | None = HEARTBEAT) -> None:
+                 heartbeat: float | None = HEARTBEAT,
+                 tls: tuple[Tunnel, ssl.SSLContext] | None = None) -> None:
         self.url = url
+        self._tls = tls
+        #: What the appraisal of an attested session proved (None on the plain channel).
+        self.attestation: AttestationResult | None = None
         self.timeout = timeout
         self.heartbeat = heartbeat
         self._heartbeat_task: asyncio.Task[None] | None = None
@@ -119,7 +121,11 @@ class Zone:
         return self.greeting
 
     async def _open_channel(self) -> Channel:
-        return await open_channel(self.url, self._on_data, self._on_lost)
+        if self._tls is None:
+            return await open_channel(self.url, self._on_data, self._on_lost)
+        channel = TlsChannel(*self._tls, self._on_data, self._on_lost)
+        await channel.handshake(self.timeout)
+        return channel
 
     async def _beat(self, interval: float) -> None:
         while self.state is ZoneState.RUNNING:
@@ -156,7 +162,8 @@ class Zone:
         deadline = time.monotonic() + timeout
         while True:
             nonce = secrets.token_bytes(16)
-            self._channel.write(self._BREAK)  # type: ignore[union-attr]
+            if self._tls is None:  # a new TLS connection has no half-sent frame to end
+                self._channel.write(wire.BREAK)  # type: ignore[union-attr]
             request_id, future = self._send(Op.HELLO, {"nonce": nonce})
             wait = min(HELLO_RETRY, max(0.0, deadline - time.monotonic()))
             await asyncio.wait({future}, timeout=wait)
@@ -364,27 +371,51 @@ class Zone:
         """The host keeps the entries up to ``upto``: the zone forgets them."""
         return dict(await self.request(Op.AUDIT_ACK, {"upto": upto}))
 
-    async def tunnel(self) -> Tunnel:
+    async def tunnel(self, *, kind: type[Tunnel] = Tunnel) -> Tunnel:
         """Open a session in the zone and return its bytes as the host sees them: a Tunnel
-        carrying TLS to the zone's endpoint (``sez relay`` joins one to a TCP connection).
-        ZoneError ``too-many-sessions`` when the zone has no room."""
+        carrying TLS to the zone's endpoint (``sez relay`` joins one to a TCP connection;
+        ``kind``, a subclass, may look at or change what it carries: a hostile relay in
+        the tests). TooManySessions when the zone has no room."""
         number = int((await self.request(Op.SESSION_OPEN))["session"])
-        tunnel = self._tunnels[number] = Tunnel(self, number)
+        tunnel = self._tunnels[number] = kind(self.url, number, self._post, self._drain,
+                                              self._forget_tunnel)
         return tunnel
+
+    def _forget_tunnel(self, number: int) -> None:
+        self._tunnels.pop(number, None)
 
     async def session(self, *, root: x509.Certificate, reference: Reference,
                       ueid: bytes | None = None, allow_debug: bool = False,
-                      timeout: float | None = None) -> Session:
-        """An attested session: TLS 1.3 to the zone, the chain verified against ``root``, then
-        fresh evidence appraised against ``reference`` (and ``ueid``, when given) and bound to
-        the TLS key. The Session has this client's operations, carried inside TLS; the host
-        relays bytes it cannot read. Raises VerificationError (appraisal) or SessionFailed
-        (TLS) and closes the session on any failure."""
-        from .session import Session
+                      timeout: float | None = None, tunnel: Tunnel | None = None) -> "Zone":
+        """An attested session, as a Zone whose requests travel inside TLS 1.3 to the zone:
+        the host relays bytes it cannot read.
 
-        return await Session.start(await self.tunnel(), root=root, reference=reference,
-                                   ueid=ueid, allow_debug=allow_debug,
-                                   timeout=self.timeout if timeout is None else timeout)
+        In order, any failure closing the session: the TLS handshake, the zone's certificate
+        chained to ``root`` (host_driver.relay.tls); ``hello``; then the appraisal, inside
+        TLS: evidence for a fresh nonce, verified against ``root`` and ``reference`` (and
+        ``ueid``; a debug zone only with ``allow_debug``), naming this connection's TLS key,
+        whose certificate its alias key issued (host_driver.verifier.verify_session). Only
+        then does the caller get the session, with ``attestation`` set: every operation of
+        this client, and those only a session carries (``secret_put``). Raises
+        VerificationError (``tls-certificate``, or the appraisal's check), SessionFailed (the
+        TLS broke: bytes changed on the way), ZoneTimeout. ``tunnel``: one already opened
+        (default: a new one)."""
+        timeout = self.timeout if timeout is None else timeout
+        tunnel = tunnel or await self.tunnel()
+        session = Zone(tunnel.url, timeout=timeout, heartbeat=None,
+                       tls=(tunnel, client_context(root)))
+        try:
+            await session.open()
+            nonce = secrets.token_bytes(32)
+            evidence = await session.attest(nonce)
+            assert isinstance(session._channel, TlsChannel)
+            session.attestation = verify_session(
+                evidence, session._channel.peer_certificate, nonce=nonce, root=root,
+                reference=reference, expected_ueid=ueid, allow_debug=allow_debug)
+        except BaseException:
+            await session.close()
+            raise
+        return session
 
     def _post(self, op: str, args: dict[str, Any],
               on_error: Callable[[SezError], None]) -> None:
@@ -456,7 +487,10 @@ class Zone:
         channel, self._channel = self._channel, None
         if channel is not None:
             channel.close()
-        self._fail_pending(ChannelClosed(f"the channel to the zone closed ({exc or 'EOF'})"))
+        if isinstance(exc, SezError):  # a session's TLS failed, or its tunnel was refused
+            self.failure = exc
+        self._fail_pending(exc if isinstance(exc, SezError) else
+                           ChannelClosed(f"the channel to the zone closed ({exc or 'EOF'})"))
 
     def _fail_pending(self, exc: Exception) -> None:
         pending, self._pending = self._pending, {}

@@ -8,25 +8,30 @@ session's keys.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Callable
+from typing import Any, Awaitable, Callable
 
 from firmware.abi.errors import SessionFailed, SezError
 from firmware.abi.ops import Op
 
-if TYPE_CHECKING:
-    from .client import Zone
+#: How a tunnel sends a request whose answer matters only if it is an error (Zone._post).
+Post = Callable[[str, dict[str, Any], Callable[[SezError], None]], None]
 
 __all__ = ["Tunnel"]
 
 
 class Tunnel:
-    """Session ``number`` of ``zone``: ``write`` sends TLS bytes to the zone's endpoint,
-    ``on_data`` gets what it sends back, ``on_close`` (once) how the session ended."""
+    """Session ``number`` on the channel at ``url``: ``write`` sends TLS bytes to the zone's
+    endpoint, ``on_data`` gets what it sends back, ``on_close`` (once) how the session ended.
+    Zone.tunnel makes them, giving each its way to send (``post``), to wait for room
+    (``drain``) and to be forgotten when closed (``forget``)."""
 
-    def __init__(self, zone: "Zone", number: int) -> None:
-        self.zone = zone
+    def __init__(self, url: str, number: int, post: Post, drain: Callable[[], Awaitable[None]],
+                 forget: Callable[[int], None]) -> None:
         self.number = number
-        self.url = f"{zone.url}#session-{number}"
+        self.url = f"{url}#session-{number}"
+        self._post = post
+        self._drain = drain
+        self._forget = forget
         self.on_data: Callable[[bytes], None] = lambda data: None
         self.on_close: Callable[[SezError | None], None] = lambda error: None
         self.closed = False
@@ -37,18 +42,18 @@ class Tunnel:
         if self.closed or not data:
             return
         self.sent += len(data)
-        self.zone._post(Op.SESSION_DATA, {"session": self.number, "data": bytes(data)},
+        self._post(Op.SESSION_DATA, {"session": self.number, "data": bytes(data)},
                         self._refused)
 
     async def drain(self) -> None:
-        await self.zone._drain()
+        await self._drain()
 
     def close(self) -> None:
         """End the session (the zone forgets it). Idempotent."""
         if self.closed:
             return
         self._closed(None)
-        self.zone._post(Op.SESSION_CLOSE, {"session": self.number}, lambda error: None)
+        self._post(Op.SESSION_CLOSE, {"session": self.number}, lambda error: None)
 
     # -- from the zone --------------------------------------------------------------------
 
@@ -72,6 +77,6 @@ class Tunnel:
         if self.closed:
             return
         self.closed = True
-        self.zone._tunnels.pop(self.number, None)
+        self._forget(self.number)
         self.on_close(error)
 

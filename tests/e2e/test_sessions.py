@@ -24,7 +24,6 @@ from host_driver import SyncZone, Zone
 from host_driver.lifecycle import BootedZone
 from host_driver.owner import build_applet, generate_owner_key, owner_spki
 from host_driver.relay.channel import Channel, open_channel
-from host_driver.relay.session import Session
 from host_driver.relay.tunnel import Tunnel
 from host_driver.verifier import Reference, VerificationError, verify_receipt
 
@@ -147,8 +146,8 @@ def test_private_job_never_crosses_the_host_in_clear(tls_zone: BootedZone,
 class TamperingTunnel(Tunnel):
     """A relay that, once armed, changes what it carries in one way."""
 
-    def __init__(self, zone: Zone, number: int) -> None:
-        super().__init__(zone, number)
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*args)
         self.mutation = ""
         self.armed = False
         self.held: list[bytes] = []
@@ -195,9 +194,9 @@ def test_a_tampering_relay_is_detected(tls_zone: BootedZone, trust: dict[str, An
     async def main() -> None:
         async with await Zone.connect(tls_zone.url, timeout=20) as zone:
             bystander = await zone.session(**trust)
-            number = int((await zone.request(Op.SESSION_OPEN))["session"])
-            tunnel = zone._tunnels[number] = TamperingTunnel(zone, number)
-            victim = await Session.start(tunnel, timeout=20, **trust)
+            tunnel = await zone.tunnel(kind=TamperingTunnel)
+            assert isinstance(tunnel, TamperingTunnel)
+            victim = await zone.session(**trust, tunnel=tunnel)
             assert await victim.echo(b"before") == b"before"
             tunnel.mutation, tunnel.armed = mutation, True
             calls = [victim.echo(b"first"), victim.echo(b"second"), victim.echo(b"third")]

@@ -1,28 +1,16 @@
-"""The client end of an attested session: TLS 1.3 to the zone, appraised, then the zone's
-operations inside it.
+"""The client end of an attested session's TLS: a channel (write, drain, close) that runs
+TLS 1.3 over a :class:`~host_driver.relay.tunnel.Tunnel`, with Python's ssl and memory BIOs.
 
-    async with await zone.session(root=root, reference=reference) as s:
-        result = await s.run("aggregate", records, nonce=nonce)   # the host sees TLS only
-
-:meth:`Session.start`, in order (any failure closes the session and raises):
-
-1. TLS 1.3 over a :class:`~host_driver.relay.tunnel.Tunnel` (Python's ssl, memory BIOs). The
-   zone's certificate must chain to ``root``: session <- alias <- DeviceID <- root. A chain
-   that does not raises VerificationError ``tls-certificate``; any other TLS failure
-   (bytes changed, dropped, replayed, reordered or injected by the relay) SessionFailed.
-2. ``hello`` inside TLS.
-3. Appraisal: ``attest`` with a fresh nonce, inside TLS, and
-   :func:`~host_driver.verifier.verify_session`: the evidence verifies against ``root`` and
-   ``reference`` (and ``ueid``; debug only with ``allow_debug``), names this connection's TLS
-   key, and its alias key issued the TLS certificate. Only then does the caller get the
-   session: every operation of :class:`~host_driver.relay.client.Zone`, plus those only a
-   session carries (``secret_put``).
+The zone's certificate must chain to the manufacturer's root (session <- alias <- DeviceID
+<- root): a chain that does not raises VerificationError ``tls-certificate``; any other TLS
+failure (bytes changed, dropped, replayed, reordered or injected by the relay) SessionFailed.
+``Zone.session`` (host_driver.relay.client) runs a Zone over this channel and appraises the
+zone before handing it out.
 """
 
 from __future__ import annotations
 
 import asyncio
-import secrets
 import ssl
 from typing import Callable
 
@@ -32,12 +20,11 @@ from cryptography.hazmat.primitives import serialization
 from firmware.abi.errors import SessionFailed, SezError
 
 from ..errors import ChannelClosed, ZoneTimeout
-from ..verifier import AttestationResult, Reference, VerificationError, verify_session
+from ..verifier import VerificationError
 from .channel import Channel
-from .client import Zone, ZoneState
 from .tunnel import Tunnel
 
-__all__ = ["Session", "client_context"]
+__all__ = ["TlsChannel", "client_context"]
 
 _READ = 1 << 16
 
@@ -159,54 +146,3 @@ class TlsChannel(Channel):
         self.tunnel.close()
         self._on_lost(error)
 
-
-class Session(Zone):
-    """An attested session: a Zone whose requests travel in TLS to the zone (see the module's
-    docstring). ``attestation`` is what the appraisal proved."""
-
-    _BREAK = b""  # a new TLS connection has no half-sent frame to end
-
-    def __init__(self, tunnel: Tunnel, context: ssl.SSLContext, *, timeout: float) -> None:
-        super().__init__(tunnel.url, timeout=timeout, heartbeat=None)
-        self._tunnel = tunnel
-        self._context = context
-        self.attestation: AttestationResult | None = None
-
-    @classmethod
-    async def start(cls, tunnel: Tunnel, *, root: x509.Certificate, reference: Reference,
-                    ueid: bytes | None = None, allow_debug: bool = False,
-                    timeout: float) -> "Session":
-        """Handshake, hello and appraisal over ``tunnel`` (see the module's docstring)."""
-        session = cls(tunnel, client_context(root), timeout=timeout)
-        try:
-            await session.open()
-            await session._appraise(root, reference, ueid, allow_debug)
-        except BaseException:
-            await session.close()
-            raise
-        return session
-
-    async def _open_channel(self) -> Channel:
-        channel = TlsChannel(self._tunnel, self._context, self._on_data, self._on_lost)
-        await channel.handshake(self.timeout)
-        return channel
-
-    async def _appraise(self, root: x509.Certificate, reference: Reference,
-                        ueid: bytes | None, allow_debug: bool) -> None:
-        nonce = secrets.token_bytes(32)
-        evidence = await self.attest(nonce)
-        assert isinstance(self._channel, TlsChannel)
-        self.attestation = verify_session(
-            evidence, self._channel.peer_certificate, nonce=nonce, root=root,
-            reference=reference, expected_ueid=ueid, allow_debug=allow_debug)
-
-    def _on_lost(self, exc: Exception | None) -> None:
-        """The session ended: waiting and later calls raise what ended it (SessionFailed,
-        VerificationError, ChannelClosed …)."""
-        if self.state is not ZoneState.CLOSED:
-            self._dead(exc if isinstance(exc, SezError)
-                       else ChannelClosed(f"the session closed ({exc or 'EOF'})"))
-
-    async def close(self) -> None:
-        await super().close()
-        self._tunnel.close()
