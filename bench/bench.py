@@ -11,6 +11,9 @@ Figures:
   job/echo   a null job's round trip over a null request's (what isolation + receipt cost)
   detached   detached null jobs per second (submitted pipelined, until all are done)
   backlog    seconds to fetch and acknowledge a backlog of finished results after reconnect
+  session    an attested session: the TLS 1.3 handshake (+ hello) into the zone; opening one
+             whole (+ evidence and its appraisal); a null request and a null job inside one,
+             against the same on the plain channel (ratio)
 
 Baseline, measured in the same run: the very same monitor code and client, with the monitor
 running natively on the host behind a PTY pair instead of inside QEMU. The ratio zone/native
@@ -41,6 +44,7 @@ from firmware.abi.jobs import FINAL, JobState
 from host_driver import Zone
 from host_driver.lifecycle import booted
 from host_driver.owner import build_applet, generate_owner_key, owner_spki
+from host_driver.relay.tls import client_context
 from host_driver.verifier import Reference, verify_evidence
 
 MB = 1_000_000
@@ -102,6 +106,42 @@ async def applet_figures(url: str, tmp: Path, runs: int, jobs: int) -> dict[str,
         echo_ms = (time.perf_counter() - t) * 1000 / 200
     return {"load_100k_ms": statistics.median(load_ms), "jobs_per_s_sequential": sequential,
             "jobs_per_s_concurrent": concurrent, "job_over_echo": job_ms / echo_ms}
+
+
+async def session_figures(url: str, root: Any, reference: Reference, runs: int,
+                          jobs: int) -> dict[str, float]:
+    """What an attested session costs: opening one, and a request or a job inside it."""
+    async with await Zone.connect(url, timeout=60) as zone:
+        await (await zone.session(root=root, reference=reference)).close()  # warm up
+        handshake_ms, open_ms = [], []
+        for _ in range(runs):
+            tunnel = await zone.tunnel()
+            bare = Zone(tunnel.url, timeout=60, heartbeat=None, tls=(tunnel, client_context(root)))
+            t = time.perf_counter()
+            await bare.open()
+            handshake_ms.append((time.perf_counter() - t) * 1000)
+            await bare.close()
+            t = time.perf_counter()
+            session = await zone.session(root=root, reference=reference)
+            open_ms.append((time.perf_counter() - t) * 1000)
+            await session.close()
+        async with await zone.session(root=root, reference=reference) as session:
+            figures = {}
+            for name, client in (("plain", zone), ("session", session)):
+                for _ in range(5):  # warm up
+                    await client.run("null", b"")
+                t = time.perf_counter()
+                for _ in range(200):
+                    await client.echo(b"")
+                figures[f"{name}_echo_ms"] = (time.perf_counter() - t) * 1000 / 200
+                t = time.perf_counter()
+                for _ in range(jobs):
+                    await client.run("null", b"")
+                figures[f"{name}_job_ms"] = (time.perf_counter() - t) * 1000 / jobs
+    return {"handshake_ms": statistics.median(handshake_ms),
+            "open_ms": statistics.median(open_ms), **figures,
+            "echo_session_over_plain": figures["session_echo_ms"] / figures["plain_echo_ms"],
+            "job_session_over_plain": figures["session_job_ms"] / figures["plain_job_ms"]}
 
 
 async def outbox_figures(url: str, tmp: Path, backlog: int) -> dict[str, float]:
@@ -185,6 +225,7 @@ def main() -> int:
     ap.add_argument("--attests", type=int, default=20, help="attestations to time")
     ap.add_argument("--loads", type=int, default=5, help="100 KiB applet loads to time")
     ap.add_argument("--jobs", type=int, default=40, help="null jobs per throughput figure")
+    ap.add_argument("--sessions", type=int, default=10, help="attested sessions to open")
     ap.add_argument("--backlog", type=int, default=1000, help="finished results to deliver")
     args = ap.parse_args()
     volume = args.mib << 20
@@ -209,6 +250,10 @@ def main() -> int:
                     args.attests))
                 applet = asyncio.run(applet_figures(bench.url, Path(tmp), args.loads,
                                                     args.jobs))
+                sessions = asyncio.run(session_figures(
+                    bench.url, Factory(home).root_cert(),
+                    Reference.from_manifest(load_image().directory / "manifest.json"),
+                    args.sessions, args.jobs))
                 outbox = asyncio.run(outbox_figures(bench.url, Path(tmp), args.backlog))
     native = native_figures(args.requests, volume, args.runs)
 
@@ -220,6 +265,7 @@ def main() -> int:
         "attestation": identity,
         "applets": applet,
         "outbox": outbox,
+        "sessions": sessions,
     }
     print(f"cold boot to hello   median {statistics.median(boots):6.2f} s   "
           f"(runs: {', '.join(f'{b:.2f}' for b in boots)})")
@@ -233,6 +279,12 @@ def main() -> int:
     print(f"null jobs            {applet['jobs_per_s_sequential']:8.1f} /s one at a time, "
           f"{applet['jobs_per_s_concurrent']:.1f} /s with {args.jobs} in flight")
     print(f"null job / echo      {applet['job_over_echo']:8.1f} x (round trip ratio)")
+    print(f"TLS 1.3 handshake    median {sessions['handshake_ms']:8.1f} ms   (+ hello, into the zone)")
+    print(f"attested session     median {sessions['open_ms']:8.1f} ms   (handshake, evidence, appraisal)")
+    print(f"null request         {sessions['session_echo_ms']:8.2f} ms in a session, "
+          f"{sessions['plain_echo_ms']:.2f} ms plain: {sessions['echo_session_over_plain']:.2f} x")
+    print(f"null job             {sessions['session_job_ms']:8.1f} ms in a session, "
+          f"{sessions['plain_job_ms']:.1f} ms plain: {sessions['job_session_over_plain']:.2f} x")
     print(f"detached null jobs    {outbox['detached_jobs_per_s']:7.1f} /s")
     print(f"deliver a backlog    {outbox['backlog_delivery_s']:8.1f} s for {outbox['backlog']} "
           "results (result + ack each, after reconnect)")

@@ -18,8 +18,8 @@ and serves the monitor on a root-only unix socket (firmware.runtime.ipc):
 ``session-key``   -> ``{key, chain}`` (PEM): a new TLS key for the monitor's sessions and its
                   certificate (issued by the alias key); evidence names it from then on
 
-The monitor, which parses everything that crosses the channel, never holds a key: it can ask
-for evidence, not forge it. What layer 0 trusts is what it imports: firmware.abi (the
+The monitor, which parses everything that crosses the channel, holds no key but its sessions'
+TLS key of this boot: it can ask for evidence, not forge it. What layer 0 trusts is what it imports: firmware.abi (the
 contract, with the DICE derivations), its own modules, PID 1's hand-over record
 (firmware.pid1.hardware) and the runtime's console, priority and socket helpers; never the
 monitor, the runner or anything that parses host input.

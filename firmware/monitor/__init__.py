@@ -1,6 +1,7 @@
 """Layer 1, the zone monitor: the one process that reads what crosses the channel.
 
-``server``     the control port: frames in, answers out; session and diagnostics ops
+``server``     the control port: frames in, answers out; host session and diagnostics ops
+``sessions``   attested sessions: TLS 1.3 ending here, carried over the channel
 ``ops``        the zone's operations (evidence, owner, applets, jobs, schedules, audit)
 ``store``      the policy on the persistent state (owner, applets, outbox)
 ``state``      the state map and its group commit to BBRAM (through the key keeper)
@@ -10,5 +11,6 @@
 ``links``      clients of the key keeper and the runner; ``deferred`` their results
 ``platform``   the port, the power button, memory and power-off
 
-It holds no key: evidence, receipts, audit entries and seals come from layer 0.
+It holds no key but its sessions' TLS key of this boot (layer 0 made and certified it):
+evidence, receipts, audit entries and seals come from layer 0.
 """

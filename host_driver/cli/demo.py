@@ -113,20 +113,30 @@ def _demo_applets(zone: SyncZone, home: SezHome, factory: Factory
         _step(f"enroll: the owner key {key_path} becomes the zone's owner (BBRAM)")
         zone.enroll(mine)
     elif current != key_id(mine).hex():
-        raise SezError("the demo zone has another owner (sez tamper it, or use --name)")
+        raise SezError("the demo zone has another owner (use --name for another device)")
     examples = project_root() / "docs" / "examples"
     for name in ("aggregate", "key-custody"):
         _step(f"load: {name}, packed and signed by the owner")
         loaded = zone.load(build_applet(examples / name, key))
         print(f"    id {loaded['id']}, measurement sha384:{loaded['measurement'][:32]}…")
-    _step("run aggregate on 6 salary records, with a nonce; verify the receipt")
-    records = "\n".join(json.dumps({"group": g, "value": v}) for g, v in (
-        ("eng", 120), ("eng", 135), ("eng", 128), ("ops", 90), ("ops", 95), ("ceo", 400)))
-    nonce = os.urandom(16)
+    _step("open an attested session: TLS 1.3 into the zone, appraised before use")
     t = time.perf_counter()
-    ran = zone.run("aggregate", records.encode(), nonce=nonce)
-    took = time.perf_counter() - t
+    with zone.session(root=factory.root_cert(),
+                      reference=Reference.from_manifest(image_dir() / "manifest.json")) as session:
+        took = time.perf_counter() - t
+        assert session.zone.attestation is not None
+        print(f"    {took * 1000:.0f} ms: the certificate chains to the factory root, fresh "
+              "evidence matches the reference values and names the TLS key")
+        _step("run aggregate on 6 salary records privately, with a nonce; verify the receipt")
+        records = "\n".join(json.dumps({"group": g, "value": v}) for g, v in (
+            ("eng", 120), ("eng", 135), ("eng", 128), ("ops", 90), ("ops", 95), ("ceo", 400)))
+        nonce = os.urandom(16)
+        t = time.perf_counter()
+        ran = session.run("aggregate", records.encode(), nonce=nonce)
+        took = time.perf_counter() - t
     print(f"    {ran['output'].decode()}  ({took * 1000:.0f} ms, job {ran['job']})")
+    print("    the records and the result crossed the host only inside TLS: the host relayed "
+          "ciphertext")
     checked = verify_receipt(ran["receipt"], input=records.encode(), output=ran["output"],
                              nonce=nonce, root=factory.root_cert())
     print(f"    receipt verified: {checked.applet_name} v{checked.applet_version} on device "
