@@ -27,7 +27,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
-from cryptography.x509.oid import NameOID
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from pyasn1.codec.der import decoder as der_decoder
 from pyasn1.codec.der import encoder as der_encoder
 from pyasn1.type import char, namedtype, tag, univ
@@ -39,7 +39,7 @@ __all__ = [
     "MEASURED", "UDS_SIZE", "TCB_INFO_OID", "device_id_key", "ueid", "cdi", "alias_key",
     "bbram_key", "applet_key", "seal_root", "sealing_key", "secret_key",
     "derive_key", "measure_firmware", "measurement_digest", "encode_tcb_info", "decode_tcb_info",
-    "issue_alias_cert", "issue_applet_cert", "device_id_name",
+    "issue_alias_cert", "issue_applet_cert", "issue_session_cert", "device_id_name",
 ]
 
 #: What the zone's evidence measures, in this order (also the order of the TcbInfo fwids).
@@ -262,6 +262,38 @@ def issue_applet_cert(applet: ec.EllipticCurvePublicKey, alias: ec.EllipticCurve
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(x509.UnrecognizedExtension(
             TCB_INFO_OID, _tcb_info("sez-applet", "", 2, [measurement], False)), critical=False)
+        .sign(alias, hashes.SHA384())
+    )
+
+
+def issue_session_cert(session: ec.EllipticCurvePublicKey, alias: ec.EllipticCurvePrivateKey,
+                       alias_cert: x509.Certificate, ueid_value: bytes,
+                       now: datetime.datetime) -> x509.Certificate:
+    """The zone's TLS server certificate for this boot, signed by the alias key: a TLS client
+    that trusts the manufacturer's root verifies session <- alias <- DeviceID <- root, and the
+    alias certificate's TcbInfo says what code holds the key. The evidence names the key too
+    (claim ``sez.session_key``), which binds fresh evidence to the TLS connection."""
+    not_after = (alias_cert.not_valid_after_utc if hasattr(alias_cert, "not_valid_after_utc")
+                 else alias_cert.not_valid_after.replace(tzinfo=datetime.timezone.utc))
+    return (
+        x509.CertificateBuilder()
+        .subject_name(device_id_name(ueid_value, "Session"))
+        .issuer_name(alias_cert.subject)
+        .public_key(session)
+        .serial_number(int.from_bytes(key_id(spki(session))[:16], "big") >> 1)
+        .not_valid_before(min(now - datetime.timedelta(hours=1),
+                              not_after - datetime.timedelta(seconds=1)))
+        .not_valid_after(not_after)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(x509.KeyUsage(digital_signature=True, content_commitment=False,
+                                     key_encipherment=False, data_encipherment=False,
+                                     key_agreement=False, key_cert_sign=False, crl_sign=False,
+                                     encipher_only=False, decipher_only=False), critical=True)
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]),
+                       critical=False)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(session), critical=False)
+        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(alias.public_key()),
+                       critical=False)
         .sign(alias, hashes.SHA384())
     )
 

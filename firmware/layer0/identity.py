@@ -72,6 +72,7 @@ class Identity:
                       certified.public_bytes(serialization.Encoding.DER)]
         self.bbram = Bbram(dice.bbram_key(cdi))
         self._applet_keys: dict[bytes, tuple[ec.EllipticCurvePrivateKey, bytes]] = {}
+        self._session_key: bytes | None = None
 
     def describe(self) -> dict[str, Any]:
         return {"ueid": self.ueid, "alias_cert": self.chain[0], "device_id_cert": self.chain[1],
@@ -98,6 +99,8 @@ class Identity:
             evidence.DEBUG: self.debug,
             evidence.FIRMWARE: FIRMWARE_VERSION,
         }
+        if self._session_key is not None:
+            payload[evidence.SESSION_KEY] = self._session_key
         return cose.sign1(cbor2.dumps(payload), self.alias, x5chain=self.chain)
 
     def receipt(self, extra: dict[Any, Any]) -> bytes:
@@ -135,6 +138,23 @@ class Identity:
         return {"signature": key.sign(data, ec.ECDSA(hashes.SHA384())),
                 "public_key": keys.spki(key),
                 "certificate": cert_der, "chain": self.chain}
+
+
+    def session_key(self) -> dict[str, Any]:
+        """A new TLS key for the monitor's sessions, with its certificate chain (PEM): the
+        monitor terminates TLS, so it holds this key, for this boot only; the evidence layer 0
+        signs from now on names it (claim ``sez.session_key``)."""
+        key = ec.generate_private_key(ec.SECP256R1())
+        cert = dice.issue_session_cert(key.public_key(), self.alias,
+                                       x509.load_der_x509_certificate(self.chain[0]), self.ueid,
+                                       datetime.datetime.now(datetime.timezone.utc))
+        self._session_key = keys.key_id(keys.spki(key))
+        pem = serialization.Encoding.PEM
+        chain = [cert.public_bytes(pem)] + [
+            x509.load_der_x509_certificate(der).public_bytes(pem) for der in self.chain]
+        return {"key": key.private_bytes(pem, serialization.PrivateFormat.PKCS8,
+                                         serialization.NoEncryption()),
+                "chain": b"".join(chain)}
 
 
 def verify_signed(spki: Any, message: Any) -> bytes:

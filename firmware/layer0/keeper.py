@@ -19,6 +19,8 @@ and serves the monitor on a root-only unix socket (firmware.runtime.ipc):
                   name and policy (abi.secret; firmware.layer0.secrets)
 ``secret-open``   ``{name, policy, blob, applet: {measurement, name, version, owner}}`` ->
                   ``{value}`` if the policy admits that applet; ``secret-denied`` if not
+``session-key``   -> ``{key, chain}`` (PEM): a new TLS key for the monitor's sessions and its
+                  certificate (issued by the alias key); evidence names it from then on
 
 The monitor, which parses everything that crosses the channel, never holds a key: it can ask
 for evidence, not forge it. What layer 0 trusts is what it imports: firmware.abi (the
@@ -75,6 +77,7 @@ class Keeper:
             KeeperOp.AUDIT_ENTRY: lambda args: {"entry": identity.audit_entry(args["claims"])},
             KeeperOp.APPLET_SIGN: lambda args: identity.applet_sign(args.get("measurement"),
                                                                     args.get("data")),
+            KeeperOp.SESSION_KEY: lambda args: identity.session_key(),
             KeeperOp.SEAL: lambda args: {"blob": identity.sealer.seal(
                 _bytes(args, "owner"), _text(args, "name"), _version(args),
                 _bytes(args, "data"))},

@@ -65,8 +65,9 @@ class Operations:
         }
 
     def session_table(self) -> dict[str, Callable[[dict[str, Any]], Any]]:
-        """The operations that carry secrets: the monitor serves them only inside an attested
-        session, and answers NeedsSession on the plain channel, where the host reads them."""
+        """The operations only an attested session may request (firmware.monitor.sessions):
+        they carry secrets, which the host would read on the plain channel; there the monitor
+        answers NeedsSession."""
         return {
             Op.SECRET_PUT: self.op_secret_put,
         }

@@ -5,9 +5,11 @@ One reactor (firmware.runtime.reactor) owns the port. Bytes go through
 frame with ``id: null``; nothing that crosses the channel can raise out of the loop. Writes are
 non-blocking and queued, so a host that does not read never stalls the zone.
 
-The session and diagnostics operations (hello, info, echo, sink, source, stats, poweroff) are
-here; the zone's own operations are firmware.monitor.ops. An operation that waits on another
-process returns a Deferred, answered when it resolves.
+The host session and diagnostics operations (hello, info, echo, sink, source, stats,
+poweroff) are here; the zone's own operations are firmware.monitor.ops, attested sessions
+firmware.monitor.sessions. A request is answered where it came from: on the port, or inside
+its session's TLS. An operation that waits on another process returns a Deferred, answered
+when it resolves.
 """
 
 from __future__ import annotations
@@ -18,8 +20,8 @@ import time
 from .. import FIRMWARE_VERSION
 from ..abi import wire
 from ..abi.device import CONTROL_PORT
-from ..abi.errors import (BadArgs, BadRequest, Code, Internal, UnexpectedKind, UnknownOp,
-                          ZoneError)
+from ..abi.errors import (BadArgs, BadRequest, Code, Internal, NeedsSession, UnexpectedKind,
+                          UnknownOp, ZoneError)
 from ..abi.ops import Op
 from ..pid1.hardware import Hardware
 from ..runtime.console import log
@@ -30,6 +32,7 @@ from . import platform
 from .deferred import Deferred
 from .links import KeeperLink
 from .ops import Operations
+from .sessions import Session, Sessions
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -51,7 +54,7 @@ class Monitor:
         self.zone = Operations(loop, KeeperLink(loop, keeper_socket), self.host_claims)
         self.decoder = wire.FrameDecoder()
         self.encoder = wire.FrameEncoder()
-        self.sessions = 0
+        self.host_sessions = 0
         self.host_disconnects = 0
         self.host_stalls = 0
         self._stalled = False
@@ -70,6 +73,14 @@ class Monitor:
             Op.POWEROFF: self.op_poweroff,
             **self.zone.table(),
         }
+        in_session = {op: handler for op, handler in self.ops.items()
+                      if op not in (Op.HELLO, Op.POWEROFF)}
+        in_session.update(self.zone.session_table())
+        self.sessions = Sessions(self.zone.keeper, in_session, self._session_hello, self.handle,
+                                 self.send_event)
+        self.ops.update(self.sessions.table())
+        for op in self.zone.session_table():
+            self.ops[op] = _needs_session
 
     # -- channel -----------------------------------------------------------------------------
 
@@ -111,7 +122,7 @@ class Monitor:
 
     def host_claims(self) -> dict[str, int]:
         """What the zone saw of its host: sessions, disconnects, stalls, unreadable input."""
-        return {"sessions": self.sessions, "disconnects": self.host_disconnects,
+        return {"sessions": self.host_sessions, "disconnects": self.host_disconnects,
                 "stalls": self.host_stalls, "errors": sum(self.errors.values())}
 
     def on_host_gone(self) -> None:
@@ -143,6 +154,9 @@ class Monitor:
     def _count_error(self, code: str) -> None:
         self.errors[code] = self.errors.get(code, 0) + 1
 
+    def send_event(self, event: dict[str, Any]) -> None:
+        self.send(self.encoder.parts(wire.Kind.EVENT, event))
+
     def respond(self, request_id: Any, result: Any) -> None:
         try:
             frame = self.encoder.response(request_id, result)
@@ -154,7 +168,9 @@ class Monitor:
 
     # -- requests ----------------------------------------------------------------------------
 
-    def handle(self, frame: wire.Frame) -> None:
+    def handle(self, frame: wire.Frame, peer: "Monitor | Session | None" = None) -> None:
+        """Serve one request from the port or, with ``peer``, from a session; answer there."""
+        peer = peer or self
         payload = frame.payload
         request_id = payload.get("id") if type(payload) is dict else None
         if type(request_id) is not int or not 0 <= request_id <= _MAX_ID:
@@ -175,35 +191,40 @@ class Monitor:
                 args = {}
             elif type(args) is not dict:
                 raise BadArgs(f"args must be a map, not {type(args).__name__}")
-            handler = self.ops.get(op)
+            handler = peer.ops.get(op)
             if handler is None:
                 raise UnknownOp(f"no operation {op!r}")
             self.ops_served[op] = self.ops_served.get(op, 0) + 1
             result = handler(args)
         except ZoneError as exc:
-            self.send_error(request_id, exc.code, exc.message)
+            peer.send_error(request_id, exc.code, exc.message)
             return
         except Exception as exc:  # a zone bug: the host gets "internal", the zone goes on
             log(f"request {request_id!r} failed: {exc!r}")
-            self.send_error(request_id, Code.INTERNAL, f"{type(exc).__name__}: {exc}"[:200])
+            peer.send_error(request_id, Code.INTERNAL, f"{type(exc).__name__}: {exc}"[:200])
             return
         if type(result) is Deferred:
-            result.add(lambda d: self.send_error(request_id, d.error.code, d.error.message)
-                       if d.error is not None else self.respond(request_id, d.value))
+            result.add(lambda d: peer.send_error(request_id, d.error.code, d.error.message)
+                       if d.error is not None else peer.respond(request_id, d.value))
             return
-        self.respond(request_id, result)
+        peer.respond(request_id, result)
 
     # -- operations --------------------------------------------------------------------------
 
     def op_hello(self, args: dict[str, Any]) -> dict[str, Any]:
-        """Start a host session: forget responses queued for a host that went away."""
+        """Start a host session: forget responses queued for a host that went away, and the
+        attested sessions it relayed."""
         assert self.port is not None
         self.port.drop_unsent()
-        self.sessions += 1
+        self.sessions.reset()
+        self.host_sessions += 1
+        return self._session_hello(args, self.host_sessions)
+
+    def _session_hello(self, args: dict[str, Any], session: int) -> dict[str, Any]:
         return {
             "protocol": wire.VERSION,
             "firmware": FIRMWARE_VERSION,
-            "session": self.sessions,
+            "session": session,
             "nonce": args.get("nonce"),
             "max_payload": wire.MAX_PAYLOAD,
             "boot_counter": self.boot_counter,
@@ -222,7 +243,8 @@ class Monitor:
             "monitor_uptime": round(time.monotonic() - self.started, 3),
             "monitor_restarts": self.restarts,
             "memory": {"total": mem.get("MemTotal", 0), "available": mem.get("MemAvailable", 0)},
-            "host_sessions": self.sessions,
+            "host_sessions": self.host_sessions,
+            "sessions": self.sessions.stats(),
             "host_disconnects": self.host_disconnects,
             "host": self.host_claims(),
             "bbram": store.status,
@@ -274,6 +296,11 @@ class Monitor:
             raise Internal("poweroff is refused outside a zone")
         self.loop.call_later(0.05, platform.power_off)
         return {"powering_off": True}
+
+
+def _needs_session(args: dict[str, Any]) -> None:
+    raise NeedsSession("this operation carries a secret: the zone takes it only inside an "
+                       "attested session")
 
 
 def main(hw: Hardware, restarts: int = 0, fd: int | None = None,

@@ -6,17 +6,20 @@ from __future__ import annotations
 
 import argparse
 import sys
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 from firmware.abi.errors import SezError
 from firmware.abi.jobs import FINAL, JobState
 from firmware.abi.keys import key_id
 
+from ..relay.sync import SyncZone
 from ..owner import (build_applet, enroll_authorization, generate_owner_key, load_owner_key,
                      owner_spki, package_of)
 from ..verifier import verify_receipt
-from .common import (appraising, command, emit, group, jsonable, open_zone, read_file,
-                     trusted_root)
+from .common import (appraising, attested_session, command, emit, group, jsonable, open_zone,
+                     read_file, trust_flags, trusted_root)
 
 __all__ = ["register"]
 
@@ -71,17 +74,27 @@ def cmd_applets(args: argparse.Namespace) -> None:
          or "no applets loaded")
 
 
+@contextmanager
+def private(zone: SyncZone, args: argparse.Namespace) -> Iterator[SyncZone]:
+    """With ``--private``, an attested session with the zone (what travels in it never
+    crosses the host in clear); else the plain channel."""
+    if not args.private:
+        yield zone
+        return
+    with attested_session(zone, args.name, args) as session:
+        yield session
+
+
 def cmd_run(args: argparse.Namespace) -> None:
     data = read_file(args.input)
     nonce = bytes.fromhex(args.nonce) if args.nonce else b""
-    if args.detach:
-        with open_zone(args.name, timeout=args.timeout) as zone:
-            queued = zone.submit(args.applet, data, nonce=nonce,
-                                 key=bytes.fromhex(args.key) if args.key else None)
-        emit(args, queued, str(queued["job"]))
-        return
-    with open_zone(args.name, timeout=args.timeout) as zone:
-        result = zone.run(args.applet, data, nonce=nonce)
+    with open_zone(args.name, timeout=args.timeout) as zone, private(zone, args) as channel:
+        if args.detach:
+            queued = channel.submit(args.applet, data, nonce=nonce,
+                                    key=bytes.fromhex(args.key) if args.key else None)
+            emit(args, queued, str(queued["job"]))
+            return
+        result = channel.run(args.applet, data, nonce=nonce)
     if args.output:
         Path(args.output).write_bytes(result["output"])
     if args.receipt:
@@ -99,8 +112,8 @@ def cmd_run(args: argparse.Namespace) -> None:
 
 def cmd_result(args: argparse.Namespace) -> None:
     """Fetch a detached job's result, write it, then acknowledge it (it leaves the zone)."""
-    with open_zone(args.name, timeout=60.0) as zone:
-        answer = zone.result(args.job, wait=args.wait)
+    with open_zone(args.name, timeout=60.0) as zone, private(zone, args) as channel:
+        answer = channel.result(args.job, wait=args.wait)
         state = answer["state"]
         if state == JobState.DONE:
             if args.output:
@@ -111,7 +124,7 @@ def cmd_result(args: argparse.Namespace) -> None:
                 sys.stdout.buffer.write(answer["output"])
                 sys.stdout.flush()
         if state in FINAL and not args.keep:
-            zone.ack(args.job)
+            channel.ack(args.job)
     if state not in FINAL:
         raise SezError(f"job {args.job} is {state}: not finished (wait with --wait SECONDS)")
     if state != JobState.DONE:
@@ -182,6 +195,10 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                    help="queue the job in the zone's outbox; print its id and return at once")
     c.add_argument("--key", help="with --detach: an idempotency key (hex, 8-64 bytes); "
                    "resubmitting with it returns the first job")
+    c.add_argument("--private", action="store_true",
+                   help="run the job inside an attested session: input and output cross the "
+                   "host encrypted (with --detach: the submission)")
+    trust_flags(c)
 
     c = command(sub, "result", cmd_result,
                 "a detached job's output and receipt (then acknowledged)")
@@ -192,6 +209,10 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     c.add_argument("--wait", type=float, default=0.0, metavar="SECONDS",
                    help="wait up to this long for the job to finish")
     c.add_argument("--keep", action="store_true", help="do not acknowledge: leave it in the zone")
+    c.add_argument("--private", action="store_true",
+                   help="fetch it inside an attested session (the output crosses the host "
+                   "encrypted)")
+    trust_flags(c)
 
     c = command(sub, "jobs", cmd_jobs, "the zone's outbox: detached jobs and their states")
     c.add_argument("name")

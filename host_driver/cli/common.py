@@ -11,16 +11,17 @@ from typing import Any, Callable, Iterator
 
 from cryptography import x509
 
+from emulator.device import Device
 from emulator.factory import Factory
 from emulator.machine import Machine
-from emulator.paths import SezHome
+from emulator.paths import SezHome, image_dir
 from firmware.abi.errors import SezError
 
 from ..relay.sync import SyncZone
-from ..verifier import VerificationError, load_root
+from ..verifier import Reference, VerificationError, load_root
 
 __all__ = ["Command", "command", "group", "emit", "jsonable", "read_file", "trusted_root",
-           "appraising", "open_zone"]
+           "reference_values", "appraising", "open_zone", "attested_session", "trust_flags"]
 
 #: What a command runs: it gets the parsed arguments, prints its result, raises on failure.
 Command = Callable[[argparse.Namespace], None]
@@ -70,6 +71,30 @@ def read_file(path: str) -> bytes:
 def trusted_root(path: str | None) -> x509.Certificate:
     """The manufacturer root certificate at ``path`` (``--root``), else the factory's."""
     return load_root(path or Factory().root_cert_path)
+
+
+def reference_values(path: str | None) -> Reference:
+    """The reference values at ``path`` (``--reference``), else the image's manifest."""
+    return Reference.from_manifest(path or image_dir() / "manifest.json")
+
+
+def trust_flags(c: argparse.ArgumentParser) -> None:
+    """``--root`` and ``--reference``: what an attested session is appraised against."""
+    c.add_argument("--root", help="manufacturer root certificate (default: the factory's)")
+    c.add_argument("--reference", help="reference values (default: the image's manifest.json)")
+
+
+@contextmanager
+def attested_session(zone: SyncZone, name: str, args: argparse.Namespace
+                     ) -> Iterator[SyncZone]:
+    """An attested session with device ``name``'s zone (Zone.session), appraised against
+    ``args.root`` and ``args.reference`` and the UEID the factory recorded for ``name``."""
+    ueid = bytes.fromhex(str(Device.open(name).info["ueid"]))
+    with appraising():
+        session = zone.session(root=trusted_root(args.root),
+                               reference=reference_values(args.reference), ueid=ueid)
+    with session:
+        yield session
 
 
 @contextmanager

@@ -1,9 +1,9 @@
 """``sez secret put`` and ``sez secret list``: secrets provisioned to a zone's applets.
 
-``put`` runs inside an attested session: the zone's evidence is appraised against the root and
-the reference values before the value leaves this process, and the value travels only inside
-the session's TLS (the host that relays it reads nothing). ``list`` shows names and policies;
-no value ever leaves the zone.
+``put`` runs inside an attested session: the zone's evidence is appraised against the root,
+the reference values and the device's UEID before the value leaves this process, and the value
+travels only inside the session's TLS (the host that relays it reads nothing). ``list`` shows
+names and policies; no value ever leaves the zone.
 """
 
 from __future__ import annotations
@@ -11,11 +11,10 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from emulator.paths import image_dir
 from firmware.abi import secret
 
-from ..verifier import Reference
-from .common import command, emit, group, jsonable, open_zone, read_file, trusted_root
+from .common import (attested_session, command, emit, group, jsonable, open_zone, read_file,
+                     trust_flags)
 
 __all__ = ["register", "describe_policy"]
 
@@ -46,13 +45,11 @@ def cmd_secret_put(args: argparse.Namespace) -> None:
     if args.to_measurement is not None and args.min_version is not None:
         raise ValueError("--min-version goes with --to-applet")
     value = read_file(args.value_file)
-    root = trusted_root(args.root)
-    reference = Reference.from_manifest(args.reference or image_dir() / "manifest.json")
     target: dict[str, Any] = (
         {"measurement": parse_measurement(args.to_measurement)}
         if args.to_measurement is not None
-        else {"applet": args.to_applet, "min_version": args.min_version or 1})
-    with open_zone(args.name) as zone, zone.session(root=root, reference=reference) as session:
+        else {"applet": args.to_applet, "min_version": 1 if args.min_version is None else args.min_version})
+    with open_zone(args.name) as zone, attested_session(zone, args.name, args) as session:
         result = session.secret_put(args.secret, value, **target)
     emit(args, jsonable(result),
          f"secret {result['name']} provisioned in zone {args.name} for "
@@ -83,8 +80,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                         "owner")
     c.add_argument("--min-version", type=int, metavar="N",
                    help="with --to-applet: the lowest version admitted (default 1)")
-    c.add_argument("--root", help="manufacturer root certificate (default: the factory's)")
-    c.add_argument("--reference", help="reference values (default: the image's manifest.json)")
+    trust_flags(c)
 
     c = command(secrets, "list", cmd_secret_list,
                 "the zone's secrets: names and policies, never values")

@@ -21,18 +21,25 @@ import asyncio
 import enum
 import logging
 import secrets
+import ssl
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any, Callable
 
 from firmware.abi import audit as audit_claims
 from firmware.abi import wire
-from firmware.abi.errors import Internal, ProtocolError, ZoneError, error_for_code
+from firmware.abi.errors import Internal, ProtocolError, SezError, ZoneError, error_for_code
 from firmware.abi.jobs import FINAL, RESULT_WAIT_MAX
 from firmware.abi.ops import Op
 
 from ..errors import ChannelClosed, StateError, ZoneTimeout, ZoneUnresponsive
+from ..verifier import AttestationResult, Reference, verify_session
 from .bounds import bounded_by
 from .channel import Channel, open_channel
+from .tls import TlsChannel, client_context
+from .tunnel import Tunnel
+
+if TYPE_CHECKING:
+    from cryptography import x509
 
 __all__ = ["Zone", "ZoneState", "DEFAULT_TIMEOUT", "HELLO_RETRY", "RESULT_CHUNK"]
 
@@ -61,11 +68,16 @@ class ZoneState(enum.Enum):
 
 
 class Zone:
-    """A session with one zone over its control channel."""
+    """A session with one zone over its control channel, or (``Zone.session``) an attested
+    session with it, over TLS inside that channel."""
 
     def __init__(self, url: str, *, timeout: float = DEFAULT_TIMEOUT,
-                 heartbeat: float | None = HEARTBEAT) -> None:
+                 heartbeat: float | None = HEARTBEAT,
+                 tls: tuple[Tunnel, ssl.SSLContext] | None = None) -> None:
         self.url = url
+        self._tls = tls
+        #: What the appraisal of an attested session proved (None on the plain channel).
+        self.attestation: AttestationResult | None = None
         self.timeout = timeout
         self.heartbeat = heartbeat
         self._heartbeat_task: asyncio.Task[None] | None = None
@@ -77,6 +89,7 @@ class Zone:
         self._decoder = wire.FrameDecoder()
         self._encoder = wire.FrameEncoder()
         self._pending: dict[int, asyncio.Future[Any]] = {}
+        self._tunnels: dict[int, Tunnel] = {}
         self._next_id = secrets.randbits(40)
         self.log = log.getChild(url.rsplit("/", 1)[-1])
 
@@ -97,7 +110,7 @@ class Zone:
             raise StateError(f"open() needs state idle, the zone client is {self.state.value}")
         self.state = ZoneState.CONNECTING
         try:
-            self._channel = await open_channel(self.url, self._on_data, self._on_lost)
+            self._channel = await self._open_channel()
             self.greeting = await self._handshake(hello_timeout or self.timeout)
         except BaseException:
             await self.close()
@@ -106,6 +119,13 @@ class Zone:
         if self.heartbeat:
             self._heartbeat_task = asyncio.ensure_future(self._beat(self.heartbeat))
         return self.greeting
+
+    async def _open_channel(self) -> Channel:
+        if self._tls is None:
+            return await open_channel(self.url, self._on_data, self._on_lost)
+        channel = TlsChannel(*self._tls, self._on_data, self._on_lost)
+        await channel.handshake(self.timeout)
+        return channel
 
     async def _beat(self, interval: float) -> None:
         while self.state is ZoneState.RUNNING:
@@ -142,7 +162,8 @@ class Zone:
         deadline = time.monotonic() + timeout
         while True:
             nonce = secrets.token_bytes(16)
-            self._channel.write(wire.BREAK)  # type: ignore[union-attr]
+            if self._tls is None:  # a new TLS connection has no half-sent frame to end
+                self._channel.write(wire.BREAK)  # type: ignore[union-attr]
             request_id, future = self._send(Op.HELLO, {"nonce": nonce})
             wait = min(HELLO_RETRY, max(0.0, deadline - time.monotonic()))
             await asyncio.wait({future}, timeout=wait)
@@ -369,6 +390,73 @@ class Zone:
         """[{name, policy}] of the zone's provisioned secrets; values never leave the zone."""
         return list((await self.request(Op.SECRET_LIST))["secrets"])
 
+    async def tunnel(self, *, kind: type[Tunnel] = Tunnel) -> Tunnel:
+        """Open a session in the zone and return its bytes as the host sees them: a Tunnel
+        carrying TLS to the zone's endpoint (``sez relay`` joins one to a TCP connection;
+        ``kind``, a subclass, may look at or change what it carries: a hostile relay in
+        the tests). TooManySessions when the zone has no room."""
+        number = int((await self.request(Op.SESSION_OPEN))["session"])
+        tunnel = self._tunnels[number] = kind(self.url, number, self._post, self._drain,
+                                              self._forget_tunnel)
+        return tunnel
+
+    def _forget_tunnel(self, number: int) -> None:
+        self._tunnels.pop(number, None)
+
+    async def session(self, *, root: x509.Certificate, reference: Reference,
+                      ueid: bytes | None = None, allow_debug: bool = False,
+                      timeout: float | None = None, tunnel: Tunnel | None = None) -> "Zone":
+        """An attested session, as a Zone whose requests travel inside TLS 1.3 to the zone:
+        the host relays bytes it cannot read.
+
+        In order, any failure closing the session: the TLS handshake, the zone's certificate
+        chained to ``root`` (host_driver.relay.tls); ``hello``; then the appraisal, inside
+        TLS: evidence for a fresh nonce, verified against ``root`` and ``reference`` (and
+        ``ueid``; a debug zone only with ``allow_debug``), naming this connection's TLS key,
+        whose certificate its alias key issued (host_driver.verifier.verify_session). Only
+        then does the caller get the session, with ``attestation`` set: every operation of
+        this client, and those only a session carries (``secret_put``). Raises
+        VerificationError (``tls-certificate``, or the appraisal's check), SessionFailed (the
+        TLS broke: bytes changed on the way), ZoneTimeout. ``tunnel``: one already opened
+        (default: a new one)."""
+        timeout = self.timeout if timeout is None else timeout
+        tunnel = tunnel or await self.tunnel()
+        session = Zone(tunnel.url, timeout=timeout, heartbeat=None,
+                       tls=(tunnel, client_context(root)))
+        try:
+            await session.open()
+            nonce = secrets.token_bytes(32)
+            evidence = await session.attest(nonce)
+            assert isinstance(session._channel, TlsChannel)
+            session.attestation = verify_session(
+                evidence, session._channel.peer_certificate, nonce=nonce, root=root,
+                reference=reference, expected_ueid=ueid, allow_debug=allow_debug)
+        except BaseException:
+            await session.close()
+            raise
+        return session
+
+    def _post(self, op: str, args: dict[str, Any],
+              on_error: Callable[[SezError], None]) -> None:
+        """Send a request whose answer only matters if it is an error (``on_error``)."""
+        try:
+            request_id, future = self._send(op, args)
+        except SezError as exc:
+            on_error(exc)
+            return
+
+        def answered(future: asyncio.Future[Any]) -> None:
+            self._pending.pop(request_id, None)
+            if not future.cancelled() and future.exception() is not None:
+                error = future.exception()
+                on_error(error if isinstance(error, SezError) else ChannelClosed(str(error)))
+
+        future.add_done_callback(answered)
+
+    async def _drain(self) -> None:
+        if self._channel is not None:
+            await self._channel.drain()
+
     async def poweroff(self) -> None:
         """Ask the zone to sync and power the machine off (QEMU exits)."""
         await self.request(Op.POWEROFF)
@@ -381,6 +469,12 @@ class Zone:
                 self.log.warning("unreadable bytes from the zone: %s", item.message)
                 continue
             payload = item.payload
+            if item.kind == wire.Kind.EVENT and isinstance(payload, dict) and \
+                    payload.get("event") == "session":
+                tunnel = self._tunnels.get(payload.get("session"))  # type: ignore[arg-type]
+                if tunnel is not None:
+                    tunnel.event(payload)
+                continue
             if item.kind != wire.Kind.RESPONSE or not isinstance(payload, dict):
                 self.log.debug("ignoring %r", item)
                 continue
@@ -412,13 +506,19 @@ class Zone:
         channel, self._channel = self._channel, None
         if channel is not None:
             channel.close()
-        self._fail_pending(ChannelClosed(f"the channel to the zone closed ({exc or 'EOF'})"))
+        if isinstance(exc, SezError):  # a session's TLS failed, or its tunnel was refused
+            self.failure = exc
+        self._fail_pending(exc if isinstance(exc, SezError) else
+                           ChannelClosed(f"the channel to the zone closed ({exc or 'EOF'})"))
 
     def _fail_pending(self, exc: Exception) -> None:
         pending, self._pending = self._pending, {}
         for future in pending.values():
             if not future.done():
                 future.set_exception(exc)
+        tunnels, self._tunnels = self._tunnels, {}
+        for tunnel in tunnels.values():
+            tunnel._closed(exc if isinstance(exc, SezError) else ChannelClosed(str(exc)))
 
 
 def _expire(future: asyncio.Future[Any], op: str, timeout: float) -> None:

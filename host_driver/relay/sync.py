@@ -24,14 +24,20 @@ from ..errors import ZoneTimeout
 from .bounds import seconds_bound
 from .client import DEFAULT_TIMEOUT, HEARTBEAT, Zone
 
+if TYPE_CHECKING:
+    from cryptography import x509
+
+    from ..verifier import Reference
+
 __all__ = ["SyncZone"]
 
 T = TypeVar("T")
 #: Seconds a blocking call waits beyond the bound of the call itself.
 _MARGIN = 5.0
 #: Zone's coroutine methods that are not requests: SyncZone opens the session in its
-#: constructor and closes it (and its loop) in its own close().
-_SESSION = frozenset({"open", "close"})
+#: constructor and closes it (and its loop) in its own close(); ``session`` is written out
+#: below; a tunnel's bytes are for asyncio code (``sez relay``).
+_SESSION = frozenset({"open", "close", "session", "tunnel"})
 
 
 class SyncZone:
@@ -41,6 +47,7 @@ class SyncZone:
                  hello_timeout: float | None = None,
                  heartbeat: float | None = HEARTBEAT) -> None:
         self.timeout = timeout
+        self._owns_loop = True
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="sez-zone",
                                         daemon=True)
@@ -75,14 +82,31 @@ class SyncZone:
         # The blocking request methods are made from Zone's below, at import time.
         def __getattr__(self, name: str) -> Any: ...
 
+    def session(self, *, root: x509.Certificate, reference: Reference,
+                ueid: bytes | None = None, allow_debug: bool = False,
+                timeout: float | None = None) -> "SyncZone":
+        """Blocking :meth:`Zone.session <host_driver.relay.client.Zone.session>`: an attested
+        session with the same blocking methods, on this facade's loop. Close it (or use it
+        as a context manager) before this facade."""
+        timeout = self.timeout if timeout is None else timeout
+        session = self._call(self.zone.session(root=root, reference=reference, ueid=ueid,
+                                               allow_debug=allow_debug, timeout=timeout),
+                             3 * timeout)
+        facade = object.__new__(SyncZone)
+        facade.timeout, facade._owns_loop = timeout, False
+        facade._loop, facade._thread, facade.zone = self._loop, self._thread, session
+        return facade
+
     def close(self) -> None:
-        """Close the session and stop the private loop. Idempotent."""
+        """Close the session and stop the private loop (unless it is a session's facade,
+        which shares its zone's loop). Idempotent."""
         if self._loop.is_closed():
             return
         try:
             self._call(self.zone.close())
         finally:
-            self._stop_loop()
+            if self._owns_loop:
+                self._stop_loop()
 
     def _stop_loop(self) -> None:
         self._loop.call_soon_threadsafe(self._loop.stop)

@@ -12,9 +12,10 @@ the host that relayed what it appraises is not trusted. Every appraisal raises
 
 from .audit import AuditEntry, AuditResult, verify_audit, verify_audit_log
 from .common import AuditAnchor, VerificationError, load_root
-from .evidence import AttestationResult, Reference, verify_evidence
+from .evidence import AttestationResult, Reference, verify_evidence, verify_session
 from .receipt import ReceiptResult, verify_receipt
 
 __all__ = ["AttestationResult", "ReceiptResult", "Reference", "VerificationError",
-           "AuditAnchor", "AuditEntry", "AuditResult", "verify_evidence", "verify_receipt",
+           "AuditAnchor", "AuditEntry", "AuditResult", "verify_evidence", "verify_session",
+           "verify_receipt",
            "verify_audit", "verify_audit_log", "load_root"]

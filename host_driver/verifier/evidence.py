@@ -33,15 +33,17 @@ from pathlib import Path
 from typing import Any
 
 from cryptography import x509
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from firmware.abi import evidence as claims
 from firmware.abi.dice import MEASURED, TCB_INFO_OID, decode_tcb_info
 from firmware.abi.errors import SezError
+from firmware.abi.keys import key_id, spki
 
 from .common import AuditAnchor, VerificationError, serial_number, signed_by_zone
 
-__all__ = ["Reference", "AttestationResult", "verify_evidence"]
+__all__ = ["Reference", "AttestationResult", "verify_evidence", "verify_session"]
 
 
 @dataclass(frozen=True)
@@ -93,6 +95,12 @@ class AttestationResult:
                 and isinstance(head.get("link"), bytes)):
             return None
         return AuditAnchor(self.ueid, head["seq"], head["link"])
+
+    @property
+    def session_key(self) -> bytes | None:
+        """The key id (abi.keys.key_id) of the zone's TLS key this boot, or None."""
+        key = self.claims.get(claims.SESSION_KEY)
+        return key if isinstance(key, bytes) else None
 
     @property
     def applets(self) -> list[dict[str, Any]]:
@@ -161,3 +169,27 @@ def verify_evidence(evidence: bytes, *, nonce: bytes, root: x509.Certificate,
         debug=debug, firmware=str(payload.get(claims.FIRMWARE)),
         issued_at=int(payload.get(claims.IAT, 0)), alias_cert=alias, device_id_cert=device_id,
         claims=payload)
+
+
+def verify_session(evidence: bytes, certificate: x509.Certificate, *, nonce: bytes,
+                   root: x509.Certificate, reference: Reference | None = None,
+                   allow_debug: bool = False, expected_ueid: bytes | None = None,
+                   now: datetime.datetime | None = None) -> AttestationResult:
+    """Appraise ``evidence`` fetched inside a TLS session whose server presented
+    ``certificate``: verify_evidence's checks, then ``session-key``, the evidence names
+    that certificate's key as the zone's TLS key; ``session-certificate``, the evidence's
+    alias key issued it. Together: the TLS endpoint is the attested zone."""
+    result = verify_evidence(evidence, nonce=nonce, root=root, reference=reference,
+                             allow_debug=allow_debug, expected_ueid=expected_ueid, now=now)
+    named = result.session_key
+    tls_key = certificate.public_key()
+    if named is None or not isinstance(tls_key, ec.EllipticCurvePublicKey) or \
+            not hmac.compare_digest(named, key_id(spki(tls_key))):
+        raise VerificationError("session-key", "the evidence does not name this TLS "
+                                "connection's key: the session ends elsewhere than the zone")
+    try:
+        certificate.verify_directly_issued_by(result.alias_cert)
+    except (ValueError, TypeError, InvalidSignature) as exc:
+        raise VerificationError("session-certificate", "the TLS certificate was not issued "
+                                f"by the attested zone's alias key ({exc})") from exc
+    return result
