@@ -20,9 +20,8 @@ import time
 from typing import Any, Callable
 
 from ..abi import receipt as receipt_claims
-from ..abi import wire
+from ..abi import secret, wire
 from ..abi.applet import Package
-from ..abi import secret
 from ..abi.errors import (AppletFailed, BadArgs, Code, NoSuchJob, NoSuchSecret, NotOwner,
                           UnknownOp, ZoneError)
 from ..abi.jobs import FINAL, JobState

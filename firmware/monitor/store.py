@@ -292,10 +292,10 @@ class ZoneStore:
 
     def put_secret(self, name: str, value: bytes, requested: secret.Policy) -> Deferred:
         """Provision secret ``name``: layer 0 seals ``value`` to the policy, and the secret and
-        its audit-log entry (name and policy) are committed together before the answer,
-        ``{name, policy}``. An applet policy gets the enrolled owner's key id (NotOwner with
-        none enrolled); a policy that no loaded applet meets is PolicyUnmatched, a mistake
-        caught before the secret is sealed for no one.
+        its audit-log entry (the name and the policy's fields, flat: abi.audit) are committed
+        together before the answer, ``{name, policy}``. An applet policy gets the enrolled
+        owner's key id (NotOwner with none enrolled); a policy that no loaded applet meets is
+        PolicyUnmatched, a mistake caught before the secret is sealed for no one.
 
         Secrets are written once (SecretExists): the host opens sessions too, so a secret that
         could be put again could be swapped by the host for one it knows, and the applet that
@@ -321,7 +321,7 @@ class ZoneStore:
                 state["secrets"] = {**state.get("secrets", {}), name: entry}
                 return {"name": name, "policy": policy}
 
-            return self.audit.append({"kind": "secret", "name": name, "policy": policy}, put)
+            return self.audit.append({"kind": "secret", "name": name, **policy}, put)
 
         return self.keeper.call(KeeperOp.SECRET_SEAL,
                                 {"name": name, "policy": policy, "value": value}).then(store)

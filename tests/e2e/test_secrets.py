@@ -3,6 +3,7 @@ applets their policy admits (after a reboot and a power cut too), refused to any
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import os
@@ -30,6 +31,8 @@ from host_driver import SyncZone
 from host_driver.lifecycle import BootedZone
 from host_driver.owner import build_applet, enroll_authorization, owner_spki
 from host_driver.verifier import Reference
+
+from .test_sessions import RecordingZone
 
 pytestmark = pytest.mark.e2e
 READER = Path(__file__).parent.parent / "applets" / "secret-reader"
@@ -128,6 +131,25 @@ def test_a_secret_reaches_the_applets_its_policy_admits(secrets: Secrets) -> Non
         assert VALUE not in cbor2.dumps(listing) and VALUE[::-1] not in cbor2.dumps(listing)
 
 
+def test_the_value_crosses_the_host_only_inside_tls(secrets: Secrets) -> None:
+    value = b"WIRE-SECRET-" + os.urandom(16).hex().encode()
+    reference = Reference.from_manifest(image_dir() / "manifest.json")
+
+    async def main() -> bytes:
+        recording = RecordingZone(secrets.booted.url, timeout=60)
+        async with recording:
+            async with await recording.session(root=Factory(secrets.home).root_cert(),
+                                               reference=reference) as session:
+                await session.secret_put("wire", value, applet="secret-reader")
+            run = await recording.run("secret-reader", json.dumps({"name": "wire"}).encode())
+        assert bytes(run["output"]) == hashlib.sha384(value).digest()
+        return bytes(recording.wire)
+
+    wire = asyncio.run(asyncio.wait_for(main(), 120))
+    assert b"secret-reader" in wire  # the recording sees what is in clear
+    assert value not in wire and value.hex().encode() not in wire
+
+
 def test_bad_puts_are_refused_typed_and_change_nothing(secrets: Secrets) -> None:
     other = b"the host's own value"
     with secrets.zone() as zone:
@@ -147,7 +169,7 @@ def test_bad_puts_are_refused_typed_and_change_nothing(secrets: Secrets) -> None
             for value in (b"", bytes(secret.VALUE_MAX + 1), bytes(1 << 20)):
                 with pytest.raises(BadArgs, match=f"not {len(value)}"):
                     session.secret_put("sized", value, applet="secret-reader")
-        assert [s["name"] for s in zone.secret_list()] == ["db", "exact"]
+        assert [s["name"] for s in zone.secret_list()] == ["db", "exact", "wire"]
         assert read(zone, "secret-reader", "db") == DIGEST, "the first value stays"
         assert zone.echo(b"alive") == b"alive"
 
@@ -187,7 +209,7 @@ def test_secrets_survive_a_reboot_and_a_power_cut(secrets: Secrets) -> None:
             session.secret_put("cut", VALUE, applet="secret-reader")
     secrets.reboot(kill=True)  # the put was answered: it is in BBRAM
     with secrets.zone() as zone:
-        assert [s["name"] for s in zone.secret_list()] == ["cut", "db", "exact", "late"]
+        assert [s["name"] for s in zone.secret_list()] == ["cut", "db", "exact", "late", "wire"]
         assert zone.info()["bbram"] == "ok"
         assert read(zone, "secret-reader", "cut") == DIGEST
         assert read(zone, "secret-reader", "db") == DIGEST
@@ -211,10 +233,17 @@ def test_the_cli_puts_in_a_session_and_lists_no_value(secrets: Secrets, tmp_path
     listed = sez("secret", "list", NAME, "--json")
     assert listed.returncode == 0, listed.stderr
     names = [s["name"] for s in json.loads(listed.stdout)]
-    assert names == ["cut", "db", "exact", "from-cli", "late"]
+    assert names == ["cut", "db", "exact", "from-cli", "late", "wire"]
     text = sez("secret", "list", NAME)
     assert "from-cli  for secret-reader v3 or later" in text.stdout
-    for output in (put.stdout, listed.stdout, text.stdout):
+    audit = sez("audit", NAME, "--json")  # every put is an entry: name and policy
+    assert audit.returncode == 0, audit.stderr
+    events = [e["event"] for e in json.loads(audit.stdout)["entries"]]
+    assert {"kind": "secret", "name": "from-cli", "applet": "secret-reader", "min_version": 3,
+            "owner": key_id(owner_spki(secrets.owner)).hex()} in events
+    assert [e["name"] for e in events if e["kind"] == "secret"] == [
+        "db", "exact", "wire", "late", "cut", "from-cli"]
+    for output in (put.stdout, listed.stdout, text.stdout, audit.stdout):
         assert VALUE.decode() not in output and VALUE.hex() not in output
     with secrets.zone() as zone:
         assert read(zone, "secret-reader", "from-cli") == DIGEST
@@ -236,4 +265,4 @@ def test_another_owner_is_refused(secrets: Secrets) -> None:
         assert put["policy"]["owner"] == key_id(successor)
         assert read(zone, "secret-reader", "db-2") == DIGEST
         assert zone.echo(b"alive") == b"alive"
-        assert len(zone.secret_list()) == 6
+        assert len(zone.secret_list()) == 7

@@ -332,8 +332,10 @@ def test_the_store_provisions_once_and_lists_no_value(
     assert set(stored["db"]) == {"policy", "blob"}
     events = [cbor2.loads(cose.decode_sign1(e).payload) for e in zone_store.audit.entries()]
     assert [e["sez.event"]["kind"] for e in events] == ["enroll", "load", "secret", "secret"]
-    assert events[2]["sez.event"] == {"kind": "secret", "name": "db",
-                                      "policy": {**partial, "owner": owner}}
+    assert events[2]["sez.event"] == {"kind": "secret", "name": "db", **partial,
+                                      "owner": owner}
+    assert events[3]["sez.event"] == {"kind": "secret", "name": "exact",
+                                      "measurement": measurement}
     assert VALUE not in b"".join(zone_store.audit.entries())
 
 
