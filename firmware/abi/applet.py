@@ -36,7 +36,7 @@ import cbor2
 
 from .errors import BadPackage
 
-__all__ = ["LIMITS", "Package", "pack_files", "parse", "measure",
+__all__ = ["LIMITS", "NAME", "Package", "pack_files", "parse", "measure",
            "validate_manifest", "FORMAT"]
 
 FORMAT = 1
@@ -48,7 +48,8 @@ LIMITS: dict[str, tuple[int, int, int]] = {
     "output_bytes": (1 << 20, 0, 8 << 20),
     "processes": (8, 1, 64),
 }
-_NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,63}$")
+#: An applet's name.
+NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,63}$")
 _PATH = re.compile(r"^(?!.*(^|/)\.)[A-Za-z0-9_./-]{1,200}$")
 _ENTRY = re.compile(r"^([A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*):([A-Za-z_][A-Za-z0-9_]*)$")
 MAX_FILES = 256
@@ -66,7 +67,7 @@ def validate_manifest(raw: Any) -> dict[str, Any]:
     if not isinstance(raw, dict):
         raise BadPackage("the manifest is not a table")
     name, version, entry = raw.get("name"), raw.get("version"), raw.get("entry")
-    if not isinstance(name, str) or not _NAME.match(name):
+    if not isinstance(name, str) or not NAME.match(name):
         raise BadPackage("name must be 1-64 of a-z, 0-9, '-'")
     if type(version) is not int or version < 1:
         raise BadPackage("version must be an integer >= 1")

@@ -37,7 +37,7 @@ from .keys import key_id, spki
 
 __all__ = [
     "MEASURED", "UDS_SIZE", "TCB_INFO_OID", "device_id_key", "ueid", "cdi", "alias_key",
-    "bbram_key", "applet_key", "seal_root", "sealing_key",
+    "bbram_key", "applet_key", "seal_root", "sealing_key", "secret_key",
     "derive_key", "measure_firmware", "measurement_digest", "encode_tcb_info", "decode_tcb_info",
     "issue_alias_cert", "issue_applet_cert", "issue_session_cert", "device_id_name",
 ]
@@ -112,6 +112,13 @@ def sealing_key(root: bytes, owner: bytes, name: str, version: int) -> bytes:
     the owner whose key id is ``owner``."""
     return _kdf(root, b"SealKey\0" + owner + b"\0" + name.encode() + b"\0"
                 + version.to_bytes(4, "big"), 32)
+
+
+def secret_key(root: bytes) -> bytes:
+    """The AES-256-GCM key that seals provisioned secrets (firmware.layer0.secrets): from the
+    seal root, so bound to the device and the mode and not to the firmware; each secret's
+    name and policy are bound by the AEAD's associated data, not by the key."""
+    return _kdf(root, b"SecretKey", 32)
 
 
 def applet_key(cdi_value: bytes, measurement: bytes) -> ec.EllipticCurvePrivateKey:

@@ -5,7 +5,7 @@ certificate the factory signed, then dropped), the UEID, the CDI, the alias key 
 here, by DeviceID), the BBRAM key, and each applet's own key. Signing: evidence
 (abi.evidence), job receipts (abi.receipt), audit-log entries (abi.audit) and applet
 signatures; verifying: a COSE_Sign1 against a given public key (the owner's); sealing for
-applets (firmware.layer0.sealing).
+applets (firmware.layer0.sealing) and of provisioned secrets (firmware.layer0.secrets).
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from ..abi.errors import NoIdentity
 from ..pid1.hardware import Hardware
 from .bbram import Bbram
 from .sealing import Sealer
+from .secrets import SecretSealer
 
 __all__ = ["Identity", "verify_signed"]
 
@@ -48,7 +49,9 @@ class Identity:
             device_id = dice.device_id_key(uds)
             self.ueid = dice.ueid(uds)
             cdi = dice.cdi(uds, measurements, hw.debug)
-            self.sealer = Sealer(dice.seal_root(uds, hw.debug), self.ueid)
+            seal_root = dice.seal_root(uds, hw.debug)
+            self.sealer = Sealer(seal_root, self.ueid)
+            self.secrets = SecretSealer(seal_root, self.ueid)
         finally:
             uds[:] = bytes(len(uds))  # layer 0 is done with the fuses
         certified = x509.load_pem_x509_certificate(hw.device_id_cert)

@@ -15,6 +15,10 @@ and serves the monitor on a root-only unix socket (firmware.runtime.ipc):
                   its certificate (signed by the alias key)
 ``seal``          ``{owner, name, version, data}`` -> a blob only that applet opens
 ``unseal``        ``{owner, name, version, blob}`` -> the data (firmware.layer0.sealing)
+``secret-seal``   ``{name, policy, value}`` -> ``{blob}``: a provisioned secret, sealed to its
+                  name and policy (abi.secret; firmware.layer0.secrets)
+``secret-open``   ``{name, policy, blob, applet: {measurement, name, version, owner}}`` ->
+                  ``{value}`` if the policy admits that applet; ``secret-denied`` if not
 ``session-key``   -> ``{key, chain}`` (PEM): a new TLS key for the monitor's sessions and its
                   certificate (issued by the alias key); evidence names it from then on
 
@@ -39,6 +43,7 @@ from ..runtime.console import log, log_exception
 from ..runtime.ipc import KEEPER_SOCKET, KEEPER_TIMEOUT, MAX_MESSAGE, KeeperOp, listen, size_buffers
 from ..runtime.process import foreground
 from .identity import Identity, verify_signed
+from .secrets import Applet
 
 
 class Keeper:
@@ -79,6 +84,11 @@ class Keeper:
             KeeperOp.UNSEAL: lambda args: {"data": identity.sealer.unseal(
                 _bytes(args, "owner"), _text(args, "name"), _version(args),
                 _bytes(args, "blob"))},
+            KeeperOp.SECRET_SEAL: lambda args: {"blob": identity.secrets.seal(
+                args.get("name"), args.get("policy"), args.get("value"))},
+            KeeperOp.SECRET_OPEN: lambda args: {"value": identity.secrets.open(
+                args.get("name"), args.get("policy"), args.get("blob"),
+                Applet(args.get("applet")))},
         }
 
     def handle(self, message: bytes) -> dict[str, Any]:

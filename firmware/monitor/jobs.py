@@ -3,8 +3,9 @@
 A job's life, all in the monitor's reactor::
 
     allocate the job counter (store) -> socketpair -> runner forks the confined process ->
-    send {files, entry, input} -> answer the applet's calls (sign, log) -> "done" + exit ->
-    receipt from the key keeper -> the caller gets {job, output, receipt}
+    send {files, entry, input} -> answer the applet's calls (sign, log, seal, unseal,
+    secret) -> "done" + exit -> receipt from the key keeper -> the caller gets {job, output,
+    receipt}
 
 Limits: the runner enforces memory, processes and CPU time; the monitor enforces wall time
 (then kills the job's cgroup) and output size (the job socket accepts no larger frame). A job
@@ -19,10 +20,10 @@ import time
 from typing import Any, Callable
 
 from ..abi import receipt as receipt_claims
-from ..abi import wire
+from ..abi import secret, wire
 from ..abi.applet import Package
-from ..abi.errors import (AppletFailed, BadArgs, Code, NoSuchJob, NotOwner, UnknownOp,
-                          ZoneError)
+from ..abi.errors import (AppletFailed, BadArgs, Code, NoSuchJob, NoSuchSecret, NotOwner,
+                          UnknownOp, ZoneError)
 from ..abi.jobs import FINAL, JobState
 from ..abi.keys import key_id
 from ..runtime.console import log
@@ -126,7 +127,9 @@ class Job:
             return Deferred.of({})
         if op in (JobCall.SEAL, JobCall.UNSEAL):
             return self._seal(op, args)
-        raise UnknownOp(f"applets may call sign, log, seal and unseal, not {op!r}")
+        if op == JobCall.SECRET:
+            return self._secret(args)
+        raise UnknownOp(f"applets may call sign, log, seal, unseal and secret, not {op!r}")
 
     def _seal(self, op: str, args: dict[str, Any]) -> Deferred:
         """Seal or unseal for this job's applet: the monitor, not the applet, names it (its
@@ -141,6 +144,22 @@ class Job:
             KeeperOp.SEAL if op == JobCall.SEAL else KeeperOp.UNSEAL,
             {"owner": key_id(owner), "name": self.package.name,
              "version": self.package.version, field: value})
+
+    def _secret(self, args: dict[str, Any]) -> Deferred:
+        """A provisioned secret's value, if its policy admits this job's applet. As for
+        sealing, the monitor names the applet (measurement, name, version, the enrolled
+        owner); layer 0 checks the policy and opens the blob."""
+        name = secret.check_name(args.get("name"))
+        entry = self.jobs.store.secrets().get(name)
+        if entry is None:
+            raise NoSuchSecret(f"no secret {name!r} is provisioned")
+        owner = self.jobs.store.state.map.get("owner")
+        if owner is None:
+            raise NotOwner("no owner is enrolled")
+        return self.jobs.keeper.call(KeeperOp.SECRET_OPEN, {
+            "name": name, "policy": entry["policy"], "blob": entry["blob"],
+            "applet": {"measurement": self.package.measurement, "name": self.package.name,
+                       "version": self.package.version, "owner": key_id(owner)}})
 
     def _eof(self) -> None:
         """The job's socket closed: everything the job sent has been read. If its process

@@ -1,7 +1,8 @@
-"""The zone's own operations: identity and evidence, the owner, applets, jobs, schedules and
-the audit log. Each ``op_*`` takes the request's args and returns its result, or a Deferred
-of it; bad args raise BadArgs before anything changes. The monitor (firmware.monitor.server)
-routes requests here and answers the host.
+"""The zone's own operations: identity and evidence, the owner, applets, jobs, schedules, the
+audit log and provisioned secrets. Each ``op_*`` takes the request's args and returns its
+result, or a Deferred of it; bad args raise BadArgs before anything changes. The monitor
+(firmware.monitor.server) routes requests here and answers the host: ``table()`` on any
+channel, ``session_table()`` only inside an attested session.
 
 This is where the monitor's parts meet: the persistent store (store, state, audit), the jobs
 (jobs, run by firmware.runner), the schedules (schedules), and the key keeper (links).
@@ -11,7 +12,7 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-from ..abi import evidence
+from ..abi import evidence, secret
 from ..abi.audit import KEPT
 from ..abi.jobs import KEY_MAX, KEY_MIN, NONCE_MAX, RESULT_WAIT_MAX
 from ..abi.errors import BadArgs
@@ -60,11 +61,16 @@ class Operations:
             Op.SCHEDULES: self.op_schedules,
             Op.AUDIT: self.op_audit,
             Op.AUDIT_ACK: self.op_audit_ack,
+            Op.SECRET_LIST: self.op_secret_list,
         }
 
     def session_table(self) -> dict[str, Callable[[dict[str, Any]], Any]]:
-        """The operations only an attested session may request (firmware.monitor.sessions)."""
-        return {}
+        """The operations only an attested session may request (firmware.monitor.sessions):
+        they carry secrets, which the host would read on the plain channel; there the monitor
+        answers NeedsSession."""
+        return {
+            Op.SECRET_PUT: self.op_secret_put,
+        }
 
     def op_attest(self, args: dict[str, Any]) -> Deferred:
         """Evidence for the verifier's ``nonce``: an EAT signed by layer 0's alias key."""
@@ -178,6 +184,20 @@ class Operations:
         if type(upto) is not int or upto < 0:
             raise BadArgs("audit-ack takes {upto: sequence number}")
         return self.store.ready.then(lambda _: self.store.audit.ack(upto))
+
+    def op_secret_put(self, args: dict[str, Any]) -> Deferred:
+        """Provision secret ``name`` with ``value`` for the applets ``policy`` admits
+        (abi.secret; an applet policy without an owner gets the enrolled one); answer
+        {name, policy} once it is in BBRAM. Written once: SecretExists for a name already
+        provisioned; PolicyUnmatched if no loaded applet meets the policy."""
+        name = secret.check_name(args.get("name"))
+        value = secret.check_value(args.get("value"))
+        policy = secret.parse_policy(args.get("policy"), complete=False)
+        return self.store.ready.then(lambda _: self.store.put_secret(name, value, policy))
+
+    def op_secret_list(self, args: dict[str, Any]) -> Deferred:
+        """{secrets: [{name, policy}]}: what is provisioned and for whom, never a value."""
+        return self.store.ready.then(lambda _: {"secrets": self.store.secret_listing()})
 
 
 def _check_nonce(nonce: Any) -> None:

@@ -1,5 +1,5 @@
 """The policy on the zone's persistent state (firmware.monitor.state): ownership, applets,
-rollback counters, the job counter and the outbox of detached jobs.
+rollback counters, the job counter, the outbox of detached jobs and provisioned secrets.
 
 The state map::
 
@@ -19,6 +19,8 @@ The state map::
                  submitted, finished, and for a scheduled run: schedule, run, skipped};
                  state: abi.jobs.JobState
     acked        {key: job} of the last ACKED_KEPT acknowledged jobs (idempotent retries)
+    secrets      {name: {policy, blob}}: provisioned secrets (abi.secret), each value sealed
+                 by layer 0 to its name and policy (firmware.layer0.secrets); written once
 """
 
 from __future__ import annotations
@@ -30,10 +32,10 @@ from typing import Any
 import cbor2
 
 from ..abi import applet as applets
-from ..abi import evidence
+from ..abi import evidence, secret
 from ..abi.audit import GENESIS
 from ..abi.errors import (BadArgs, BadPackage, NoSuchApplet, NoSuchJob, NotOwner, OutboxFull,
-                          Rollback)
+                          PolicyUnmatched, Rollback, SecretExists)
 from ..abi.jobs import FINAL, JobState
 from ..abi.keys import key_id
 from ..runtime.ipc import KeeperOp
@@ -282,6 +284,53 @@ class ZoneStore:
 
         return self.update(remove)
 
+    # -- provisioned secrets ----------------------------------------------------------------------
+
+    def secrets(self) -> dict[str, dict[str, Any]]:
+        """{name: {policy, blob}} of every provisioned secret."""
+        return dict(self.state.map.get("secrets", {}))
+
+    def put_secret(self, name: str, value: bytes, requested: secret.Policy) -> Deferred:
+        """Provision secret ``name``: layer 0 seals ``value`` to the policy, and the secret and
+        its audit-log entry (the name and the policy's fields, flat: abi.audit) are committed
+        together before the answer, ``{name, policy}``. An applet policy gets the enrolled
+        owner's key id (NotOwner with none enrolled); a policy that no loaded applet meets is
+        PolicyUnmatched, a mistake caught before the secret is sealed for no one.
+
+        Secrets are written once (SecretExists): the host opens sessions too, so a secret that
+        could be put again could be swapped by the host for one it knows, and the applet that
+        reads it would then sign or encrypt with what the host chose."""
+        self.state.require()
+        _check_room(self.secrets(), name)
+        owner = self.state.map.get("owner")
+        policy = dict(requested)
+        if "applet" in policy and "owner" not in policy:
+            if owner is None:
+                raise NotOwner("no owner is enrolled: an applet policy names the owner")
+            policy["owner"] = key_id(owner)
+        owner_id = key_id(owner) if owner is not None else b""
+        if not any(secret.admits(policy, p.measurement, p.name, p.version, owner_id)
+                   for p in self.packages.values()):
+            raise PolicyUnmatched(f"no loaded applet meets the policy of secret {name!r}")
+
+        def store(sealed: dict[str, Any]) -> Deferred:
+            entry = {"policy": policy, "blob": bytes(sealed["blob"])}
+
+            def put(state: dict[str, Any]) -> dict[str, Any]:
+                _check_room(state.get("secrets", {}), name)
+                state["secrets"] = {**state.get("secrets", {}), name: entry}
+                return {"name": name, "policy": policy}
+
+            return self.audit.append({"kind": "secret", "name": name, **policy}, put)
+
+        return self.keeper.call(KeeperOp.SECRET_SEAL,
+                                {"name": name, "policy": policy, "value": value}).then(store)
+
+    def secret_listing(self) -> list[dict[str, Any]]:
+        """[{name, policy}] of every secret, by name: never a value, never a blob."""
+        return [{"name": name, "policy": entry["policy"]}
+                for name, entry in sorted(self.secrets().items())]
+
     def claims(self) -> dict[str, Any]:
         """What evidence says about this state (the monitor's claims; see abi.evidence)."""
         owner = self.state.map.get("owner")
@@ -294,6 +343,14 @@ class ZoneStore:
             evidence.AUDIT: {"seq": self.audit.next_seq() - 1,
                              "link": bytes(self.state.map.get("audit_last", GENESIS))},
         }
+
+
+def _check_room(held: dict[str, Any], name: str) -> None:
+    """SecretExists if ``name`` is provisioned; BadArgs if the zone holds its most secrets."""
+    if name in held:
+        raise SecretExists(f"secret {name!r} is already provisioned: secrets are written once")
+    if len(held) >= secret.COUNT_MAX:
+        raise BadArgs(f"the zone holds its most secrets ({secret.COUNT_MAX})")
 
 
 def _put(state: dict[str, Any], job: str, entry: dict[str, Any]) -> None:

@@ -108,6 +108,13 @@ class ZoneAPI:
         ``bad-blob`` for any other blob, or a changed one."""
         return bytes(self._channel.call(JobCall.UNSEAL, {"blob": bytes(blob)})["data"])
 
+    def secret(self, name: str) -> bytes:
+        """The value of the secret provisioned as ``name`` (abi.secret), if its policy admits
+        this applet: this exact measurement, or this applet's name at a version and under an
+        owner the policy names. RuntimeError ``no-such-secret`` if none is provisioned under
+        that name, ``secret-denied`` if the policy is for other applets."""
+        return bytes(self._channel.call(JobCall.SECRET, {"name": str(name)})["value"])
+
     def log(self, message: str) -> None:
         """One line on the zone's console, prefixed with the job id."""
         self._channel.call(JobCall.LOG, {"message": str(message)[:500]})

@@ -4,7 +4,8 @@ non-zero with a one-line reason on stderr; ``--json`` gives machine-readable out
 One module per subject, each adding its own commands to the parser: ``provisioning`` (image,
 device, factory), ``attestation`` (attest, verify), ``zone`` (boot, status, stop, console,
 ping), ``applets`` (owner, applet, load, applets, run, result, jobs, verify-receipt),
-``sessions`` (relay), ``schedules``, ``audit``, ``demo``. Booting a zone is ``host_driver.lifecycle``'s.
+``sessions`` (relay), ``schedules``, ``audit``, ``secrets`` (secret put, secret list),
+``demo``. Booting a zone is ``host_driver.lifecycle``'s.
 """
 
 from __future__ import annotations
@@ -18,7 +19,8 @@ from firmware.abi.errors import SezError
 
 from ..errors import ZoneTimeout
 from ..lifecycle import unanswered
-from . import applets, attestation, audit, demo, provisioning, schedules, sessions, zone
+from . import (applets, attestation, audit, demo, provisioning, schedules, secrets, sessions,
+               zone)
 
 __all__ = ["main", "parser"]
 
@@ -36,6 +38,7 @@ def parser() -> argparse.ArgumentParser:
     sessions.register(sub)
     schedules.register(sub)
     audit.register(sub)
+    secrets.register(sub)
     demo.register(sub)
     zone.register_ping(sub)
     return p

@@ -371,6 +371,25 @@ class Zone:
         """The host keeps the entries up to ``upto``: the zone forgets them."""
         return dict(await self.request(Op.AUDIT_ACK, {"upto": upto}))
 
+    async def secret_put(self, name: str, value: bytes, *, measurement: bytes | None = None,
+                         applet: str | None = None, min_version: int = 1) -> dict[str, Any]:
+        """Provision secret ``name`` (firmware.abi.secret) with ``value`` for exactly the
+        applet of ``measurement``, or for any version >= ``min_version`` of ``applet`` under
+        the zone's enrolled owner: {name, policy}. The zone takes it only inside an attested
+        session (``needs-session`` outside one). ZoneError codes: secret-exists (written
+        once), policy-unmatched (no loaded applet meets the policy), not-owner, bad-args.
+        TypeError unless exactly one of ``measurement`` and ``applet`` is given."""
+        if (measurement is None) == (applet is None):
+            raise TypeError("secret_put takes exactly one of measurement= and applet=")
+        policy: dict[str, Any] = ({"measurement": measurement} if measurement is not None
+                                  else {"applet": applet, "min_version": min_version})
+        return dict(await self.request(Op.SECRET_PUT,
+                                       {"name": name, "value": value, "policy": policy}))
+
+    async def secret_list(self) -> list[dict[str, Any]]:
+        """[{name, policy}] of the zone's provisioned secrets; values never leave the zone."""
+        return list((await self.request(Op.SECRET_LIST))["secrets"])
+
     async def tunnel(self, *, kind: type[Tunnel] = Tunnel) -> Tunnel:
         """Open a session in the zone and return its bytes as the host sees them: a Tunnel
         carrying TLS to the zone's endpoint (``sez relay`` joins one to a TCP connection;
