@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -101,6 +102,12 @@ def test_openssl_s_client_through_sez_relay(tls_zone: BootedZone, sez_home: SezH
         assert "New, TLSv1.3" in client.stdout
         assert "depth=3 O = SEZ, CN = SEZ Manufacturer Root CA" in client.stderr
         assert "CN = SEZ Session" in client.stdout
+        # A client that sends garbage instead of TLS loses its connection, nothing more.
+        with socket.create_connection(("127.0.0.1", int(port)), timeout=30) as garbage:
+            garbage.sendall(os.urandom(512))
+            garbage.shutdown(socket.SHUT_WR)
+            while garbage.recv(4096):  # an alert, perhaps; then the relay closes
+                pass
         # Another factory's root does not verify the zone.
         other = Factory(SezHome(Path(sez_home.root) / "other-factory"))
         other.init()
@@ -117,8 +124,10 @@ def test_openssl_s_client_through_sez_relay(tls_zone: BootedZone, sez_home: SezH
         assert zone.info()["sessions"]["open"] == 0
 
 
-def test_private_job_never_crosses_the_host_in_clear(tls_zone: BootedZone,
-                                                     trust: dict[str, Any]) -> None:
+def test_private_job_never_crosses_the_host_in_clear(
+        tls_zone: BootedZone, trust: dict[str, Any], owner: ec.EllipticCurvePrivateKey) -> None:
+    """attest -> load -> run -> receipt, all inside TLS; the recording of every byte on the
+    channel holds neither the input nor the output."""
     secret_input = b"PRIVATE-INPUT-" + os.urandom(24).hex().encode()
     nonce = os.urandom(16)
 
@@ -129,6 +138,9 @@ def test_private_job_never_crosses_the_host_in_clear(tls_zone: BootedZone,
                 assert session.attestation is not None
                 evidence = await session.attest(os.urandom(16))
                 assert len(evidence) > 0
+                loaded = await session.load(build_applet(ROOT / "tests" / "applets" / "vault",
+                                                         owner))
+                assert loaded["name"] in [a["name"] for a in await session.applets()]
                 result = await session.run("null", secret_input, nonce=nonce)
             plain = await recording.run("null", b"PLAIN-MARKER", nonce=nonce)
         assert b"PLAIN-MARKER" in recording.wire  # the recording sees what is in clear
