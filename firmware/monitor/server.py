@@ -75,9 +75,8 @@ class Monitor:
         }
         in_session = {op: handler for op, handler in self.ops.items()
                       if op not in (Op.HELLO, Op.POWEROFF)}
-        in_session.update(self.zone.session_table())
-        self.sessions = Sessions(self.zone.keeper, in_session, self._session_hello, self.handle,
-                                 self.send_event)
+        self.sessions = Sessions(self.zone.keeper, in_session, self.zone.session_table(),
+                                 self._session_hello, self.handle, self.send_event)
         self.ops.update(self.sessions.table())
         for op in self.zone.session_table():
             self.ops[op] = _needs_session

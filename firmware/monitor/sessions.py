@@ -11,7 +11,9 @@ The host relays a session's bytes and reads none of them::
 
 Inside TLS the client speaks the channel's own protocol (abi.wire frames, ``{id, op, args}``
 requests), so a session offers every operation of the plain channel, and those only a
-session may carry (secret-put). The monitor answers in the session, encrypted.
+session may carry (secret-put), once the client has asked for evidence in that session (a
+client that skips the appraisal gets ``needs-session``). The monitor answers in the session,
+encrypted.
 
 The TLS key is made by layer 0 at the first session-open and certified by the alias key
 (abi.dice.issue_session_cert); evidence signed from then on names it, which binds fresh
@@ -28,8 +30,8 @@ from __future__ import annotations
 import os
 
 from ..abi import wire
-from ..abi.errors import (BadArgs, Code, NoSuchSession, SessionFailed, TooManySessions,
-                          ZoneError)
+from ..abi.errors import (BadArgs, Code, NeedsSession, NoSuchSession, SessionFailed,
+                          TooManySessions, ZoneError)
 from ..abi.ops import Op
 from ..runtime.console import log
 from ..runtime.ipc import KeeperOp
@@ -65,7 +67,26 @@ class Session:
         self.decoder = wire.FrameDecoder()
         self.encoder = wire.FrameEncoder()
         self.requests = 0
-        self.ops = {**sessions.ops, Op.HELLO: lambda args: sessions.hello(args, number)}
+        self.appraisable = False  # the client has asked for evidence in this session
+        self.ops = {**sessions.ops, Op.HELLO: lambda args: sessions.hello(args, number),
+                    Op.ATTEST: self._attest}
+        for op, handler in sessions.only.items():
+            self.ops[op] = self._after_evidence(handler)
+
+    def _attest(self, args: dict[str, Any]) -> Any:
+        self.appraisable = True
+        return self.sessions.ops[Op.ATTEST](args)
+
+    def _after_evidence(self, handler: Callable[[dict[str, Any]], Any]
+                        ) -> Callable[[dict[str, Any]], Any]:
+        """``handler``, once the client has asked for evidence in this session: a client that
+        skips the appraisal does not get to hand the zone a secret."""
+        def guarded(args: dict[str, Any]) -> Any:
+            if not self.appraisable:
+                raise NeedsSession("this session is not attested yet: ask for evidence in it "
+                                   "(attest) and appraise it first")
+            return handler(args)
+        return guarded
 
     def feed(self, data: bytes) -> None:
         """TLS bytes from the client: handshake, then requests."""
@@ -145,13 +166,16 @@ class Sessions:
     """The sessions of the current host, by number."""
 
     def __init__(self, keeper: KeeperLink, ops: dict[str, Callable[[dict[str, Any]], Any]],
+                 only: dict[str, Callable[[dict[str, Any]], Any]],
                  hello: Callable[[dict[str, Any], int], dict[str, Any]],
                  handle: Callable[[wire.Frame, Session], None],
                  event: Callable[[dict[str, Any]], None]) -> None:
-        """``ops`` is what a session may request (``hello`` answers its hello), ``handle``
+        """``ops`` is what a session may request, ``only`` what only a session may, once
+        its client asked for evidence in it; ``hello`` answers a session's hello, ``handle``
         serves one request of a session, ``event`` sends an event to the host."""
         self.keeper = keeper
         self.ops = ops
+        self.only = only
         self.hello = hello
         self.handle = handle
         self.event = event

@@ -18,13 +18,14 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from emulator.factory import Factory
 from emulator.image import load_image
 from emulator.paths import SezHome
-from firmware.abi.errors import NoSuchSession, SessionFailed, TooManySessions
+from firmware.abi.errors import NeedsSession, NoSuchSession, SessionFailed, TooManySessions
 from firmware.abi.ops import Op
 from firmware.monitor.sessions import MAX_SESSIONS
 from host_driver import SyncZone, Zone
 from host_driver.lifecycle import BootedZone
 from host_driver.owner import build_applet, generate_owner_key, owner_spki
 from host_driver.relay.channel import Channel, open_channel
+from host_driver.relay.tls import client_context
 from host_driver.relay.tunnel import Tunnel
 from host_driver.verifier import Reference, VerificationError, verify_receipt
 
@@ -308,3 +309,23 @@ def test_cli_run_private(tls_zone: BootedZone, tmp_path: Path) -> None:
                                str(tmp_path / "out"), "--nonce", ""],
                               capture_output=True, text=True, timeout=60)
     assert verified.returncode == 0, verified.stderr
+
+
+def test_a_client_that_skips_the_appraisal_cannot_provision(tls_zone: BootedZone,
+                                                            trust: dict[str, Any]) -> None:
+    """TLS alone (what a bare TLS client has) is not enough to hand the zone a secret: the
+    zone wants the client to have asked for evidence in that session first."""
+    async def main() -> None:
+        async with await Zone.connect(tls_zone.url, timeout=20) as zone:
+            tunnel = await zone.tunnel()
+            bare = Zone(tunnel.url, timeout=20, heartbeat=None,
+                        tls=(tunnel, client_context(trust["root"])))
+            async with bare:
+                with pytest.raises(NeedsSession, match="not attested yet"):
+                    await bare.secret_put("skipped", b"value", applet="null")
+                await bare.attest(os.urandom(16))
+                put = await bare.secret_put("skipped", b"value", applet="null")
+                assert put["name"] == "skipped"
+            assert "skipped" in [s["name"] for s in await zone.secret_list()]
+
+    run(main())
