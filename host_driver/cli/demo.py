@@ -124,7 +124,7 @@ def _demo_applets(zone: SyncZone, home: SezHome, factory: Factory
     with zone.session(root=factory.root_cert(),
                       reference=Reference.from_manifest(image_dir() / "manifest.json")) as session:
         took = time.perf_counter() - t
-        assert session.zone.attestation is not None
+        assert session.attestation is not None
         print(f"    {took * 1000:.0f} ms: the certificate chains to the factory root, fresh "
               "evidence matches the reference values and names the TLS key")
         _step("run aggregate on 6 salary records privately, with a nonce; verify the receipt")

@@ -27,7 +27,7 @@ from .client import DEFAULT_TIMEOUT, HEARTBEAT, Zone
 if TYPE_CHECKING:
     from cryptography import x509
 
-    from ..verifier import Reference
+    from ..verifier import AttestationResult, Reference
 
 __all__ = ["SyncZone"]
 
@@ -81,6 +81,11 @@ class SyncZone:
     if TYPE_CHECKING:
         # The blocking request methods are made from Zone's below, at import time.
         def __getattr__(self, name: str) -> Any: ...
+
+    @property
+    def attestation(self) -> AttestationResult | None:
+        """What the appraisal of an attested session proved (None on the plain channel)."""
+        return self.zone.attestation
 
     def session(self, *, root: x509.Certificate, reference: Reference,
                 ueid: bytes | None = None, allow_debug: bool = False,
