@@ -68,10 +68,11 @@ def resolve_accel(accel: str) -> str:
 
 
 def qemu_command(name: str, image: Image, *, accel: str, memory_mb: int, cpus: int,
-                 tcg_thread: str, console_log: Path, tamper_socket: Path, qmp_socket: Path,
+                 tcg_thread: str, console_log: Path, tamper_line: Path, qmp_socket: Path,
                  fw_cfg: dict[str, Path | str], bbram: Path) -> list[str]:
     """QEMU's command line for zone ``name``: the board booting ``image``, its console written
-    to ``console_log``, its tamper line and QMP on the given unix sockets, ``fw_cfg`` items
+    to ``console_log``, its tamper line on the pipe ``tamper_line`` (.in, .out), QMP on the
+    unix socket ``qmp_socket``, ``fw_cfg`` items
     under opt/sez/ (a Path is a file, a str the value), ``bbram`` its BBRAM disk."""
     # q35 boots ~1 s faster than pc under TCG (no ACPI interrupt-link routing for each
     # virtio-pci device). Under TCG a plain x86-64 model beats "max" (its REP MOVSB and AVX2
@@ -93,7 +94,8 @@ def qemu_command(name: str, image: Image, *, accel: str, memory_mb: int, cpus: i
         "-device", "virtio-serial-pci,id=vser",
         "-chardev", "pty,id=ctl",
         "-device", f"virtserialport,bus=vser.0,chardev=ctl,name={CONTROL_PORT}",
-        "-chardev", f"socket,id=tamper,path={tamper_socket},server=on,wait=off",
+        # A pipe is always connected, so the guest's end never reads as hung up.
+        "-chardev", f"pipe,id=tamper,path={tamper_line}",
         "-device", f"virtserialport,bus=vser.0,chardev=tamper,name={TAMPER_PORT}",
         "-device", "virtio-rng-pci",
         "-drive", f"file={bbram},if=none,format=raw,id=bbram,cache=writeback",

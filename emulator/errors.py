@@ -20,6 +20,11 @@ class DeviceNotFound(EmulatorError):
     """No device of that name has been provisioned under $SEZ_HOME/devices/."""
 
 
+class DeviceTampered(EmulatorError):
+    """The device was tampered with: its fuses are gone. ``sez device new NAME --force``
+    provisions it anew."""
+
+
 class MachineStateError(EmulatorError):
     """The machine is not in a state that allows this (already running, not running)."""
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import datetime
 import secrets
+import shutil
 from pathlib import Path
 
 from cryptography import x509
@@ -99,12 +100,21 @@ class Factory:
             raise FactoryError(f"no factory in {self.directory} (create it: sez factory init)")
 
     def provision(self, name: str, now: datetime.datetime | None = None,
-                  validity: datetime.timedelta = DEVICE_VALIDITY) -> Device:
-        """Provision device ``name``: fuses (UDS) and the DeviceID certificate."""
+                  validity: datetime.timedelta = DEVICE_VALIDITY,
+                  force: bool = False) -> Device:
+        """Provision device ``name``: fuses (UDS) and the DeviceID certificate. ``force``
+        provisions an existing device anew (after a tamper event): new fuses, so a new
+        DeviceID and UEID, a blank BBRAM, and the factory's record of its tamper events
+        kept."""
         self._require()
         directory = self.home.device_dir(check_name(name))
+        tamper = None
         if directory.exists():
-            raise FactoryError(f"device {name!r} already exists in {directory}")
+            if not force:
+                raise FactoryError(f"device {name!r} already exists in {directory} "
+                                   "(--force provisions it anew)")
+            tamper = Device(name, directory).tamper_record
+            shutil.rmtree(directory)
         now = now or datetime.datetime.now(datetime.timezone.utc)
         root_key = serialization.load_pem_private_key(self.root_key_path.read_bytes(), None)
         assert isinstance(root_key, ec.EllipticCurvePrivateKey)
@@ -126,4 +136,5 @@ class Factory:
             .sign(root_key, hashes.SHA384())
         )
         return Device.create(self.home, name, uds=uds, ueid=ueid,
-                             device_id_cert=cert.public_bytes(serialization.Encoding.PEM))
+                             device_id_cert=cert.public_bytes(serialization.Encoding.PEM),
+                             tamper=tamper)

@@ -9,7 +9,8 @@ that QEMU emulates, and its command line, is ``emulator.board``'s).
 ``qmp.sock``       the QMP socket (driven with the ``qemu.qmp`` library)
 ``console.log``    the zone's serial console (ttyS0) for this boot
 ``qemu.log``       QEMU's own stdout/stderr
-``tamper.sock``    the tamper line (port ``org.sez.tamper``), the emulator's alone
+``tamper.in/out``  the tamper line (port ``org.sez.tamper``): two FIFOs, the emulator's alone
+``tamper.record``  the factory's record of the device's tamper events (fw_cfg ``tamper``)
 =================  ===========================================================
 
 The control port ``org.sez.ctl`` is a PTY; its path comes from QMP ``query-chardev``.
@@ -27,6 +28,7 @@ import hashlib
 import json
 import logging
 import os
+import select
 import shutil
 import signal
 import subprocess
@@ -40,6 +42,7 @@ from typing import Any, Callable, Coroutine, TypeVar
 from qemu.qmp import QMPClient, QMPError
 
 from firmware.abi import device as hw
+from firmware.abi.device import TAMPER_CAUSE_MAX, TAMPER_TRIP, TAMPER_ZEROISED
 
 from .board import CPUS, QEMU, TCG_THREAD, qemu_command, resolve_accel
 from .device import Device
@@ -62,6 +65,8 @@ QMP_ERRORS = (QMPError, OSError, EOFError)
 JOIN_MARGIN = 2.0
 #: Seconds the guest gets to power off after the ACPI power button.
 POWERDOWN_TIMEOUT = 5.0
+#: Seconds a running zone has to answer a tamper trip before the hardware cuts its power.
+TAMPER_TIMEOUT = 10.0
 
 T = TypeVar("T")
 
@@ -93,6 +98,20 @@ def run_sync(factory: Callable[[], Coroutine[Any, Any, T]], timeout: float) -> T
     if "error" in box:
         raise box["error"]
     return box["value"]  # type: ignore[no-any-return]
+
+
+@dataclass(frozen=True)
+class TamperReport:
+    """What a tamper trip did: the cause, the zone's own milliseconds from reading the trip
+    to zeroised and the host's from writing it to the answer (None: the zone was off, or
+    did not answer and lost its power), the hardware's milliseconds to wipe the fuses and
+    BBRAM disk, and the device's tamper count now."""
+
+    cause: str
+    zone_ms: float | None
+    ack_ms: float | None
+    wipe_ms: float
+    count: int
 
 
 @dataclass(frozen=True)
@@ -149,8 +168,12 @@ class Machine:
         return self.run_dir / "qmp.sock"
 
     @property
-    def tamper_socket(self) -> Path:
-        return self.run_dir / "tamper.sock"
+    def tamper_line(self) -> Path:
+        """The tamper line's pipe: QEMU reads ``tamper.in`` and writes ``tamper.out``."""
+        return self.run_dir / "tamper"
+
+    def _tamper_fifos(self) -> tuple[Path, Path]:
+        return self.run_dir / "tamper.in", self.run_dir / "tamper.out"
 
     @property
     def console_log(self) -> Path:
@@ -270,8 +293,16 @@ class Machine:
         if tcg_thread not in ("single", "multi"):
             raise ValueError(f"tcg_thread must be single or multi, not {tcg_thread!r}")
         self.run_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        for stale in (self.qmp_socket, self.tamper_socket, self.state_file):
+        device.require_fuses()
+        for stale in (self.qmp_socket, self.state_file, *self._tamper_fifos()):
             stale.unlink(missing_ok=True)
+        for fifo in self._tamper_fifos():
+            os.mkfifo(fifo, 0o600)
+        record = device.tamper_record
+        last = record.get("last")
+        cause = last.get("cause") if isinstance(last, dict) else None
+        tamper_record = self.run_dir / "tamper.record"
+        tamper_record.write_text(f"{record.get('count', 0)} {cause or ''}".strip() + "\n")
         if self.console_log.exists():
             os.replace(self.console_log, self.run_dir / "console.prev.log")
         boots = device.count_boot()
@@ -283,10 +314,10 @@ class Machine:
         fw_cfg: dict[str, Path | str] = {
             hw.FW_UDS: device.fuses, hw.FW_DEVICE_ID: device.device_id_cert,
             hw.FW_MEASUREMENTS: measured, hw.FW_BOOT_COUNTER: str(boots),
-            hw.FW_DEBUG: "1" if debug else "0"}
+            hw.FW_DEBUG: "1" if debug else "0", hw.FW_TAMPER: tamper_record}
         argv = qemu_command(self.name, image, accel=accel, memory_mb=memory_mb, cpus=cpus,
                             tcg_thread=tcg_thread, console_log=self.console_log,
-                            tamper_socket=self.tamper_socket, qmp_socket=self.qmp_socket,
+                            tamper_line=self.tamper_line, qmp_socket=self.qmp_socket,
                             fw_cfg=fw_cfg, bbram=device.ensure_bbram())
         with self.qemu_log.open("wb") as out:
             proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=out,
@@ -331,6 +362,55 @@ class Machine:
             time.sleep(0.02)
         return True
 
+    def tamper(self, cause: str = "tamper line", timeout: float = TAMPER_TIMEOUT
+               ) -> TamperReport:
+        """Trip the device's tamper line. A running zone zeroises itself and answers with the
+        milliseconds it took (a zone that does not answer within ``timeout`` loses its power:
+        its RAM goes with it); then, running or not, the hardware wipes the device's fuses
+        and BBRAM disk and counts the event (Device.zeroise)."""
+        cause = "".join(c for c in cause if " " <= c <= "~")[:TAMPER_CAUSE_MAX] or "tamper line"
+        device = Device.open(self.name, self.home)
+        device.require_fuses()
+        zone_ms = ack_ms = None
+        if self.is_running():
+            started = time.perf_counter()
+            answer = self._trip(cause, timeout)
+            if answer is None:
+                self.log.error("the zone did not acknowledge the tamper trip: cutting power")
+                self.stop(kill=True)
+            else:
+                ack_ms = (time.perf_counter() - started) * 1000
+                zone_ms = answer
+        started = time.perf_counter()
+        record = device.zeroise(cause)
+        return TamperReport(cause, zone_ms, ack_ms, (time.perf_counter() - started) * 1000,
+                            int(str(record["count"])))
+
+    def _trip(self, cause: str, timeout: float) -> float | None:
+        """Write the trip on the line; the zone's milliseconds to zeroised, or None."""
+        line_in, line_out = self._tamper_fifos()
+        reader = os.open(line_out, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        try:
+            writer = os.open(line_in, os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+            try:
+                os.write(writer, TAMPER_TRIP + f" {cause}\n".encode())
+            finally:
+                os.close(writer)
+            deadline = time.monotonic() + timeout
+            answer = b""
+            while b"\n" not in answer:
+                left = deadline - time.monotonic()
+                if left <= 0 or not select.select([reader], [], [], left)[0]:
+                    return None
+                answer += os.read(reader, 4096)
+        finally:
+            os.close(reader)
+        word, _, value = answer.split(b"\n", 1)[0].partition(b" ")
+        try:
+            return float(value) if word == TAMPER_ZEROISED else None
+        except ValueError:
+            return None
+
     def stop(self, *, kill: bool = False, timeout: float = POWERDOWN_TIMEOUT) -> bool:
         """Power off; with ``kill``, pull the plug (SIGKILL, nothing flushed).
 
@@ -364,7 +444,7 @@ class Machine:
             self._cleanup()
 
     def _cleanup(self) -> None:
-        for path in (self.qmp_socket, self.tamper_socket):
+        for path in (self.qmp_socket, *self._tamper_fifos()):
             path.unlink(missing_ok=True)
         if self.state_file.exists():
             self._save_state(pid=None, channel=None)

@@ -3,7 +3,9 @@
 Virtio-serial ports (the guest finds each under /sys/class/virtio-ports by its name):
 
 ``org.sez.ctl``     the control channel: the host's requests, the zone's answers (abi.wire)
-``org.sez.tamper``  the tamper line, wired to the emulator alone
+``org.sez.tamper``  the tamper line, wired to the emulator alone: any bytes on it trip it
+                    (``TAMPER <cause>`` by convention); layer 0 answers ``ZEROISED <ms>``
+                    once every key, BBRAM and every other zone process are gone
 
 fw_cfg items, under ``opt/sez/`` (read once by PID 1 at power-on, then the driver unloads):
 
@@ -12,6 +14,8 @@ fw_cfg items, under ``opt/sez/`` (read once by PID 1 at power-on, then the drive
 ``measurements``    "kernel HEX", "initramfs HEX", "cmdline HEX" lines (SHA-384)
 ``boot_counter``    decimal
 ``debug``           "1" for a debug zone
+``tamper``          the factory's record of the device's past: "COUNT CAUSE" (tamper events
+                    before the device was provisioned anew, the last one's cause)
 
 The BBRAM is the first virtio-blk disk (``/dev/vda``): two slots of SLOT_SIZE bytes.
 Runs in the guest and on the host: standard library only.
@@ -20,8 +24,8 @@ Runs in the guest and on the host: standard library only.
 from __future__ import annotations
 
 __all__ = ["CONTROL_PORT", "TAMPER_PORT", "FW_CFG_PREFIX", "FW_UDS", "FW_DEVICE_ID",
-           "FW_MEASUREMENTS", "FW_BOOT_COUNTER", "FW_DEBUG", "UDS_SIZE", "BBRAM_SLOT_SIZE",
-           "BBRAM_SIZE"]
+           "FW_MEASUREMENTS", "FW_BOOT_COUNTER", "FW_DEBUG", "FW_TAMPER", "UDS_SIZE",
+           "BBRAM_SLOT_SIZE", "BBRAM_SIZE", "TAMPER_TRIP", "TAMPER_ZEROISED", "TAMPER_CAUSE_MAX"]
 
 CONTROL_PORT = "org.sez.ctl"
 TAMPER_PORT = "org.sez.tamper"
@@ -32,6 +36,14 @@ FW_DEVICE_ID = "deviceid"
 FW_MEASUREMENTS = "measurements"
 FW_BOOT_COUNTER = "boot_counter"
 FW_DEBUG = "debug"
+FW_TAMPER = "tamper"
+
+#: What the emulator writes on the tamper line (then the cause), and what layer 0 answers
+#: (then the milliseconds from trip to zeroised), each a line.
+TAMPER_TRIP = b"TAMPER"
+TAMPER_ZEROISED = b"ZEROISED"
+#: The longest cause kept (printable ASCII; the rest is dropped).
+TAMPER_CAUSE_MAX = 80
 
 #: The fuses' size in bytes.
 UDS_SIZE = 32

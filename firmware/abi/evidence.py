@@ -15,6 +15,8 @@ bootcount              267    the hardware boot counter
 sez.measurements       text   {kernel, initramfs, cmdline, firmware: SHA-384 (48 bytes)}
 sez.debug              text   bool
 sez.firmware           text   the firmware version
+sez.tamper             text   {count, last}: the factory's record of tamper events before
+                              this provisioning of the device, and the last one's cause
 sez.session_key        text   SHA-256 of the SubjectPublicKeyInfo of the zone's TLS key this
                               boot (abi.keys.key_id), or absent before the first session
 sez.owner              text   SHA-256 of the enrolled owner's SPKI, or null
@@ -33,7 +35,7 @@ import enum
 from .claims import BOOTCOUNT, DBGSTAT, IAT, NONCE, PROFILE_KEY, UEID
 
 __all__ = ["NONCE", "UEID", "IAT", "PROFILE_KEY", "DBGSTAT", "BOOTCOUNT", "MEASUREMENTS",
-           "DEBUG", "FIRMWARE", "SESSION_KEY", "OWNER", "APPLETS", "BBRAM", "AUDIT", "HOST", "PROFILE",
+           "DEBUG", "FIRMWARE", "SESSION_KEY", "TAMPER", "OWNER", "APPLETS", "BBRAM", "AUDIT", "HOST", "PROFILE",
            "DBGSTAT_ENABLED", "DBGSTAT_DISABLED_SINCE_BOOT", "NONCE_MIN", "NONCE_MAX",
            "KEEPER_CLAIMS", "BbramStatus"]
 
@@ -42,6 +44,7 @@ MEASUREMENTS = "sez.measurements"
 DEBUG = "sez.debug"
 FIRMWARE = "sez.firmware"
 SESSION_KEY = "sez.session_key"
+TAMPER = "sez.tamper"
 # the monitor's claims
 OWNER = "sez.owner"
 APPLETS = "sez.applets"
@@ -56,7 +59,7 @@ NONCE_MIN, NONCE_MAX = 8, 64
 
 #: Claims only the key keeper (layer 0) sets; the monitor cannot supply them.
 KEEPER_CLAIMS = frozenset({IAT, NONCE, UEID, DBGSTAT, PROFILE_KEY, BOOTCOUNT, MEASUREMENTS,
-                           DEBUG, FIRMWARE, SESSION_KEY})
+                           DEBUG, FIRMWARE, SESSION_KEY, TAMPER})
 
 
 class BbramStatus(enum.StrEnum):
@@ -67,3 +70,4 @@ class BbramStatus(enum.StrEnum):
     OK = "ok"
     UNAUTHENTICATED = "unauthenticated"  # data present, no slot authenticates: left alone
     ABSENT = "absent"  # no BBRAM disk
+    TAMPERED = "tampered"  # zeroised by the tamper line: nothing is left to load

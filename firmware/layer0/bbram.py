@@ -121,3 +121,23 @@ class Bbram:
                              "state stands")
         self.seq, self.slot, self.status = seq, slot, OK
         return seq
+
+
+def wipe(path: str = DEVICE) -> None:
+    """Overwrite both slots with zeros, durably (the tamper response): what was sealed in them
+    is gone, and the next boot finds a blank BBRAM. Best effort: a disk that fails stays as it
+    is, and the keys that could open it are gone anyway."""
+    zeros = bytes(1 << 20)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+    except OSError:
+        return
+    try:
+        for offset in range(0, 2 * SLOT_SIZE, len(zeros)):
+            os.pwrite(fd, zeros, offset)
+        os.fdatasync(fd)
+        os.posix_fadvise(fd, 0, 2 * SLOT_SIZE, os.POSIX_FADV_DONTNEED)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)

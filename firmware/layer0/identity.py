@@ -68,6 +68,7 @@ class Identity:
         self.measurements = measurements
         self.debug = hw.debug
         self.boot_counter = hw.boot_counter
+        self.tamper = dict(hw.tamper)
         self.chain = [alias_cert.public_bytes(serialization.Encoding.DER),
                       certified.public_bytes(serialization.Encoding.DER)]
         self.bbram = Bbram(dice.bbram_key(cdi))
@@ -98,6 +99,7 @@ class Identity:
             evidence.MEASUREMENTS: self.measurements,
             evidence.DEBUG: self.debug,
             evidence.FIRMWARE: FIRMWARE_VERSION,
+            evidence.TAMPER: self.tamper,
         }
         if self._session_key is not None:
             payload[evidence.SESSION_KEY] = self._session_key

@@ -22,34 +22,45 @@ and serves the monitor on a root-only unix socket (firmware.runtime.ipc):
 ``session-key``   -> ``{key, chain}`` (PEM): a new TLS key for the monitor's sessions and its
                   certificate (issued by the alias key); evidence names it from then on
 
+Layer 0 also watches the tamper line (firmware.layer0.tamper): a trip ends every other zone
+process, wipes BBRAM, and ends layer 0 itself (``Keeper.zeroise``).
+
 The monitor, which parses everything that crosses the channel, holds no key but its sessions'
-TLS key of this boot: it can ask for evidence, not forge it. What layer 0 trusts is what it imports: firmware.abi (the
-contract, with the DICE derivations), its own modules, PID 1's hand-over record
-(firmware.pid1.hardware) and the runtime's console, priority and socket helpers; never the
-monitor, the runner or anything that parses host input.
+TLS key of this boot: it can ask for evidence, not forge it. What layer 0 trusts is what it
+imports: firmware.abi (the contract, with the DICE derivations), its own modules, PID 1's
+hand-over record (firmware.pid1.hardware) and the runtime's console, priority, socket and
+port-finding helpers; never the monitor, the runner or anything that parses host input.
 """
 
 from __future__ import annotations
 
+import os
 import select
+import signal
+import socket
 import time
 from typing import Any, Callable
 
 import cbor2
 
-from ..abi.errors import BadArgs, BadRequest, NoIdentity, UnknownOp, ZoneError
+from ..abi.errors import BadArgs, BadRequest, NoIdentity, Tampered, UnknownOp, ZoneError
 from ..pid1.hardware import Hardware
 from ..runtime.console import log, log_exception
-from ..runtime.ipc import KEEPER_SOCKET, KEEPER_TIMEOUT, MAX_MESSAGE, KeeperOp, listen, size_buffers
+from ..runtime.ipc import (KEEPER_SOCKET, KEEPER_TIMEOUT, MAX_MESSAGE, TAMPER_RECORD,
+                           TAMPERED_EXIT, KeeperOp, listen, size_buffers)
 from ..runtime.process import foreground
+from . import bbram
 from .identity import Identity, verify_signed
+from .tamper import TamperLine
 from .secrets import Applet
 
 
 class Keeper:
-    def __init__(self, identity: Identity | None, failure: str | None) -> None:
+    def __init__(self, identity: Identity | None, failure: str | None,
+                 tampered: str | None = None) -> None:
         self.identity = identity
         self.failure = failure
+        self.tampered = tampered
         self.ops = self._ops(identity) if identity is not None else {}
 
     def _ops(self, identity: Identity) -> dict[str, Callable[[dict[str, Any]], Any]]:
@@ -99,6 +110,10 @@ class Keeper:
                 request_id, op, args = request["id"], request["op"], request.get("args") or {}
             except (ValueError, KeyError, TypeError, AttributeError) as exc:
                 raise BadRequest(f"keeper: {exc}") from None
+            if self.tampered is not None:
+                raise Tampered(f"the zone was tampered with ({self.tampered}) and zeroised: "
+                               "its keys, BBRAM and secrets are gone; provision the device "
+                               "anew (sez device new NAME --force)")
             if self.identity is None:
                 raise NoIdentity(f"no identity: {self.failure}")
             handler = self.ops.get(op)
@@ -112,34 +127,56 @@ class Keeper:
             return {"id": request_id, "ok": False,
                     "error": {"code": exc.code, "message": exc.message}}
 
-    def serve(self) -> None:
-        """Serve the monitor, one connection at a time. Waits on a connection are bounded by
-        KEEPER_TIMEOUT: a reply the monitor does not take by then drops the connection (the
-        call has expired on its side too), and a connection idle that long gives way to a
-        monitor waiting to connect (a restarted one)."""
+    def serve(self, tamper: TamperLine | None = None) -> None:
+        """Serve the monitor, one connection at a time, and watch the tamper line. A reply
+        the monitor does not take within KEEPER_TIMEOUT drops the connection (the call has
+        expired on its side too); a new connection replaces the old one (a restarted
+        monitor). A trip on the tamper line zeroises the zone (``zeroise``) and ends layer 0."""
         server = listen(KEEPER_SOCKET)
+        conn: socket.socket | None = None
         while True:
-            conn, _ = server.accept()
-            size_buffers(conn)
-            conn.settimeout(KEEPER_TIMEOUT)
-            with conn:
-                while True:
-                    try:
-                        message = conn.recv(MAX_MESSAGE)
-                    except TimeoutError:
-                        if select.select([server], [], [], 0)[0]:
-                            log("layer 0: a new connection replaces an idle one")
-                            break
-                        continue
-                    except OSError:
-                        break
-                    if not message:
-                        break
-                    try:
+            watched: list[Any] = [server] + ([conn] if conn is not None else [])
+            if tamper is not None and tamper.listening():
+                watched.append(tamper)
+            ready = select.select(watched, [], [], 1.0)[0]
+            if tamper is not None and tamper in ready:
+                cause = tamper.read_trip()
+                if cause is not None:
+                    server.close()  # a restarted monitor waits for the next keeper
+                    os.unlink(KEEPER_SOCKET)
+                    tamper.acknowledge(self.zeroise(cause))
+                    _end_tampered(cause)
+            if server in ready:
+                if conn is not None:
+                    conn.close()
+                conn, _ = server.accept()
+                size_buffers(conn)
+                conn.settimeout(KEEPER_TIMEOUT)
+            elif conn is not None and conn in ready:
+                try:
+                    message = conn.recv(MAX_MESSAGE)
+                    if message:
                         conn.send(cbor2.dumps(self.handle(message)))
-                    except OSError:
-                        break
+                        continue
+                except OSError:
+                    pass
+                conn.close()
+                conn = None
 
+    def zeroise(self, cause: str) -> float:
+        """The tamper response: every other zone process ends at once (SIGKILL to all but
+        PID 1 and this one: the monitor and its decrypted state, the runner, every job),
+        both BBRAM slots are overwritten with zeros, every key is dropped. Returns the
+        milliseconds it took. Layer 0 then exits (its memory goes with it) and PID 1 starts
+        a keeper that answers ``tampered`` (firmware.pid1.supervisor)."""
+        started = time.monotonic()
+        try:
+            os.kill(-1, signal.SIGKILL)
+        except OSError:
+            pass
+        bbram.wipe()
+        self.identity, self.ops, self.failure = None, {}, f"tampered: {cause}"
+        return (time.monotonic() - started) * 1000
 
 def _bytes(args: dict[str, Any], key: str) -> bytes:
     value = args.get(key)
@@ -162,8 +199,28 @@ def _version(args: dict[str, Any]) -> int:
     return value
 
 
+def _end_tampered(cause: str) -> None:
+    """Leave the cause for PID 1 and exit: this process's memory, which held the keys, goes
+    with it."""
+    try:
+        with open(TAMPER_RECORD, "w") as f:
+            f.write(cause)
+    except OSError:
+        pass
+    log(f"layer 0: TAMPERED ({cause}): zeroised")
+    os._exit(TAMPERED_EXIT)
+
+
+def serve_tampered(cause: str) -> None:
+    """What PID 1 runs in place of layer 0 after a trip: a keeper with nothing to keep,
+    answering ``tampered`` to every request (PID 1 forks it from its own clean memory)."""
+    foreground()
+    Keeper(None, None, tampered=cause).serve()
+
+
 def main(hw: Hardware) -> None:
     started = time.monotonic()
+    tamper = TamperLine.open()
     identity, failure = None, None
     try:
         identity = Identity(hw)
@@ -176,4 +233,4 @@ def main(hw: Hardware) -> None:
         failure = "layer 0 failed (see the console)"
         log_exception("layer 0 failed")
     foreground()
-    Keeper(identity, failure).serve()
+    Keeper(identity, failure).serve(tamper)

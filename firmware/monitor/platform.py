@@ -1,5 +1,5 @@
-"""The monitor's view of the machine: the virtio-serial port and the power button it serves,
-memory and uptime for ``info``, powering off, and its own memory bound."""
+"""The monitor's view of the machine: the power button it serves, memory and uptime for
+``info``, powering off, and its own memory bound. (Its port: firmware.runtime.virtio.)"""
 
 from __future__ import annotations
 
@@ -10,10 +10,9 @@ import time
 
 from ..runtime.console import log
 
-__all__ = ["find_port", "wait_for_port", "find_power_buttons", "is_power_press", "power_off",
+__all__ = ["find_power_buttons", "is_power_press", "power_off",
            "meminfo", "uptime", "limit_memory"]
 
-VIRTIO_PORTS = "/sys/class/virtio-ports"
 INPUT_CLASS = "/sys/class/input"
 INPUT_EVENT = struct.Struct("llHHi")  # struct input_event on x86-64
 _EV_KEY, _KEY_POWER = 1, 116
@@ -22,21 +21,6 @@ _EV_KEY, _KEY_POWER = 1, 116
 def _read(path: str) -> bytes:
     with open(path, "rb") as f:
         return f.read()
-
-
-def find_port(name: str, root: str = VIRTIO_PORTS) -> str:
-    """The /dev node of the virtio-serial port called ``name``."""
-    try:
-        entries = sorted(os.listdir(root))
-    except OSError:
-        entries = []
-    for entry in entries:
-        try:
-            if _read(f"{root}/{entry}/name").strip() == name.encode():
-                return f"/dev/{entry}"
-        except OSError:
-            continue
-    raise FileNotFoundError(f"no virtio-serial port named {name}")
 
 
 def is_power_press(data: bytes) -> bool:
@@ -62,28 +46,6 @@ def find_power_buttons(root: str = INPUT_CLASS) -> list[str]:
         except OSError:
             continue
     return found
-
-
-def wait_for_port(name: str, timeout: float = 30.0) -> str:
-    """The /dev node of the port ``name``, once the virtio driver has made it.
-
-    Raises TimeoutError if it has not appeared within ``timeout`` seconds: the monitor then
-    exits and PID 1 restarts it (firmware.pid1.supervisor), which waits again.
-    """
-    started = time.monotonic()
-    warned = False
-    while True:
-        try:
-            return find_port(name)
-        except FileNotFoundError:
-            waited = time.monotonic() - started
-            if waited > timeout:
-                raise TimeoutError(f"no virtio-serial port named {name} appeared within "
-                                   f"{timeout:.0f} s") from None
-            if not warned and waited > 5:
-                log(f"still waiting for the virtio-serial port {name}")
-                warned = True
-            time.sleep(0.01)
 
 
 def meminfo() -> dict[str, int]:

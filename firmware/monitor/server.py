@@ -28,6 +28,7 @@ from ..runtime.console import log
 from ..runtime.ipc import KEEPER_SOCKET
 from ..runtime.port import Port
 from ..runtime.reactor import Reactor
+from ..runtime.virtio import wait_for_port
 from . import platform
 from .deferred import Deferred
 from .links import KeeperLink
@@ -86,7 +87,7 @@ class Monitor:
     def open(self, fd: int | None = None) -> None:
         """Serve the control port, or ``fd`` (the host-native benchmark baseline uses a PTY)."""
         if fd is None:
-            path = platform.wait_for_port(CONTROL_PORT)
+            path = wait_for_port(CONTROL_PORT)
             fd = os.open(path, os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)
             for button in platform.find_power_buttons():
                 self._watch_power_button(os.open(button, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC))
@@ -247,6 +248,7 @@ class Monitor:
             "host_disconnects": self.host_disconnects,
             "host": self.host_claims(),
             "bbram": store.status,
+            "tampered": store.tampered,
             "owner": store.owner()["owner"],
             "applets": len(store.packages),
             "jobs": {"active": len(jobs.active), "queued": len(jobs.waiting),

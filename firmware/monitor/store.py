@@ -35,7 +35,7 @@ from ..abi import applet as applets
 from ..abi import evidence, secret
 from ..abi.audit import GENESIS
 from ..abi.errors import (BadArgs, BadPackage, NoSuchApplet, NoSuchJob, NotOwner, OutboxFull,
-                          PolicyUnmatched, Rollback, SecretExists)
+                          PolicyUnmatched, Rollback, SecretExists, Tampered)
 from ..abi.jobs import FINAL, JobState
 from ..abi.keys import key_id
 from ..runtime.ipc import KeeperOp
@@ -60,9 +60,12 @@ class ZoneStore:
         self.unreadable: list[str] = []
         self.next_job = 0
         self.audit = AuditLog(self.state, keeper)
+        #: Why the zone is zeroised (layer 0 answered ``tampered``), or None.
+        self.tampered: str | None = None
         identity = keeper.call(KeeperOp.IDENTITY, {}).then(self._identified)
         self.ready = identity.then(lambda _: keeper.call(KeeperOp.BBRAM_LOAD, {})).then(
             self._loaded)
+        self.ready.add(self._unloadable)
 
     @property
     def status(self) -> str:
@@ -73,6 +76,11 @@ class ZoneStore:
 
     def _identified(self, identity: dict[str, Any]) -> None:
         self.ueid = bytes(identity["ueid"])
+
+    def _unloadable(self, ready: Deferred) -> None:
+        if isinstance(ready.error, Tampered):
+            self.state.status = evidence.BbramStatus.TAMPERED
+            self.tampered = ready.error.message
 
     def _loaded(self, result: dict[str, Any]) -> Deferred:
         self.state.loaded(str(result["status"]), dict(result["state"]))

@@ -41,12 +41,14 @@ def _read_secret(name: str, size: int) -> bytearray | None:
 class Hardware:
     def __init__(self, *, uds: bytearray | None = None, device_id_cert: bytes | None = None,
                  measurements: dict[str, bytes] | None = None, boot_counter: int = 0,
-                 debug: bool = False) -> None:
+                 debug: bool = False, tamper: dict[str, object] | None = None) -> None:
         self.uds = uds
         self.device_id_cert = device_id_cert
         self.measurements = measurements or {}
         self.boot_counter = boot_counter
         self.debug = debug
+        #: The factory's record of the device's past: {count, last} (abi.evidence.TAMPER).
+        self.tamper = tamper or {"count": 0, "last": None}
 
     @classmethod
     def read(cls) -> "Hardware":
@@ -61,12 +63,21 @@ class Hardware:
         return cls(uds=_read_secret(device.FW_UDS, device.UDS_SIZE),
                    device_id_cert=_read(device.FW_DEVICE_ID),
                    measurements=measurements, boot_counter=int(counter) if counter.isdigit() else 0,
-                   debug=_read(device.FW_DEBUG) == b"1")
+                   debug=_read(device.FW_DEBUG) == b"1",
+                   tamper=parse_tamper_record(_read(device.FW_TAMPER) or b"0"))
 
     def wipe_fuses(self) -> None:
         if self.uds is not None:
             self.uds[:] = bytes(len(self.uds))
             self.uds = None
+
+
+def parse_tamper_record(raw: bytes) -> dict[str, object]:
+    """``COUNT CAUSE`` (fw_cfg ``tamper``) as {count, last}: the cause None when there was
+    none, printable ASCII and at most TAMPER_CAUSE_MAX characters otherwise."""
+    count, _, cause = raw.decode("ascii", errors="replace").strip().partition(" ")
+    cause = "".join(c for c in cause if " " <= c <= "~")[:device.TAMPER_CAUSE_MAX]
+    return {"count": int(count) if count.isdigit() else 0, "last": cause or None}
 
 
 def seal_fw_cfg() -> None:

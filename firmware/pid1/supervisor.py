@@ -6,6 +6,9 @@
    keeper imports the crypto libraries and derives the keys while the monitor already serves.
 3. Fork the applet runner (firmware.runner), which holds nothing secret: jobs fork from it.
 4. Fork the zone monitor (firmware.monitor). Restart the monitor or the runner when one dies.
+5. When layer 0 ends after a tamper trip (it zeroised the zone and killed the others), fork
+   a keeper with nothing to keep in its place, from PID 1's clean memory: it answers
+   ``tampered`` to the monitor, which PID 1 restarts as usual.
 
 A crash in a child never takes down PID 1 (whose exit would panic the kernel and power the
 machine off). The monitor module is imported before the first fork: a restart costs a fork,
@@ -20,6 +23,7 @@ import time
 from typing import Callable
 
 from ..runtime.console import log, log_exception
+from ..runtime.ipc import TAMPER_RECORD, TAMPERED_EXIT
 from ..runtime.process import background
 from .hardware import Hardware, seal_fw_cfg
 
@@ -46,6 +50,12 @@ def _run_keeper(hw: Hardware) -> None:
     keeper.main(hw)
 
 
+def _run_tampered(cause: str) -> None:
+    from ..layer0 import keeper
+
+    keeper.serve_tampered(cause)
+
+
 def _run_runner() -> None:
     background()
     from ..runner import runner
@@ -68,8 +78,13 @@ def supervise(hw: Hardware) -> None:
             time.sleep(1)
             continue
         if pid == keeper:
-            log(f"the key keeper (pid {pid}) ended with status {status:#x}: "
-                "the zone cannot attest until it is rebooted")
+            if os.WIFEXITED(status) and os.WEXITSTATUS(status) == TAMPERED_EXIT:
+                cause = _tamper_cause()
+                log("layer 0 zeroised the zone; a keeper that answers 'tampered' takes over")
+                keeper = _spawn("tampered keeper", lambda: _run_tampered(cause))
+            else:
+                log(f"the key keeper (pid {pid}) ended with status {status:#x}: "
+                    "the zone cannot attest until it is rebooted")
         elif pid == runner:
             log(f"the applet runner (pid {pid}) ended with status {status:#x}; restarting")
             time.sleep(0.5)
@@ -79,6 +94,14 @@ def supervise(hw: Hardware) -> None:
             restarts += 1
             time.sleep(min(0.05 * 2 ** min(restarts, 6), 2.0))
             current = _spawn("monitor", lambda: monitor.main(hw, restarts))
+
+
+def _tamper_cause() -> str:
+    try:
+        with open(TAMPER_RECORD) as f:
+            return f.read(200).strip() or "tamper line"
+    except OSError:
+        return "tamper line"
 
 
 def main() -> None:

@@ -19,7 +19,7 @@ import os
 import socket
 
 __all__ = ["KEEPER_SOCKET", "RUNNER_SOCKET", "MAX_MESSAGE", "KEEPER_TIMEOUT", "KeeperOp",
-           "RunnerOp", "EXIT", "CONFINEMENT_FAILED", "JobCall", "JOB_DONE", "JOB_ERROR", "listen", "size_buffers"]
+           "RunnerOp", "EXIT", "CONFINEMENT_FAILED", "TAMPERED_EXIT", "TAMPER_RECORD", "JobCall", "JOB_DONE", "JOB_ERROR", "listen", "size_buffers"]
 
 KEEPER_SOCKET = "/run/sez/keeper.sock"
 RUNNER_SOCKET = "/run/sez/runner.sock"
@@ -57,6 +57,9 @@ class RunnerOp(enum.StrEnum):
 EXIT = "exit"
 #: A job process's exit status when it could not confine itself (the applet never ran).
 CONFINEMENT_FAILED = 71
+#: Layer 0's exit status after a tamper trip; the cause is left in TAMPER_RECORD for PID 1.
+TAMPERED_EXIT = 72
+TAMPER_RECORD = "/run/sez/tampered"
 
 
 class JobCall(enum.StrEnum):

@@ -11,6 +11,8 @@ from cryptography.hazmat.primitives import hashes
 
 from emulator.factory import Factory
 from emulator.image import build_image
+from emulator.machine import Machine
+from firmware.abi.errors import SezError
 
 from .common import command, emit, group
 
@@ -43,7 +45,9 @@ def cmd_factory_init(args: argparse.Namespace) -> None:
 
 
 def cmd_device_new(args: argparse.Namespace) -> None:
-    device = Factory().provision(args.name)
+    if args.force and Machine(args.name).is_running():
+        raise SezError(f"zone {args.name} is running: sez stop {args.name} first")
+    device = Factory().provision(args.name, force=args.force)
     emit(args, {"name": device.name, "directory": str(device.directory), **device.info},
          f"device {device.name} provisioned in {device.directory}: UEID {device.info['ueid']}")
 
@@ -57,6 +61,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     c = command(device, "new", cmd_device_new,
                 "provision a device: fuses (UDS) + DeviceID certificate")
     c.add_argument("name")
+    c.add_argument("--force", action="store_true", help="provision an existing device anew "
+                   "(after a tamper event): new fuses and DeviceID, blank BBRAM; the record "
+                   "of its tamper events is kept")
 
     factory = group(sub, "factory", "the manufacturer")
     command(factory, "init", cmd_factory_init, "make the manufacturer root CA")

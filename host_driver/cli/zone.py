@@ -1,10 +1,11 @@
 
-"""``sez boot``, ``status``, ``stop``, ``console`` and ``ping``: a zone's machine and whether
-its zone answers."""
+"""``sez boot``, ``status``, ``stop``, ``tamper``, ``console`` and ``ping``: a zone's machine
+and whether its zone answers."""
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import statistics
 import sys
@@ -67,6 +68,8 @@ def _queue(status: MachineStatus) -> dict[str, Any]:
             info = zone.info()
     except (ChannelError, ZoneTimeout, ZoneError) as exc:
         return {"error": str(exc).splitlines()[0]}
+    if info.get("tampered"):
+        return {"error": f"TAMPERED: {info['tampered']}"}
     jobs = info["jobs"]
     return {"active": jobs["active"], "queued": jobs["queued"], "outbox": jobs["outbox"],
             "schedules": info.get("schedules", 0), "audit": info.get("audit", {}).get("kept", 0)}
@@ -78,6 +81,24 @@ def cmd_stop(args: argparse.Namespace) -> None:
     how = "plug pulled" if args.kill else "powered off"
     emit(args, {"name": args.name, "stopped": stopped, "kill": args.kill},
          f"zone {args.name} {how}" if stopped else f"zone {args.name} was not running")
+
+
+def cmd_tamper(args: argparse.Namespace) -> None:
+    """Trip the tamper line (Machine.tamper) and say what is left and what to do next."""
+    SezHome.default().existing_device(args.name)
+    report = Machine(args.name).tamper(args.cause)
+    data = {"name": args.name, **dataclasses.asdict(report)}
+    if report.zone_ms is not None:
+        zone = (f"the zone zeroised its keys, BBRAM, secrets and state in {report.zone_ms:.1f} ms "
+                f"({report.ack_ms:.1f} ms from trip to its answer)")
+    else:
+        zone = "the zone was not running (or did not answer and lost its power)"
+    emit(args, data,
+         f"zone {args.name} TAMPERED ({report.cause}): {zone}; the fuses and the BBRAM disk "
+         f"are wiped ({report.wipe_ms:.1f} ms); tamper events: {report.count}.\n"
+         f"Nothing it signed can be made again, nothing it sealed opened. Next: "
+         f"sez stop {args.name}, then sez device new {args.name} --force (a new UDS and "
+         "DeviceID; enroll, load and provision again)")
 
 
 def cmd_console(args: argparse.Namespace) -> None:
@@ -129,7 +150,7 @@ def cmd_ping(args: argparse.Namespace) -> None:
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """boot, status, stop, console (ping comes last in ``sez --help``: register_ping)."""
+    """boot, status, stop, tamper, console (ping comes last in ``sez --help``: register_ping)."""
     c = command(sub, "boot", cmd_boot, "start a zone detached; return once it answers hello")
     c.add_argument("name")
     c.add_argument("--debug", action="store_true", help="boot a debug zone (evidence says so)")
@@ -143,6 +164,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     c = command(sub, "stop", cmd_stop, "orderly power-off (ACPI, then QMP quit), or --kill")
     c.add_argument("name")
     c.add_argument("--kill", action="store_true", help="pull the plug (SIGKILL)")
+
+    c = command(sub, "tamper", cmd_tamper, "trip the tamper line: the zone zeroises its keys, "
+                "BBRAM and secrets; the fuses are wiped")
+    c.add_argument("name")
+    c.add_argument("--cause", default="sez tamper", help="what tripped it (kept in the "
+                   "device's record; printable ASCII, 80 characters)")
 
     c = command(sub, "console", cmd_console, "the zone's serial console log", json_flag=False)
     c.add_argument("name")

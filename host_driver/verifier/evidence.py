@@ -21,6 +21,9 @@ relayed the evidence is not trusted. Checks, in order (each failure raises
 ``measurement.NAME``      each measurement equals the reference value (kernel, initramfs,
                           cmdline, firmware)
 ``debug``                 the zone is not a debug zone (unless ``allow_debug``)
+``tamper``                the device's tamper record (claim ``sez.tamper``: tamper events
+                          before it was provisioned anew) is well-formed, and shows at most
+                          ``max_tamper_count`` events when that is given
 """
 
 from __future__ import annotations
@@ -97,6 +100,12 @@ class AttestationResult:
         return AuditAnchor(self.ueid, head["seq"], head["link"])
 
     @property
+    def tamper(self) -> dict[str, Any]:
+        """{count, last}: the device's tamper events before this provisioning, and the last
+        one's cause (layer 0 stamps the factory's record)."""
+        return dict(self.claims.get(claims.TAMPER) or {"count": 0, "last": None})
+
+    @property
     def session_key(self) -> bytes | None:
         """The key id (abi.keys.key_id) of the zone's TLS key this boot, or None."""
         key = self.claims.get(claims.SESSION_KEY)
@@ -113,14 +122,14 @@ class AttestationResult:
                 "firmware": self.firmware, "issued_at": self.issued_at,
                 "measurements": {k: v.hex() for k, v in self.measurements.items()},
                 "owner": self.owner.hex() if self.owner else None,
-                "bbram": self.claims.get(claims.BBRAM),
+                "bbram": self.claims.get(claims.BBRAM), "tamper": self.tamper,
                 "applets": [{**a, "measurement": bytes(a["measurement"]).hex()}
                             for a in self.applets]}
 
 
 def verify_evidence(evidence: bytes, *, nonce: bytes, root: x509.Certificate,
                     reference: Reference | None = None, allow_debug: bool = False,
-                    expected_ueid: bytes | None = None,
+                    expected_ueid: bytes | None = None, max_tamper_count: int | None = None,
                     now: datetime.datetime | None = None) -> AttestationResult:
     """Appraise ``evidence``; return what it proves, or raise VerificationError."""
     now = now or datetime.datetime.now(datetime.timezone.utc)
@@ -164,6 +173,14 @@ def verify_evidence(evidence: bytes, *, nonce: bytes, root: x509.Certificate,
     dbgstat = payload.get(claims.DBGSTAT)
     if (debug or dbgstat == claims.DBGSTAT_ENABLED) and not allow_debug:
         raise VerificationError("debug", "the zone runs in debug mode")
+    tamper = payload.get(claims.TAMPER)
+    if not (isinstance(tamper, dict) and type(tamper.get("count")) is int
+            and tamper["count"] >= 0 and isinstance(tamper.get("last"), (str, type(None)))):
+        raise VerificationError("tamper", "the tamper record is missing or malformed")
+    if max_tamper_count is not None and tamper["count"] > max_tamper_count:
+        raise VerificationError("tamper", f"the device was tampered with {tamper['count']} "
+                                f"time(s) before (last: {tamper['last']}); at most "
+                                f"{max_tamper_count} accepted")
     return AttestationResult(
         ueid=ueid, measurements=dict(measurements), boot_counter=int(payload.get(claims.BOOTCOUNT, -1)),
         debug=debug, firmware=str(payload.get(claims.FIRMWARE)),

@@ -146,7 +146,8 @@ def test_layer0_imports_what_its_docstring_says_it_trusts() -> None:
     imported = {i for m in _of("firmware.layer0") for i in _internal(m)
                 if not _within(i, "firmware.layer0")}
     assert imported <= {"firmware", "firmware.pid1.hardware", "firmware.runtime.console",
-                        "firmware.runtime.ipc", "firmware.runtime.process"} | set(
+                        "firmware.runtime.ipc", "firmware.runtime.process",
+                        "firmware.runtime.virtio"} | set(
         _of("firmware.abi"))
     doc = ast.get_docstring(ast.parse(MODULES["firmware.layer0.keeper"].read_text())) or ""
     for name in ("firmware.abi", "firmware.pid1.hardware", "runtime"):
