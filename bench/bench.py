@@ -11,6 +11,9 @@ Figures:
   job/echo   a null job's round trip over a null request's (what isolation + receipt cost)
   detached   detached null jobs per second (submitted pipelined, until all are done)
   backlog    seconds to fetch and acknowledge a backlog of finished results after reconnect
+  tamper     a trip of the tamper line on a zone with state: the zone's milliseconds from
+             reading it to zeroised, the host's from writing it to the answer, and the
+             hardware's wipe of fuses and BBRAM disk (fresh devices, one trip each)
   session    an attested session: the TLS 1.3 handshake (+ hello) into the zone; opening one
              whole (+ evidence and its appraisal); a null request and a null job inside one,
              against the same on the plain channel (ratio)
@@ -216,6 +219,29 @@ def native_figures(requests: int, volume: int, runs: int) -> dict[str, float]:
         os.close(slave)
 
 
+def tamper_figures(home: SezHome, runs: int) -> dict[str, float]:
+    """Trip the tamper line of ``runs`` fresh zones, each with an owner and a loaded applet."""
+    zone_ms, ack_ms, wipe_ms = [], [], []
+    null = Path(__file__).parent.parent / "tests" / "applets" / "null"
+    key = generate_owner_key(home.root / "tamper-owner.pem")
+    for i in range(runs):
+        Factory(home).provision(f"tamper-{i}")
+        with booted(f"tamper-{i}", home=home) as zone:
+            async def own() -> None:
+                async with await Zone.connect(zone.url, timeout=60) as client:
+                    await client.enroll(owner_spki(key))
+                    await client.load(build_applet(null, key))
+            asyncio.run(own())
+            report = zone.machine.tamper("bench")
+            assert report.zone_ms is not None and report.ack_ms is not None, report
+            zone_ms.append(report.zone_ms)
+            ack_ms.append(report.ack_ms)
+            wipe_ms.append(report.wipe_ms)
+    return {"zone_ms": statistics.median(zone_ms), "ack_ms": statistics.median(ack_ms),
+            "wipe_ms": statistics.median(wipe_ms), "runs": runs,
+            "zone_ms_range": [min(zone_ms), max(zone_ms)], "ack_ms_range": [min(ack_ms), max(ack_ms)]}
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--boots", type=int, default=3, help="cold boots to time")
@@ -226,6 +252,7 @@ def main() -> int:
     ap.add_argument("--loads", type=int, default=5, help="100 KiB applet loads to time")
     ap.add_argument("--jobs", type=int, default=40, help="null jobs per throughput figure")
     ap.add_argument("--sessions", type=int, default=10, help="attested sessions to open")
+    ap.add_argument("--tampers", type=int, default=3, help="fresh zones to trip the tamper line of")
     ap.add_argument("--backlog", type=int, default=1000, help="finished results to deliver")
     args = ap.parse_args()
     volume = args.mib << 20
@@ -255,6 +282,7 @@ def main() -> int:
                     Reference.from_manifest(load_image().directory / "manifest.json"),
                     args.sessions, args.jobs))
                 outbox = asyncio.run(outbox_figures(bench.url, Path(tmp), args.backlog))
+        tamper = tamper_figures(home, args.tampers)
     native = native_figures(args.requests, volume, args.runs)
 
     results: dict[str, Any] = {
@@ -266,6 +294,7 @@ def main() -> int:
         "applets": applet,
         "outbox": outbox,
         "sessions": sessions,
+        "tamper": tamper,
     }
     print(f"cold boot to hello   median {statistics.median(boots):6.2f} s   "
           f"(runs: {', '.join(f'{b:.2f}' for b in boots)})")
@@ -285,6 +314,10 @@ def main() -> int:
           f"{sessions['plain_echo_ms']:.2f} ms plain: {sessions['echo_session_over_plain']:.2f} x")
     print(f"null job             {sessions['session_job_ms']:8.1f} ms in a session, "
           f"{sessions['plain_job_ms']:.1f} ms plain: {sessions['job_session_over_plain']:.2f} x")
+    print(f"tamper to zeroised   median {tamper['zone_ms']:8.1f} ms in the zone "
+          f"({tamper['zone_ms_range'][0]:.1f}-{tamper['zone_ms_range'][1]:.1f}), "
+          f"{tamper['ack_ms']:.1f} ms trip to answer, {tamper['wipe_ms']:.1f} ms to wipe the "
+          f"fuses and BBRAM disk ({tamper['runs']} zones)")
     print(f"detached null jobs    {outbox['detached_jobs_per_s']:7.1f} /s")
     print(f"deliver a backlog    {outbox['backlog_delivery_s']:8.1f} s for {outbox['backlog']} "
           "results (result + ack each, after reconnect)")

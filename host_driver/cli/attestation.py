@@ -44,7 +44,7 @@ def cmd_verify(args: argparse.Namespace) -> None:
         expected = bytes.fromhex(args.ueid) if args.ueid else None
         result = verify_evidence(evidence, nonce=parse_nonce(args.nonce), root=root,
                                  reference=reference, allow_debug=args.allow_debug,
-                                 expected_ueid=expected)
+                                 expected_ueid=expected, max_tamper_count=args.max_tamper_count)
     emit(args, {"ok": True, **result.as_dict()},
          f"evidence verified: device {result.ueid.hex()}, firmware {result.firmware}, "
          f"boot {result.boot_counter}{', DEBUG' if result.debug else ''}; every measurement "
@@ -65,3 +65,6 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     c.add_argument("--reference", help="reference values (default: the image's manifest.json)")
     c.add_argument("--allow-debug", action="store_true", help="accept a debug zone")
     c.add_argument("--ueid", help="the device the evidence must come from (hex UEID)")
+    c.add_argument("--max-tamper-count", type=int, metavar="N",
+                   help="refuse a device tampered with more than N times before it was "
+                   "provisioned anew")
