@@ -69,10 +69,11 @@ def resolve_accel(accel: str) -> str:
 
 def qemu_command(name: str, image: Image, *, accel: str, memory_mb: int, cpus: int,
                  tcg_thread: str, console_log: Path, tamper_line: Path, qmp_socket: Path,
+                 sensors_socket: Path,
                  fw_cfg: dict[str, Path | str], bbram: Path) -> list[str]:
     """QEMU's command line for zone ``name``: the board booting ``image``, its console written
     to ``console_log``, its tamper line on the pipe ``tamper_line`` (.in, .out), QMP on the
-    unix socket ``qmp_socket``, ``fw_cfg`` items
+    unix sockets ``qmp_socket`` and ``sensors_socket`` (the sensors' own), ``fw_cfg`` items
     under opt/sez/ (a Path is a file, a str the value), ``bbram`` its BBRAM disk."""
     # q35 boots ~1 s faster than pc under TCG (no ACPI interrupt-link routing for each
     # virtio-pci device). Under TCG a plain x86-64 model beats "max" (its REP MOVSB and AVX2
@@ -101,6 +102,7 @@ def qemu_command(name: str, image: Image, *, accel: str, memory_mb: int, cpus: i
         "-drive", f"file={bbram},if=none,format=raw,id=bbram,cache=writeback",
         "-device", "virtio-blk-pci,drive=bbram",
         "-qmp", f"unix:{qmp_socket},server=on,wait=off",
+        "-qmp", f"unix:{sensors_socket},server=on,wait=off",
     ]
     for item, value in sorted(fw_cfg.items()):
         source = f"file={value}" if isinstance(value, Path) else f"string={value}"

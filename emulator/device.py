@@ -68,6 +68,15 @@ class Device:
         return dict(record) if isinstance(record, dict) else {"count": 0, "last": None}
 
     @property
+    def sensors(self) -> dict[str, object]:
+        """The environmental sensors enabled for the device (emulator.sensors), {} if none."""
+        sensors = self.info.get("sensors")
+        return dict(sensors) if isinstance(sensors, dict) else {}
+
+    def set_sensors(self, settings: dict[str, object]) -> None:
+        self._write_info({**self.info, "sensors": settings})
+
+    @property
     def tampered(self) -> bool:
         """The fuses are gone: zeroised by a tamper event, not provisioned anew since."""
         return not self.fuses.exists()

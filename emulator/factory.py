@@ -105,15 +105,16 @@ class Factory:
         """Provision device ``name``: fuses (UDS) and the DeviceID certificate. ``force``
         provisions an existing device anew (after a tamper event): new fuses, so a new
         DeviceID and UEID, a blank BBRAM, and the factory's record of its tamper events
-        kept."""
+        and its sensor setting kept."""
         self._require()
         directory = self.home.device_dir(check_name(name))
-        tamper = None
+        tamper, kept_sensors = None, {}
         if directory.exists():
             if not force:
                 raise FactoryError(f"device {name!r} already exists in {directory} "
                                    "(--force provisions it anew)")
-            tamper = Device(name, directory).tamper_record
+            old = Device(name, directory)
+            tamper, kept_sensors = old.tamper_record, old.sensors
             shutil.rmtree(directory)
         now = now or datetime.datetime.now(datetime.timezone.utc)
         root_key = serialization.load_pem_private_key(self.root_key_path.read_bytes(), None)
@@ -135,6 +136,9 @@ class Factory:
                 root_key.public_key()), critical=False)
             .sign(root_key, hashes.SHA384())
         )
-        return Device.create(self.home, name, uds=uds, ueid=ueid,
-                             device_id_cert=cert.public_bytes(serialization.Encoding.PEM),
-                             tamper=tamper)
+        device = Device.create(self.home, name, uds=uds, ueid=ueid,
+                               device_id_cert=cert.public_bytes(serialization.Encoding.PEM),
+                               tamper=tamper)
+        if kept_sensors:
+            device.set_sensors(kept_sensors)
+        return device

@@ -10,6 +10,8 @@ that QEMU emulates, and its command line, is ``emulator.board``'s).
 ``console.log``    the zone's serial console (ttyS0) for this boot
 ``qemu.log``       QEMU's own stdout/stderr
 ``tamper.in/out``  the tamper line (port ``org.sez.tamper``): two FIFOs, the emulator's alone
+``sensors.sock``   QMP for the environmental sensors' watcher (emulator.sensors), when the
+                   device enables sensors; ``sensors.log`` its log
 ``tamper.record``  the factory's record of the device's tamper events (fw_cfg ``tamper``)
 =================  ===========================================================
 
@@ -32,6 +34,7 @@ import select
 import shutil
 import signal
 import subprocess
+import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -168,6 +171,15 @@ class Machine:
         return self.run_dir / "qmp.sock"
 
     @property
+    def sensors_socket(self) -> Path:
+        """QMP for the environmental sensors' watcher (emulator.sensors) alone."""
+        return self.run_dir / "sensors.sock"
+
+    @property
+    def sensors_log(self) -> Path:
+        return self.run_dir / "sensors.log"
+
+    @property
     def tamper_line(self) -> Path:
         """The tamper line's pipe: QEMU reads ``tamper.in`` and writes ``tamper.out``."""
         return self.run_dir / "tamper"
@@ -294,7 +306,8 @@ class Machine:
             raise ValueError(f"tcg_thread must be single or multi, not {tcg_thread!r}")
         self.run_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         device.require_fuses()
-        for stale in (self.qmp_socket, self.state_file, *self._tamper_fifos()):
+        for stale in (self.qmp_socket, self.sensors_socket, self.state_file,
+                      *self._tamper_fifos()):
             stale.unlink(missing_ok=True)
         for fifo in self._tamper_fifos():
             os.mkfifo(fifo, 0o600)
@@ -318,6 +331,7 @@ class Machine:
         argv = qemu_command(self.name, image, accel=accel, memory_mb=memory_mb, cpus=cpus,
                             tcg_thread=tcg_thread, console_log=self.console_log,
                             tamper_line=self.tamper_line, qmp_socket=self.qmp_socket,
+                            sensors_socket=self.sensors_socket,
                             fw_cfg=fw_cfg, bbram=device.ensure_bbram())
         with self.qemu_log.open("wb") as out:
             proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=out,
@@ -345,7 +359,28 @@ class Machine:
             time.sleep(0.02)
         channel = next((c["filename"] for c in chardevs if c["label"] == "ctl"), "")
         self._save_state(channel=channel.removeprefix("pty:"))
+        if device.sensors:
+            self._start_sensors(deadline)
         return self.status()
+
+    def _start_sensors(self, deadline: float) -> None:
+        """Start the sensors' watcher (emulator.sensors) and wait until it watches."""
+        with self.sensors_log.open("ab") as log:
+            watcher = subprocess.Popen(
+                [sys.executable, "-m", "emulator.sensors", self.name], stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE, stderr=log, start_new_session=True, close_fds=True,
+                env={**os.environ, "SEZ_HOME": str(self.home.root)})
+        _CHILDREN[watcher.pid] = watcher
+        assert watcher.stdout is not None
+        try:
+            ready = select.select([watcher.stdout], [], [], max(1.0, deadline - time.monotonic()))
+            line = watcher.stdout.readline() if ready[0] else b""
+        finally:
+            watcher.stdout.close()
+        if line.strip() != b"watching":
+            self.stop(kill=True)
+            raise LaunchError(f"the sensors of {self.name!r} did not start (see "
+                              f"{self.sensors_log})")
 
     def _qemu_output(self) -> str:
         try:
@@ -444,7 +479,7 @@ class Machine:
             self._cleanup()
 
     def _cleanup(self) -> None:
-        for path in (self.qmp_socket, *self._tamper_fifos()):
+        for path in (self.qmp_socket, self.sensors_socket, *self._tamper_fifos()):
             path.unlink(missing_ok=True)
         if self.state_file.exists():
             self._save_state(pid=None, channel=None)
