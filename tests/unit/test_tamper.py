@@ -13,6 +13,7 @@ from emulator.device import Device
 from emulator.errors import DeviceTampered
 from emulator.factory import Factory, FactoryError
 from emulator.paths import SezHome
+from emulator.sensors import describe, parse_sensors
 from firmware.abi import claims, cose
 from firmware.layer0 import bbram
 from firmware.layer0.tamper import TamperLine
@@ -100,3 +101,20 @@ def test_a_fresh_device_claims_no_tamper_events(factory: Factory, zone: Zone) ->
     assert payload["sez.tamper"] == {"count": 0, "last": None}
     assert claims.NONCE in payload
     assert Hardware().tamper == {"count": 0, "last": None}
+
+
+@pytest.mark.parametrize(("spec", "settings"), [
+    ("none", {}), ("", {}),
+    ("all", {"stopped": 5.0, "dump": True, "migration": True, "gdb": True}),
+    ("stopped=2.5, gdb", {"stopped": 2.5, "gdb": True}),
+])
+def test_sensor_settings(spec: str, settings: dict[str, object]) -> None:
+    assert parse_sensors(spec) == settings
+    assert parse_sensors(describe(settings)) == settings
+
+
+@pytest.mark.parametrize("spec", ["heat", "stopped", "stopped=0", "stopped=x", "dump=1",
+                                  "stopped=99999"])
+def test_bad_sensor_settings(spec: str) -> None:
+    with pytest.raises(ValueError):
+        parse_sensors(spec)
