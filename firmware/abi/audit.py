@@ -20,7 +20,8 @@ sez.event           text   what happened, a map with ``kind``:
                            ``schedule``   {name, applet, measurement, every, input (SHA-384)}
                            ``unschedule`` {name}
                            ``secret``     {name, and its policy's fields (abi.secret):
-                                           measurement, or applet, min_version, owner}
+                                           measurement, or applet, min_version, owner;
+                                           debug if true}
                            ``run``        {schedule, run, job, applet, measurement,
                                            input (SHA-384), state, output (SHA-384) | error,
                                            skipped (ticks missed since the run before)}

@@ -11,7 +11,7 @@ Every failure anywhere in SEZ is a :class:`SezError`. The tree::
      |        NoSuchApplet, AppletFailed, OutboxFull, NoSuchJob, Interrupted, AuditFull,
      |        NoSuchSchedule, BadBlob, NeedsSession, NoSuchSession, TooManySessions,
      |        SessionFailed, NoSuchSecret, SecretExists, SecretDenied, PolicyUnmatched,
-     |        Tampered, Internal
+     |        DebugRefused, Tampered, Internal
      +-- cose.CoseError         a COSE_Sign1 that is malformed or does not verify
      +-- (emulator.errors)      the "hardware": image, machine lifecycle, boot
      +-- (host_driver.errors)   the host side of the channel: connect, timeout, closed
@@ -33,7 +33,8 @@ __all__ = [
     "NoIdentity", "BbramError", "NotOwner", "Rollback", "BadPackage", "NoSuchApplet",
     "AppletFailed", "OutboxFull", "NoSuchJob", "Interrupted", "AuditFull", "NoSuchSchedule",
     "BadBlob", "NeedsSession", "NoSuchSession", "TooManySessions", "SessionFailed",
-    "NoSuchSecret", "SecretExists", "SecretDenied", "PolicyUnmatched", "Tampered", "Internal",
+    "NoSuchSecret", "SecretExists", "SecretDenied", "PolicyUnmatched", "DebugRefused",
+    "Tampered", "Internal",
     "error_for_code",
 ]
 
@@ -70,6 +71,7 @@ class Code(enum.StrEnum):
     SECRET_EXISTS = "secret-exists"  # secrets are written once
     SECRET_DENIED = "secret-denied"  # the secret's policy does not admit this applet
     POLICY_UNMATCHED = "policy-unmatched"  # provisioning to a policy no loaded applet meets
+    DEBUG_REFUSED = "debug-refused"  # a debug zone, and a secret's policy does not allow one
     TAMPERED = "tampered"  # the tamper line tripped: every key and the BBRAM are zeroised
     INTERNAL = "internal"  # a fault inside the zone; the zone keeps serving
 
@@ -245,6 +247,12 @@ class PolicyUnmatched(ZoneError):
     code = Code.POLICY_UNMATCHED
 
 
+class DebugRefused(ZoneError):
+    """The zone runs in debug mode, and the secret's policy does not say ``debug: true``."""
+
+    code = Code.DEBUG_REFUSED
+
+
 class Tampered(ZoneError):
     """The zone's tamper line tripped: it zeroised every key, BBRAM, the secrets and the
     sealing keys, and the emulator wiped the fuses. Nothing it signed before can be made
@@ -263,8 +271,8 @@ _BY_CODE: dict[str, type[ZoneError]] = {
         UnknownOp, BadArgs, NoIdentity, BbramError, NotOwner, Rollback, BadPackage,
         NoSuchApplet, AppletFailed, OutboxFull, NoSuchJob, Interrupted, AuditFull,
         NoSuchSchedule, BadBlob, NeedsSession, NoSuchSession, TooManySessions,
-        SessionFailed, NoSuchSecret, SecretExists, SecretDenied, PolicyUnmatched, Tampered,
-        Internal)
+        SessionFailed, NoSuchSecret, SecretExists, SecretDenied, PolicyUnmatched,
+        DebugRefused, Tampered, Internal)
 }
 
 

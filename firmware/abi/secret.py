@@ -14,6 +14,14 @@ in one of two forms:
     SGX's MRSIGNER. The host gives NAME and N; the zone fills in K with the owner enrolled
     when the secret is put.
 
+Either form may add ``"debug": true``: the secret may be provisioned to a debug zone (one that
+booted with the debug strap, whose evidence says so). A debug zone refuses any other policy
+(``debug-refused``), so a relying party that lets its client appraise debug evidence must
+still say so in the policy the zone binds. A debug zone derives other sealing keys than the
+same device in production, so a production secret never opens in debug whatever its policy
+says; in a production zone the flag changes nothing. ``"debug": false`` is the same as no
+flag (the parsed policy leaves it out).
+
 Runs in the guest and on the host: standard library and cbor2.
 """
 
@@ -28,7 +36,7 @@ from .applet import NAME as APPLET_NAME
 from .errors import BadArgs
 
 __all__ = ["NAME", "VALUE_MAX", "COUNT_MAX", "MEASUREMENT_SIZE", "OWNER_SIZE", "Policy",
-           "check_name", "check_value", "parse_policy", "encode_policy", "admits"]
+           "check_name", "check_value", "parse_policy", "encode_policy", "admits", "allows_debug"]
 
 #: A secret's name (matched whole).
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
@@ -40,7 +48,8 @@ MEASUREMENT_SIZE = 48
 OWNER_SIZE = 32
 _VERSION_MAX = (1 << 32) - 1
 
-#: A parsed policy: ``{"measurement"}`` or ``{"applet", "min_version", "owner"}``.
+#: A parsed policy: ``{"measurement"}`` or ``{"applet", "min_version", "owner"}``, each with
+#: ``"debug": True`` or without it.
 Policy = dict[str, Any]
 
 
@@ -70,18 +79,22 @@ def parse_policy(raw: Any, *, complete: bool = True) -> Policy:
     the zone completes)."""
     if not isinstance(raw, dict):
         raise BadArgs("a policy is a map: {measurement} or {applet, min_version, owner}")
+    debug = raw.get("debug", False)
+    if type(debug) is not bool:
+        raise BadArgs("a policy's debug is true or false")
+    flag: Policy = {"debug": True} if debug else {}
     if "measurement" in raw:
         measurement = raw["measurement"]
-        if set(raw) != {"measurement"}:
-            raise BadArgs("a measurement policy has only a measurement")
+        if not set(raw) <= {"measurement", "debug"}:
+            raise BadArgs("a measurement policy has only a measurement (and debug)")
         if not isinstance(measurement, bytes) or len(measurement) != MEASUREMENT_SIZE:
             raise BadArgs(f"a policy's measurement is {MEASUREMENT_SIZE} bytes (SHA-384)")
-        return {"measurement": measurement}
+        return {"measurement": measurement, **flag}
     if "applet" not in raw:
         raise BadArgs("a policy names a measurement or an applet")
-    allowed = {"applet", "min_version", "owner"}
+    allowed = {"applet", "min_version", "owner", "debug"}
     if not set(raw) <= allowed:
-        raise BadArgs("an applet policy has only applet, min_version and owner")
+        raise BadArgs("an applet policy has only applet, min_version, owner (and debug)")
     applet, min_version = raw["applet"], raw.get("min_version")
     if not isinstance(applet, str) or not APPLET_NAME.fullmatch(applet):
         raise BadArgs("a policy's applet is an applet's name: 1 to 64 of a-z 0-9 -")
@@ -95,7 +108,12 @@ def parse_policy(raw: Any, *, complete: bool = True) -> Policy:
         policy["owner"] = owner
     elif complete:
         raise BadArgs("an applet policy names its owner")
-    return policy
+    return {**policy, **flag}
+
+
+def allows_debug(policy: Policy) -> bool:
+    """Whether ``policy`` (parsed) lets a debug zone hold the secret."""
+    return policy.get("debug") is True
 
 
 def encode_policy(policy: Policy) -> bytes:

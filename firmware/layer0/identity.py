@@ -51,7 +51,7 @@ class Identity:
             cdi = dice.cdi(uds, measurements, hw.debug)
             seal_root = dice.seal_root(uds, hw.debug)
             self.sealer = Sealer(seal_root, self.ueid)
-            self.secrets = SecretSealer(seal_root, self.ueid)
+            self.secrets = SecretSealer(seal_root, self.ueid, hw.debug)
         finally:
             uds[:] = bytes(len(uds))  # layer 0 is done with the fuses
         certified = x509.load_pem_x509_certificate(hw.device_id_cert)

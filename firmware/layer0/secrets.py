@@ -8,6 +8,11 @@ monitor keeps ``{policy, blob}`` in BBRAM and hands both back with the applet it
 checks the policy itself (abi.secret.admits) and the AAD proves the policy and the name are the
 ones the secret was sealed with, so a monitor, or a stored state, that changed a policy or
 renamed a secret opens nothing. Refusals say which secret and which applet, never the value.
+
+In a debug zone the seal root, and so this key, is the debug one (abi.dice.seal_root): what
+the device sealed in production does not open. Layer 0 of a debug zone also neither seals nor
+opens a secret whose policy lacks ``debug: true`` (``DebugRefused``): it knows its mode from
+the hardware's strap, not from the monitor.
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from ..abi import dice
 from ..abi import secret
 from ..abi.applet import NAME as APPLET_NAME
-from ..abi.errors import BadArgs, BadBlob, SecretDenied
+from ..abi.errors import BadArgs, BadBlob, DebugRefused, SecretDenied
 
 __all__ = ["SecretSealer", "Applet"]
 
@@ -55,28 +60,38 @@ class Applet:
 
 
 class SecretSealer:
-    def __init__(self, root: bytes, ueid: bytes) -> None:
+    def __init__(self, root: bytes, ueid: bytes, debug: bool = False) -> None:
         self._aead = AESGCM(dice.secret_key(root))
         self._ueid = ueid
+        self._debug = debug
+
+    def _check_mode(self, name: str, policy: secret.Policy) -> None:
+        if self._debug and not secret.allows_debug(policy):
+            raise DebugRefused(f"secret {name!r}: this is a debug zone, and the secret's policy "
+                               "does not say debug: true")
 
     def _aad(self, header: bytes, name: str, policy: secret.Policy) -> bytes:
         return header + self._ueid + name.encode() + b"\0" + secret.encode_policy(policy)
 
     def seal(self, name: Any, policy: Any, value: Any) -> bytes:
-        """A blob of ``value`` that opens only under this ``name`` and ``policy``, here."""
+        """A blob of ``value`` that opens only under this ``name`` and ``policy``, here;
+        DebugRefused in a debug zone unless the policy says ``debug: true``."""
         name = secret.check_name(name)
         parsed = secret.parse_policy(policy)
         value = secret.check_value(value)
+        self._check_mode(name, parsed)
         header = _HEADER.pack(MAGIC, FORMAT)
         nonce = os.urandom(_NONCE)
         return header + nonce + self._aead.encrypt(nonce, value, self._aad(header, name, parsed))
 
     def open(self, name: Any, policy: Any, blob: Any, applet: Applet) -> bytes:
         """The value sealed in ``blob`` if ``policy`` admits ``applet``: SecretDenied if it
-        does not, BadBlob if the blob does not open under this name and policy (changed, or
-        another device's)."""
+        does not, DebugRefused in a debug zone if it does not say ``debug: true``, BadBlob if
+        the blob does not open under this name and policy (changed, or another device's, or
+        sealed in the other mode)."""
         name = secret.check_name(name)
         parsed = secret.parse_policy(policy)
+        self._check_mode(name, parsed)
         if not secret.admits(parsed, applet.measurement, applet.name, applet.version,
                               applet.owner):
             raise SecretDenied(f"secret {name!r} is not for applet {applet.name} "

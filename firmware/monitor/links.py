@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import socket
+import struct
 from typing import Any, Callable
 
 import cbor2
@@ -36,6 +37,8 @@ class _Link:
         self.path = path
         self.name = name
         self.sock: socket.socket | None = None
+        #: The server's process id while connected (SO_PEERCRED): what ``info`` reports on.
+        self.peer_pid: int | None = None
         self._queue: list[tuple[bytes, list[int]]] = []
         self._connect()
 
@@ -53,6 +56,7 @@ class _Link:
             self.loop.call_later(RETRY, self._connect)
             return
         self.sock = sock
+        self.peer_pid = _peer_pid(sock)
         self.loop.add_reader(sock.fileno(), self._readable)
         queue, self._queue = self._queue, []
         for message, fds in queue:
@@ -106,8 +110,20 @@ class _Link:
             self.loop.remove_reader(self.sock.fileno())
             self.sock.close()
             self.sock = None
+            self.peer_pid = None
         self.lost()
         self.loop.call_later(RETRY, self._connect)
+
+
+def _peer_pid(sock: socket.socket) -> int | None:
+    """The process id of the server ``sock`` is connected to (it called listen())."""
+    creds = struct.Struct("3i")  # struct ucred: pid, uid, gid
+    try:
+        pid, _, _ = creds.unpack(sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED,
+                                                 creds.size))
+    except OSError:
+        return None
+    return pid or None
 
 
 class KeeperLink(_Link):

@@ -24,6 +24,7 @@ from ..abi.errors import (BadArgs, BadRequest, Code, Internal, NeedsSession, Une
                           UnknownOp, ZoneError)
 from ..abi.ops import Op
 from ..pid1.hardware import Hardware
+from ..runtime import caps
 from ..runtime.console import log
 from ..runtime.ipc import KEEPER_SOCKET
 from ..runtime.port import Port
@@ -64,6 +65,8 @@ class Monitor:
         self.ops_served: dict[str, int] = {}
         self.port: Port | None = None
         self.native = False  # serving a plain fd on the host (benchmark baseline), not a zone
+        #: What the boot-time self-check got trying to reach fw_cfg's ports (caps.probe_port_io).
+        self.port_io: dict[str, str] | None = None
         self.ops: dict[str, Callable[[dict[str, Any]], Any]] = {
             Op.HELLO: self.op_hello,
             Op.INFO: self.op_info,
@@ -257,7 +260,21 @@ class Monitor:
             "schedules": len(self.zone.schedules.specs()),
             "audit": {"kept": len(store.audit.entries()), "next": store.audit.next_seq()},
             "bbram_commits": store.state.commits,
+            "capabilities": self.capabilities(),
+            "port_io": self.port_io,
         }
+
+    def capabilities(self) -> dict[str, dict[str, str] | None] | None:
+        """Each zone process's capability sets (caps.capabilities), read from /proc: PID 1,
+        this monitor, and the keeper and the runner as their sockets name them (None while
+        not connected)."""
+        if self.native:
+            return None
+        runner = self.zone.jobs.runner.peer_pid
+        keeper = self.zone.keeper.peer_pid
+        return {"pid1": caps.capabilities(1), "monitor": caps.capabilities(),
+                "keeper": caps.capabilities(keeper) if keeper else None,
+                "runner": caps.capabilities(runner) if runner else None}
 
     def op_echo(self, args: dict[str, Any]) -> dict[str, Any]:
         data = args.get("data")
@@ -306,8 +323,19 @@ def _needs_session(args: dict[str, Any]) -> None:
 
 def main(hw: Hardware, restarts: int = 0, fd: int | None = None,
          keeper_socket: str = KEEPER_SOCKET) -> None:
+    """Serve the control port (or ``fd``). In the zone, first keep only CAP_SYS_BOOT
+    (caps.MONITOR) and check that fw_cfg's ports are out of reach (``info``'s ``port_io``)."""
+    hw.wipe_fuses()  # the first monitor is forked before PID 1 wipes its copy of the fuses
+    port_io = None
     if fd is None:
         platform.limit_memory()
+        caps.confine(caps.MONITOR)
+        port_io = caps.probe_port_io()
+        reached = sorted(way for way, got in port_io.items() if got == "allowed")
+        log("monitor: fw_cfg's ports are out of reach" if not reached else
+            f"monitor: WARNING: fw_cfg's ports are reachable through {', '.join(reached)}")
     loop = Reactor()
-    Monitor(loop, hw, restarts, keeper_socket).open(fd)
+    monitor = Monitor(loop, hw, restarts, keeper_socket)
+    monitor.port_io = port_io
+    monitor.open(fd)
     loop.run()

@@ -1,7 +1,9 @@
 """PID 1 of the zone: start the zone's processes and keep them running.
 
-1. Read what the hardware handed over (firmware.pid1.hardware), then unload fw_cfg: the fuses
-   are unreachable before anything that parses host input starts.
+1. Read what the hardware handed over (firmware.pid1.hardware), then unload fw_cfg, disable
+   kexec and drop every capability the zone's processes do not need (firmware.runtime.caps):
+   CAP_SYS_RAWIO first, so no process can reach fw_cfg's I/O ports. The fuses are
+   unreachable before anything that parses host input starts.
 2. Fork layer 0, the key keeper (firmware.layer0), with the fuses, and wipe PID 1's copy. The
    keeper imports the crypto libraries and derives the keys while the monitor already serves.
 3. Fork the applet runner (firmware.runner), which holds nothing secret: jobs fork from it.
@@ -22,9 +24,10 @@ import sys
 import time
 from typing import Callable
 
+from ..runtime import caps
 from ..runtime.console import log, log_exception
-from ..runtime.ipc import TAMPER_RECORD, TAMPERED_EXIT
-from ..runtime.process import background
+from ..runtime.ipc import TAMPER_RECORD, TAMPERED_EXIT, raise_buffer_limits
+from ..runtime.process import allow_foreground, background
 from .hardware import Hardware, seal_fw_cfg
 
 
@@ -45,12 +48,14 @@ def _spawn(name: str, body: Callable[[], None]) -> int:
 
 def _run_keeper(hw: Hardware) -> None:
     background()  # the monitor, answering the host, goes first during boot
+    caps.confine(caps.KEEPER)
     from ..layer0 import keeper
 
     keeper.main(hw)
 
 
 def _run_tampered(cause: str) -> None:
+    caps.confine(caps.KEEPER)
     from ..layer0 import keeper
 
     keeper.serve_tampered(cause)
@@ -58,6 +63,7 @@ def _run_tampered(cause: str) -> None:
 
 def _run_runner() -> None:
     background()
+    caps.confine(caps.RUNNER)
     from ..runner import runner
 
     runner.main()
@@ -104,6 +110,21 @@ def _tamper_cause() -> str:
         return "tamper line"
 
 
+def _confine() -> None:
+    """The last privileged steps of the boot, then PID 1 keeps only what its children need
+    (firmware.runtime.caps); each child drops more at its own entry."""
+    if not raise_buffer_limits():
+        log("PID 1: could not raise the socket buffer limits: large keeper messages will fail")
+    allow_foreground()
+    if not caps.disable_kexec():
+        log("PID 1: could not disable kexec")
+    try:
+        caps.confine(caps.PID1)
+    except OSError:  # fail closed: PID 1's exit panics the kernel and powers the zone off
+        log_exception("PID 1: cannot drop capabilities; the zone stops")
+        raise
+
+
 def main() -> None:
     try:  # the zone's own processes (children inherit it) are the last the OOM killer picks
         with open("/proc/self/oom_score_adj", "w") as f:
@@ -112,6 +133,7 @@ def main() -> None:
         pass
     hw = Hardware.read()
     seal_fw_cfg()
+    _confine()
     while True:  # PID 1 must never return
         try:
             supervise(hw)

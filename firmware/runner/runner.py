@@ -10,8 +10,9 @@ package and the runtime. It serves the monitor on a root-only unix socket
 
 Each job runs in its own process: its own cgroup (memory.max, pids.max; cgroup.kill ends every
 process it made), an unprivileged uid of its own, no supplementary groups, CPU-time and file
-rlimits, stdio on /dev/null, a private 0700 work directory, and only the job socket open. The
-applet reaches the zone only through that socket (firmware.runner.job.ZoneAPI): the monitor
+rlimits, stdio on /dev/null, a private 0700 work directory, only the job socket open, and no
+capability (the runner keeps only CAP_SETUID, CAP_SETGID, CAP_CHOWN and CAP_DAC_OVERRIDE, its
+bounding set is empty: firmware.runtime.caps; setresuid() clears the rest). The applet reaches the zone only through that socket (firmware.runner.job.ZoneAPI): the monitor
 answers ``sign`` (with the applet's own key, held by the key keeper) and ``log``.
 """
 
@@ -27,7 +28,7 @@ import cbor2
 
 from ..runtime.console import log, log_exception
 from ..runtime.ipc import CONFINEMENT_FAILED, EXIT, RUNNER_SOCKET, RunnerOp, listen
-from ..runtime.process import foreground, run_tool
+from ..runtime.process import foreground
 from ..runtime.reactor import Reactor
 from .job import run_job  # imported here, so a job's process starts with it loaded
 
@@ -36,8 +37,6 @@ JOBS_CGROUP = f"{CGROUP_ROOT}/sez-jobs"
 WORK_ROOT = "/tmp/sez-jobs"
 #: Memory kept for the zone's own processes (PID 1, keeper, runner, monitor, page cache).
 ZONE_RESERVE = 192 << 20
-#: Seconds mounting the cgroup file system may take.
-MOUNT_TIMEOUT = 10.0
 
 
 def _write(path: str, value: str) -> None:
@@ -60,11 +59,10 @@ class Runner:
         self.jobs: dict[str, tuple[int, int]] = {}  # job -> (pid, pidfd)
 
     def setup(self) -> None:
-        os.makedirs(CGROUP_ROOT, exist_ok=True)
+        """Set up the jobs' cgroup (cgroup2 is mounted by /init: the runner has no
+        CAP_SYS_ADMIN) and listen; OSError if that fails (PID 1 then restarts the runner)."""
         if not os.path.exists(f"{CGROUP_ROOT}/cgroup.controllers"):
-            if run_tool(["/bin/mount", "-t", "cgroup2", "cgroup2", CGROUP_ROOT],
-                        MOUNT_TIMEOUT) is None:
-                log(f"runner: mounting cgroup2 took longer than {MOUNT_TIMEOUT:.0f} s")
+            log(f"runner: cgroup2 is not mounted on {CGROUP_ROOT}")
         _write(f"{CGROUP_ROOT}/cgroup.subtree_control", "+memory +pids")
         os.makedirs(JOBS_CGROUP, exist_ok=True)
         _write(f"{JOBS_CGROUP}/cgroup.subtree_control", "+memory +pids")

@@ -19,7 +19,8 @@ import os
 import socket
 
 __all__ = ["KEEPER_SOCKET", "RUNNER_SOCKET", "MAX_MESSAGE", "KEEPER_TIMEOUT", "KeeperOp",
-           "RunnerOp", "EXIT", "CONFINEMENT_FAILED", "TAMPERED_EXIT", "TAMPER_RECORD", "JobCall", "JOB_DONE", "JOB_ERROR", "listen", "size_buffers"]
+           "RunnerOp", "EXIT", "CONFINEMENT_FAILED", "TAMPERED_EXIT", "TAMPER_RECORD", "JobCall",
+           "JOB_DONE", "JOB_ERROR", "listen", "size_buffers", "raise_buffer_limits"]
 
 KEEPER_SOCKET = "/run/sez/keeper.sock"
 RUNNER_SOCKET = "/run/sez/runner.sock"
@@ -27,7 +28,9 @@ RUNNER_SOCKET = "/run/sez/runner.sock"
 MAX_MESSAGE = 16 << 20
 #: The most seconds a keeper call may take; the keeper drops a connection idle that long.
 KEEPER_TIMEOUT = 30.0
-_SO_SNDBUFFORCE, _SO_RCVBUFFORCE = 32, 33  # Linux: root may exceed wmem_max/rmem_max
+_SO_SNDBUFFORCE, _SO_RCVBUFFORCE = 32, 33  # Linux: CAP_NET_ADMIN may exceed wmem_max/rmem_max
+#: The kernel's ceilings on SO_SNDBUF and SO_RCVBUF for processes without CAP_NET_ADMIN.
+BUFFER_LIMITS = ("/proc/sys/net/core/wmem_max", "/proc/sys/net/core/rmem_max")
 
 
 class KeeperOp(enum.StrEnum):
@@ -91,9 +94,34 @@ def listen(path: str) -> socket.socket:
 
 
 def size_buffers(sock: socket.socket) -> None:
-    """A SOCK_SEQPACKET message must fit the socket buffer whole: make room for MAX_MESSAGE."""
-    for option in (_SO_SNDBUFFORCE, _SO_RCVBUFFORCE):
+    """A SOCK_SEQPACKET message must fit the socket buffer whole: make room for MAX_MESSAGE.
+    In the zone no process keeps CAP_NET_ADMIN (firmware.runtime.caps): the plain options
+    reach MAX_MESSAGE because PID 1 raised the kernel's ceilings (raise_buffer_limits)."""
+    size = MAX_MESSAGE + (1 << 16)
+    for force, plain in ((_SO_SNDBUFFORCE, socket.SO_SNDBUF),
+                         (_SO_RCVBUFFORCE, socket.SO_RCVBUF)):
         try:
-            sock.setsockopt(socket.SOL_SOCKET, option, MAX_MESSAGE + (1 << 16))
-        except OSError:  # not root (the host-native baseline): the defaults must do
-            pass
+            sock.setsockopt(socket.SOL_SOCKET, force, size)
+        except OSError:  # no CAP_NET_ADMIN: as much as the kernel's ceiling allows
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, plain, size)
+            except OSError:
+                pass
+
+
+def raise_buffer_limits() -> bool:
+    """PID 1, at boot: let any socket's buffers hold MAX_MESSAGE without CAP_NET_ADMIN (root's
+    own sysctl files). Whether both ceilings are now high enough."""
+    size = MAX_MESSAGE + (1 << 16)
+    ok = True
+    for path in BUFFER_LIMITS:
+        try:
+            with open(path, "r+") as f:
+                if int(f.read()) < size:
+                    f.seek(0)
+                    f.write(str(size))
+            with open(path) as f:
+                ok = ok and int(f.read()) >= size
+        except (OSError, ValueError):
+            ok = False
+    return ok

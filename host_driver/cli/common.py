@@ -85,14 +85,16 @@ def trust_flags(c: argparse.ArgumentParser) -> None:
 
 
 @contextmanager
-def attested_session(zone: SyncZone, name: str, args: argparse.Namespace
-                     ) -> Iterator[SyncZone]:
+def attested_session(zone: SyncZone, name: str, args: argparse.Namespace, *,
+                     allow_debug: bool = False) -> Iterator[SyncZone]:
     """An attested session with device ``name``'s zone (Zone.session), appraised against
-    ``args.root`` and ``args.reference`` and the UEID the factory recorded for ``name``."""
+    ``args.root`` and ``args.reference`` and the UEID the factory recorded for ``name``; a
+    debug zone only with ``allow_debug``."""
     ueid = bytes.fromhex(str(Device.open(name).info["ueid"]))
     with appraising():
         session = zone.session(root=trusted_root(args.root),
-                               reference=reference_values(args.reference), ueid=ueid)
+                               reference=reference_values(args.reference), ueid=ueid,
+                               allow_debug=allow_debug)
     with session:
         yield session
 

@@ -34,11 +34,12 @@ def parse_measurement(text: str) -> bytes:
 
 def describe_policy(policy: dict[str, Any]) -> str:
     """A policy in one line: whom it admits."""
+    debug = ", debug zones too" if policy.get("debug") else ""
     if "measurement" in policy:
-        return f"the applet of measurement sha384:{bytes(policy['measurement']).hex()}"
+        return f"the applet of measurement sha384:{bytes(policy['measurement']).hex()}{debug}"
     owner = policy.get("owner")
     return (f"{policy['applet']} v{policy['min_version']} or later, owner "
-            f"{bytes(owner).hex() if owner is not None else '(the enrolled one)'}")
+            f"{bytes(owner).hex() if owner is not None else '(the enrolled one)'}{debug}")
 
 
 def cmd_secret_put(args: argparse.Namespace) -> None:
@@ -49,8 +50,9 @@ def cmd_secret_put(args: argparse.Namespace) -> None:
         {"measurement": parse_measurement(args.to_measurement)}
         if args.to_measurement is not None
         else {"applet": args.to_applet, "min_version": 1 if args.min_version is None else args.min_version})
-    with open_zone(args.name) as zone, attested_session(zone, args.name, args) as session:
-        result = session.secret_put(args.secret, value, **target)
+    with open_zone(args.name) as zone, attested_session(
+            zone, args.name, args, allow_debug=args.allow_debug) as session:
+        result = session.secret_put(args.secret, value, debug=args.allow_debug, **target)
     emit(args, jsonable(result),
          f"secret {result['name']} provisioned in zone {args.name} for "
          f"{describe_policy(result['policy'])}")
@@ -80,6 +82,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                         "owner")
     c.add_argument("--min-version", type=int, metavar="N",
                    help="with --to-applet: the lowest version admitted (default 1)")
+    c.add_argument("--allow-debug", action="store_true",
+                   help="accept a debug zone: its evidence, and debug: true in the policy "
+                   "(a debug zone refuses the secret otherwise)")
     trust_flags(c)
 
     c = command(secrets, "list", cmd_secret_list,

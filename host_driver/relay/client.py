@@ -372,17 +372,21 @@ class Zone:
         return dict(await self.request(Op.AUDIT_ACK, {"upto": upto}))
 
     async def secret_put(self, name: str, value: bytes, *, measurement: bytes | None = None,
-                         applet: str | None = None, min_version: int = 1) -> dict[str, Any]:
+                         applet: str | None = None, min_version: int = 1,
+                         debug: bool = False) -> dict[str, Any]:
         """Provision secret ``name`` (firmware.abi.secret) with ``value`` for exactly the
         applet of ``measurement``, or for any version >= ``min_version`` of ``applet`` under
-        the zone's enrolled owner: {name, policy}. The zone takes it only inside an attested
+        the zone's enrolled owner: {name, policy}. ``debug``: the policy lets a debug zone
+        hold it (a debug zone refuses it otherwise). The zone takes it only inside an attested
         session (``needs-session`` outside one). ZoneError codes: secret-exists (written
-        once), policy-unmatched (no loaded applet meets the policy), not-owner, bad-args.
-        TypeError unless exactly one of ``measurement`` and ``applet`` is given."""
+        once), policy-unmatched (no loaded applet meets the policy), debug-refused, not-owner,
+        bad-args. TypeError unless exactly one of ``measurement`` and ``applet`` is given."""
         if (measurement is None) == (applet is None):
             raise TypeError("secret_put takes exactly one of measurement= and applet=")
         policy: dict[str, Any] = ({"measurement": measurement} if measurement is not None
                                   else {"applet": applet, "min_version": min_version})
+        if debug:
+            policy["debug"] = True
         return dict(await self.request(Op.SECRET_PUT,
                                        {"name": name, "value": value, "policy": policy}))
 
