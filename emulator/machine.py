@@ -285,7 +285,7 @@ class Machine:
 
     def launch(self, image: Image, device: Device, *, accel: str = "auto", debug: bool = False,
                memory_mb: int = 512, cpus: int | None = None, tcg_thread: str | None = None,
-               timeout: float = LAUNCH_TIMEOUT) -> MachineStatus:
+               gdb: int | None = None, timeout: float = LAUNCH_TIMEOUT) -> MachineStatus:
         """Power the device on: spawn QEMU detached; return once QMP answers.
 
         The hardware measures kernel, initramfs and command line (SHA-384) and hands them to
@@ -297,6 +297,9 @@ class Machine:
         """
         if self.is_running():
             raise MachineStateError(f"zone {self.name!r} is already running (pid {self.pid})")
+        if gdb is not None and not debug:
+            raise MachineStateError("a gdb stub is for debug zones only (--debug): in "
+                                    "production it would read every key in the zone's memory")
         if shutil.which(QEMU) is None:
             raise LaunchError(f"{QEMU} not found (install it: make deps)")
         accel = resolve_accel(accel)
@@ -331,7 +334,7 @@ class Machine:
         argv = qemu_command(self.name, image, accel=accel, memory_mb=memory_mb, cpus=cpus,
                             tcg_thread=tcg_thread, console_log=self.console_log,
                             tamper_line=self.tamper_line, qmp_socket=self.qmp_socket,
-                            sensors_socket=self.sensors_socket,
+                            sensors_socket=self.sensors_socket, gdb_port=gdb,
                             fw_cfg=fw_cfg, bbram=device.ensure_bbram())
         with self.qemu_log.open("wb") as out:
             proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=out,

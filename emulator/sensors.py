@@ -13,7 +13,8 @@ its own (``sensors.sock``), which trips the line (``Machine.tamper``) on the fir
 ``migration``        a migration starts (the ``MIGRATION`` event, enabled by the watcher:
                      ``setup`` is before any RAM leaves)
 ``gdb``              a gdb stub exists (QMP ``query-chardev`` lists ``gdb``: HMP
-                     ``gdbserver``, checked every CHECK seconds and at every stop)
+                     ``gdbserver``, checked every CHECK seconds and at every stop); not in
+                     a debug zone, which may have one (``sez boot --debug --gdb PORT``)
 
 A stopped machine cannot zeroise itself: the watcher resumes it first (``cont``); one that
 does not answer the trip in time loses its power (Machine.tamper). The watcher ends with its
@@ -83,6 +84,8 @@ async def watch(name: str, home: SezHome) -> str | None:
 
     machine = Machine(name, home)
     settings = Device.open(name, home).sensors
+    if machine.state().get("debug"):
+        settings.pop("gdb", None)  # a debug zone allows its gdb stub (its keys are its own)
     client = QMPClient(f"sez-sensors-{name}")
     await client.connect(str(machine.sensors_socket))
     try:

@@ -41,10 +41,11 @@ QMP_STATE_TIMEOUT = 2.0
 
 def boot_zone(name: str, *, debug: bool = False, accel: str = "auto",
               timeout: float = BOOT_TIMEOUT, home: SezHome | None = None,
-              cpus: int | None = None, tcg_thread: str | None = None,
+              cpus: int | None = None, tcg_thread: str | None = None, gdb: int | None = None,
               kill_on_timeout: bool = True) -> tuple[MachineStatus, dict[str, Any], float]:
     """Start device ``name`` detached and wait until its zone answers ``hello``.
-    ``cpus`` and ``tcg_thread`` override the machine's defaults (emulator.board).
+    ``cpus`` and ``tcg_thread`` override the machine's defaults (emulator.board); ``gdb``
+    opens a gdb stub on that port of 127.0.0.1 (debug zones only).
 
     Returns the machine status, the hello answer, and the seconds from launch to hello.
     Raises LaunchError if QEMU dies (with its output and the console tail), BootTimeout if the
@@ -58,7 +59,8 @@ def boot_zone(name: str, *, debug: bool = False, accel: str = "auto",
     machine = Machine(name, home)
     started = time.monotonic()
     with machine:  # from here on, an error kills the QEMU launched in this block
-        machine.launch(image, device, accel=accel, debug=debug, cpus=cpus, tcg_thread=tcg_thread)
+        machine.launch(image, device, accel=accel, debug=debug, cpus=cpus, tcg_thread=tcg_thread,
+                       gdb=gdb)
         remaining = max(1.0, timeout - (time.monotonic() - started))
         try:
             with SyncZone(machine.channel, hello_timeout=remaining) as zone:
@@ -110,14 +112,14 @@ class BootedZone:
 @contextmanager
 def booted(name: str, *, debug: bool = False, accel: str = "auto",
            timeout: float = BOOT_TIMEOUT, home: SezHome | None = None,
-           cpus: int | None = None, tcg_thread: str | None = None,
+           cpus: int | None = None, tcg_thread: str | None = None, gdb: int | None = None,
            kill: bool = True) -> Iterator[BootedZone]:
     """Boot device ``name`` (``boot_zone``, which raises as it says) and yield it as a
     BootedZone; at the end of the block, whatever happened in it, stop its machine: by
     pulling the plug, or with ``kill`` false in order (the zone syncs and powers off)."""
     home = home or SezHome.default()
     status, session, seconds = boot_zone(name, debug=debug, accel=accel, timeout=timeout,
-                                         home=home, cpus=cpus, tcg_thread=tcg_thread)
+                                         home=home, cpus=cpus, tcg_thread=tcg_thread, gdb=gdb)
     zone = BootedZone(name, Machine(name, home), status, session, seconds)
     try:
         yield zone

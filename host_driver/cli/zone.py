@@ -26,7 +26,7 @@ __all__ = ["register", "register_ping"]
 
 def cmd_boot(args: argparse.Namespace) -> None:
     status, session, seconds = boot_zone(args.name, debug=args.debug, accel=args.accel,
-                                         timeout=args.timeout)
+                                         timeout=args.timeout, gdb=args.gdb)
     data = {**status.as_dict(), "hello": jsonable(session), "boot_seconds": round(seconds, 3)}
     emit(args, data,
          f"zone {args.name} up in {seconds:.2f} s: pid {status.pid}, {status.accel}, "
@@ -154,6 +154,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     c = command(sub, "boot", cmd_boot, "start a zone detached; return once it answers hello")
     c.add_argument("name")
     c.add_argument("--debug", action="store_true", help="boot a debug zone (evidence says so)")
+    c.add_argument("--gdb", type=int, metavar="PORT", help="with --debug: a gdb stub on "
+                   "127.0.0.1:PORT (gdb -ex 'target remote :PORT')")
     c.add_argument("--accel", choices=("auto", "tcg", "kvm"), default="auto")
     c.add_argument("--timeout", type=float, default=BOOT_TIMEOUT,
                    help=f"seconds to wait for hello (default {BOOT_TIMEOUT:.0f})")

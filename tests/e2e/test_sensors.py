@@ -12,6 +12,7 @@ import pytest
 
 from emulator.device import Device
 from emulator.factory import Factory
+from emulator.errors import MachineStateError
 from emulator.machine import Machine
 from emulator.paths import SezHome
 from emulator.sensors import parse_sensors
@@ -99,3 +100,23 @@ def test_sensors_that_are_not_enabled_do_nothing(sez_home: SezHome, tmp_path: Pa
     device = Device.open(name, sez_home)
     assert not device.tampered and device.tamper_record["count"] == 0
     assert not (zone.machine.sensors_log).exists()  # no watcher was started
+
+
+def test_a_debug_zone_may_have_its_gdb_stub(sez_home: SezHome) -> None:
+    """The gdb sensor guards production keys; a debug zone's keys are its own (they differ
+    from production's), so ``sez boot --debug --gdb PORT`` is allowed and trips nothing."""
+    name = "sensor-debug-gdb"
+    Factory(sez_home).provision(name).set_sensors(parse_sensors("gdb"))
+    with pytest.raises(MachineStateError, match="debug zones only"):
+        with booted(name, home=sez_home, gdb=free_port()):
+            pass
+    port = free_port()
+    with booted(name, home=sez_home, debug=True, gdb=port) as zone:
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as gdb:
+            gdb.sendall(b"$?#3f")  # the remote protocol's "why did you stop?"
+            reply = gdb.recv(256)
+            assert reply.lstrip(b"+").startswith((b"$S", b"$T")), reply  # a stop reply
+        zone.machine.qmp("cont")  # a client halts the machine on connecting; go on
+        with SyncZone(zone.url, timeout=30) as client:
+            assert client.info()["debug"] is True and not client.info()["tampered"]
+    assert Device.open(name, sez_home).tamper_record["count"] == 0
