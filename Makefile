@@ -9,7 +9,7 @@ SEZ    := $(BIN)/sez
 ZONE   ?= demo
 export SEZ_HOME ?= $(HOME)/.sez
 
-.PHONY: deps image boot stop status console demo test bench soak clean
+.PHONY: deps image boot stop status console demo test bench soak fuzz clean
 
 deps: $(VENV)/.installed
 	@bash .ci/install-deps
@@ -52,6 +52,11 @@ bench: image
 # `make soak CYCLES=50 ZONES=1 SOAK_ARGS="--cpus 1 --tcg-thread single"`; reports in soak-reports/
 soak: image
 	$(BIN)/python bench/soak.py $(if $(CYCLES),--cycles $(CYCLES)) $(if $(ZONES),--zones $(ZONES)) $(SOAK_ARGS)
+
+# `make fuzz CASES=100000 FUZZ_ARGS="--seed 7"`: hostile input against one zone (tests/hostile);
+# the report in bench/results/fuzz.json
+fuzz: image
+	$(BIN)/python bench/fuzz.py $(if $(CASES),--cases $(CASES)) $(FUZZ_ARGS)
 
 clean:
 	-$(SEZ) stop $(ZONE) --kill 2>/dev/null

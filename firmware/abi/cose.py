@@ -6,7 +6,9 @@
 Signed over ``["Signature1", protected, b"", payload]``. The certificate chain (alias, then
 DeviceID) travels in the protected header as ``x5chain`` (label 33, RFC 9360), so the chain is
 covered by the signature. Any COSE library can check these messages (the tests use pycose).
-Runs in the guest and on the host: cbor2 and cryptography only.
+A message to decode may come from anyone (the host hands the zone owner-signed documents to
+check): it is checked against small limits first (abi.wellformed: only tag 18, shallow, few
+items). Runs in the guest and on the host: cbor2 and cryptography only.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from cryptography.hazmat.primitives.asymmetric.utils import (
     encode_dss_signature,
 )
 
+from . import wellformed
 from .errors import SezError
 
 __all__ = ["Sign1", "sign1", "decode_sign1", "COSE_SIGN1_TAG", "ALG_ES384", "HDR_ALG",
@@ -30,6 +33,9 @@ HDR_KID = 4
 HDR_X5CHAIN = 33
 ALG_ES384 = -35
 _COORD = 48  # P-384 scalar size
+#: A COSE_Sign1 as this module makes them: four items, the chain in the protected header.
+_MESSAGE = wellformed.Limits(items=64, depth=4, tags=frozenset({COSE_SIGN1_TAG}))
+_HEADER = wellformed.Limits(items=64, depth=4)
 
 
 class CoseError(SezError):
@@ -58,7 +64,7 @@ class Sign1:
     def verify(self, key: ec.EllipticCurvePublicKey) -> None:
         """Raise CoseError unless ``key`` made the signature. Returns None on success."""
         if self.headers.get(HDR_ALG) != ALG_ES384:
-            raise CoseError(f"algorithm {self.headers.get(HDR_ALG)!r} is not ES384 (-35)")
+            raise CoseError(f"algorithm {self.headers.get(HDR_ALG)!r:.40} is not ES384 (-35)")
         if not isinstance(key.curve, ec.SECP384R1):
             raise CoseError("ES384 needs a P-384 key")
         if len(self.signature) != 2 * _COORD:
@@ -94,8 +100,8 @@ def sign1(payload: bytes, key: ec.EllipticCurvePrivateKey, *, x5chain: list[byte
 def decode_sign1(data: bytes) -> Sign1:
     """Parse a (tagged or untagged) COSE_Sign1; CoseError if it is not one."""
     try:
-        item = cbor2.loads(data)
-    except Exception as exc:  # cbor2 raises several types on hostile input: all mean this
+        item = wellformed.loads(data, _MESSAGE)
+    except (wellformed.Malformed, TypeError) as exc:
         raise CoseError(f"not CBOR: {exc}") from exc
     if isinstance(item, cbor2.CBORTag):
         if item.tag != COSE_SIGN1_TAG:
@@ -108,8 +114,8 @@ def decode_sign1(data: bytes) -> Sign1:
             and isinstance(payload, bytes) and isinstance(signature, bytes)):
         raise CoseError("COSE_Sign1 items have the wrong types")
     try:
-        headers = cbor2.loads(protected) if protected else {}
-    except Exception as exc:  # as above
+        headers = wellformed.loads(protected, _HEADER) if protected else {}
+    except wellformed.Malformed as exc:
         raise CoseError(f"protected header is not CBOR: {exc}") from exc
     if not isinstance(headers, dict):
         raise CoseError("protected header is not a map")

@@ -27,7 +27,11 @@ per run of garbage that is not all zeros), a header announcing more than CHUNK b
 (``frame-too-large``), a message growing past the maximum is dropped (``frame-too-large``),
 one cut short by the start of another is dropped (``truncated-frame``), a continuation of no
 message is dropped (``bad-frame``), and a message that is not exactly one CBOR item becomes
-``bad-cbor``. This module runs inside the guest: standard library and cbor2 only.
+``bad-cbor``. A decoder given :class:`~firmware.abi.wellformed.Limits` (the zone's, for what a
+host, a session or an applet sends) also makes ``bad-cbor`` of an item past them: semantic
+tags, deep nesting, too many items (abi.wellformed says why). An error message on the wire is
+at most MESSAGE_MAX characters. This module runs inside the guest: standard library and cbor2
+only.
 """
 
 from __future__ import annotations
@@ -39,6 +43,7 @@ import struct
 import cbor2
 
 from .errors import Code
+from .wellformed import Limits, Malformed, check
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -52,6 +57,7 @@ __all__ = [
     "MORE",
     "BREAK",
     "MAX_PAYLOAD",
+    "MESSAGE_MAX",
     "Kind",
     "Frame",
     "Fault",
@@ -73,6 +79,8 @@ MORE = 0x80
 BREAK = bytes(CHUNK + HEADER.size)
 #: Largest message either side accepts (and the zone advertises in ``hello``).
 MAX_PAYLOAD = 16 * 1024 * 1024
+#: Longest error message either side puts on the wire (characters; the rest is cut).
+MESSAGE_MAX = 1000
 
 
 class Kind(enum.IntEnum):
@@ -172,15 +180,21 @@ class FrameEncoder:
         return self.parts(Kind.RESPONSE, {"id": request_id, "ok": True, "result": result})
 
     def error(self, request_id: Any, code: str, message: str) -> list[bytes | memoryview]:
+        """An error frame; a message past MESSAGE_MAX characters is cut (it may quote what
+        the sender sent, which can be up to MAX_PAYLOAD long)."""
+        if len(message) > MESSAGE_MAX:
+            message = message[:MESSAGE_MAX - 3] + "..."
         return self.parts(Kind.RESPONSE, {"id": request_id, "ok": False,
                                           "error": {"code": code, "message": message}})
 
 
 class FrameDecoder:
-    """Incremental decoder: ``feed(bytes)`` returns the messages and faults now complete."""
+    """Incremental decoder: ``feed(bytes)`` returns the messages and faults now complete.
+    With ``limits``, a message must also be within them (abi.wellformed), else ``bad-cbor``."""
 
-    def __init__(self, max_payload: int = MAX_PAYLOAD) -> None:
+    def __init__(self, max_payload: int = MAX_PAYLOAD, limits: Limits | None = None) -> None:
         self.max_payload = max_payload
+        self.limits = limits
         self._buf = bytearray()
         self._need = 0  # bytes the buffered frame needs before parsing is worth trying
         self._kind: Kind | None = None  # the kind of the message being reassembled
@@ -258,14 +272,17 @@ class FrameDecoder:
             if stop > end:
                 self._need = stop - pos
                 break
-            with memoryview(buf) as view:
-                self._chunk(items, kind, kind_byte & MORE, view[pos + HEADER.size:stop])
+            # A copy, not a view of ``buf``: cbor2's C decoder (5.6 and later) leaks the
+            # exception, and so the frames, of a string that is not UTF-8 (cbor2 issue #257);
+            # a view held by a leaked frame would keep ``buf`` from ever being resized again.
+            self._chunk(items, kind, kind_byte & MORE, buf[pos + HEADER.size:stop])
             pos = stop
         if garbage:
             items.append(_garbage(garbage))
         return items, pos
 
-    def _chunk(self, items: list[Item], kind: Kind, more: int, chunk: memoryview) -> None:
+    def _chunk(self, items: list[Item], kind: Kind, more: int, chunk: bytes | bytearray
+               ) -> None:
         """Add one frame's chunk to its message; append the message once it is complete,
         and a fault for what is dropped."""
         if kind is Kind.CONTINUATION:
@@ -279,7 +296,7 @@ class FrameDecoder:
                                    "of a message the sender did not finish", len(self._message)))
                 self._end_message()
             if not more:  # the common case: a message in one frame
-                items.append(_decode_payload(kind, bytes(chunk)))
+                items.append(_decode_payload(kind, chunk, self.limits))
                 return
             self._kind = kind
         if not self._discarding:
@@ -292,7 +309,7 @@ class FrameDecoder:
                 self._message += chunk
         if not more:
             if not self._discarding:
-                items.append(_decode_payload(self._kind, bytes(self._message)))
+                items.append(_decode_payload(self._kind, bytes(self._message), self.limits))
             self._end_message()
 
 
@@ -306,7 +323,12 @@ def _garbage(count: int) -> Fault:
     return Fault(Code.BAD_FRAME, f"skipped {count} bytes that were not a frame", count)
 
 
-def _decode_payload(kind: Kind, body: bytes) -> Item:
+def _decode_payload(kind: Kind, body: bytes | bytearray, limits: Limits | None) -> Item:
+    if limits is not None:
+        try:
+            check(body, limits)
+        except Malformed as exc:
+            return Fault(Code.BAD_CBOR, f"payload refused: {exc}", HEADER.size + len(body))
     stream = io.BytesIO(body)
     try:
         payload = cbor2.CBORDecoder(stream).decode()

@@ -20,7 +20,7 @@ import time
 from typing import Any, Callable
 
 from ..abi import receipt as receipt_claims
-from ..abi import secret, wire
+from ..abi import secret, wellformed, wire
 from ..abi.applet import Package
 from ..abi.errors import (AppletFailed, BadArgs, Code, NoSuchJob, NoSuchSecret, NotOwner,
                           UnknownOp, ZoneError)
@@ -61,7 +61,8 @@ class Job:
         self.log_lines = 0
         limits = package.limits
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.decoder = wire.FrameDecoder(max_payload=limits["output_bytes"] + 4096)
+        self.decoder = wire.FrameDecoder(max_payload=limits["output_bytes"] + 4096,
+                                          limits=wellformed.INBOUND)
         self.encoder = wire.FrameEncoder()
         self.port = Port(jobs.loop, ours.detach(), f"job {self.id}", self._data, self._eof)
         uid = UID_BASE + counter % UID_SLOTS
@@ -98,7 +99,7 @@ class Job:
                 self._fail(f"the applet raised: {str(payload.get('message'))[-500:]}")
 
     def _call(self, request: dict[str, Any]) -> None:
-        request_id, op, args = request.get("id"), request.get("op"), request.get("args") or {}
+        request_id, op, args = request.get("id"), request.get("op"), request.get("args")
 
         def reply(d: Deferred) -> None:
             if self.port is None:
@@ -110,7 +111,9 @@ class Job:
                 self._send(wire.Kind.RESPONSE, {"id": request_id, "ok": True, "result": d.value})
 
         try:
-            answer = self._answer(op, args)
+            if args is not None and not isinstance(args, dict):
+                raise BadArgs(f"a call's args are a map, not {type(args).__name__}")
+            answer = self._answer(op, args or {})
         except ZoneError as exc:
             answer = Deferred.failed(exc)
         answer.add(reply)
@@ -123,13 +126,13 @@ class Job:
         if op == JobCall.LOG:
             self.log_lines += 1
             if self.log_lines <= LOG_LINES:
-                log(f"job {self.id} ({self.package.name}): {str(args.get('message'))[:300]}")
+                log(f"job {self.id} ({self.package.name}): {_one_line(args.get('message'))}")
             return Deferred.of({})
         if op in (JobCall.SEAL, JobCall.UNSEAL):
             return self._seal(op, args)
         if op == JobCall.SECRET:
             return self._secret(args)
-        raise UnknownOp(f"applets may call sign, log, seal, unseal and secret, not {op!r}")
+        raise UnknownOp(f"applets may call sign, log, seal, unseal and secret, not {op!r:.80}")
 
     def _seal(self, op: str, args: dict[str, Any]) -> Deferred:
         """Seal or unseal for this job's applet: the monitor, not the applet, names it (its
@@ -372,7 +375,7 @@ class Jobs:
         """The outbox entry of ``job``; with ``wait``, once it is final or ``wait`` s passed."""
         entry = self.store.outbox().get(job)
         if entry is None:
-            raise NoSuchJob(f"no job {job!r} in the outbox (never submitted, or acknowledged)")
+            raise NoSuchJob(f"no job {job!r:.80} in the outbox (never submitted, or acknowledged)")
         if entry["state"] in FINAL or wait <= 0:
             return Deferred.of(_answer(job, entry))
         waiter = Deferred()
@@ -406,6 +409,14 @@ class Jobs:
             for active in list(self.active.values()):
                 active.exited = True
                 active._fail("the applet runner went away")
+
+
+def _one_line(message: Any) -> str:
+    """An applet's log message as it may reach the console: at most 300 characters, on one
+    line, control characters replaced (an applet cannot forge the zone's own lines)."""
+    text = str(message)[:300]
+    return text if text.isprintable() else "".join(c if c.isprintable() else "\ufffd"
+                                                    for c in text)
 
 
 def _answer(job: str, entry: dict[str, Any]) -> dict[str, Any]:

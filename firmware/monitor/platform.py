@@ -10,8 +10,8 @@ import time
 
 from ..runtime.console import log
 
-__all__ = ["find_power_buttons", "is_power_press", "power_off",
-           "meminfo", "uptime", "limit_memory"]
+__all__ = ["find_power_buttons", "is_power_press", "power_off", "meminfo", "uptime",
+           "limit_memory", "own_memory"]
 
 INPUT_CLASS = "/sys/class/input"
 INPUT_EVENT = struct.Struct("llHHi")  # struct input_event on x86-64
@@ -56,6 +56,22 @@ def meminfo() -> dict[str, int]:
             out[key] = int(rest.split()[0]) * 1024
     except (OSError, ValueError, IndexError):
         pass
+    return out
+
+
+def own_memory() -> dict[str, int]:
+    """This process's memory in bytes: ``rss`` now, ``peak`` (the most it has had resident)
+    and ``limit`` (its address-space limit, 0 for none), for ``stats``."""
+    out = {"rss": 0, "peak": 0}
+    try:
+        for line in _read("/proc/self/status").decode().splitlines():
+            key, _, rest = line.partition(":")
+            if key in ("VmRSS", "VmHWM"):
+                out["rss" if key == "VmRSS" else "peak"] = int(rest.split()[0]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    limit = resource.getrlimit(resource.RLIMIT_AS)[0]
+    out["limit"] = 0 if limit == resource.RLIM_INFINITY else limit
     return out
 
 

@@ -18,7 +18,7 @@ import os
 import time
 
 from .. import FIRMWARE_VERSION
-from ..abi import wire
+from ..abi import wellformed, wire
 from ..abi.device import CONTROL_PORT
 from ..abi.errors import (BadArgs, BadRequest, Code, Internal, NeedsSession, UnexpectedKind,
                           UnknownOp, ZoneError)
@@ -54,7 +54,7 @@ class Monitor:
         self.boot_counter = hw.boot_counter
         self.debug = hw.debug
         self.zone = Operations(loop, KeeperLink(loop, keeper_socket), self.host_claims)
-        self.decoder = wire.FrameDecoder()
+        self.decoder = wire.FrameDecoder(limits=wellformed.INBOUND)
         self.encoder = wire.FrameEncoder()
         self.host_sessions = 0
         self.host_disconnects = 0
@@ -196,7 +196,7 @@ class Monitor:
                 raise BadArgs(f"args must be a map, not {type(args).__name__}")
             handler = peer.ops.get(op)
             if handler is None:
-                raise UnknownOp(f"no operation {op!r}")
+                raise UnknownOp(f"no operation {op!r:.80}")
             self.ops_served[op] = self.ops_served.get(op, 0) + 1
             result = handler(args)
         except ZoneError as exc:
@@ -297,6 +297,8 @@ class Monitor:
         return {"data": bytes(size)}
 
     def op_stats(self, args: dict[str, Any]) -> dict[str, Any]:
+        """Counters of the channel and the monitor's CPU time and memory (``memory``: bytes
+        resident now, the peak, the address-space limit)."""
         assert self.port is not None
         return {
             "frames_in": self.frames_in, "frames_out": self.frames_out,
@@ -306,6 +308,7 @@ class Monitor:
             "dropped_frames": self.port.dropped_frames,
             "cpu_user_seconds": round(os.times()[0], 3),
             "cpu_system_seconds": round(os.times()[1], 3),
+            "memory": platform.own_memory(),
         }
 
     def op_poweroff(self, args: dict[str, Any]) -> dict[str, Any]:

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import os
 
-from ..abi import wire
+from ..abi import wellformed, wire
 from ..abi.errors import (BadArgs, Code, NeedsSession, NoSuchSession, SessionFailed,
                           TooManySessions, ZoneError)
 from ..abi.ops import Op
@@ -43,10 +43,18 @@ if TYPE_CHECKING:
     import ssl
     from typing import Any, Callable
 
-__all__ = ["Sessions", "Session", "MAX_SESSIONS"]
+__all__ = ["Sessions", "Session", "MAX_SESSIONS", "IN_FLIGHT", "EVENT_DATA"]
 
-#: Sessions open at once (each may hold a message of up to wire.MAX_PAYLOAD in flight).
+#: Sessions open at once.
 MAX_SESSIONS = 16
+#: Most TLS bytes one session event carries: an answer of up to wire.MAX_PAYLOAD is more
+#: than that once encrypted, so it goes in several events.
+EVENT_DATA = 1 << 20
+#: Bytes of unfinished messages all sessions together may hold (each may hold one message of
+#: up to wire.MAX_PAYLOAD): a session that would take more ends with ``session-failed``. Sixteen
+#: sessions each half-way through a 16 MiB message would otherwise hold 256 MiB, more than the
+#: monitor has (platform.limit_memory).
+IN_FLIGHT = 2 * wire.MAX_PAYLOAD
 _READ = 1 << 16
 
 
@@ -64,7 +72,7 @@ class Session:
         self._tls = context.wrap_bio(self._in, self._out, server_side=True)
         self._handshaken = False
         self.closed = False
-        self.decoder = wire.FrameDecoder()
+        self.decoder = wire.FrameDecoder(limits=wellformed.INBOUND)
         self.encoder = wire.FrameEncoder()
         self.requests = 0
         self.appraisable = False  # the client has asked for evidence in this session
@@ -114,6 +122,11 @@ class Session:
                     else:
                         self.requests += 1
                         self.sessions.handle(item, self)  # type: ignore[arg-type]
+                if self.decoder.pending and self.sessions.in_flight() > IN_FLIGHT:
+                    self.sessions.end(self, SessionFailed(
+                        f"the sessions hold more than {IN_FLIGHT >> 20} MiB of unfinished "
+                        "messages: this one is ended"))
+                    return
         except ssl.SSLZeroReturnError:
             self.sessions.end(self, None)
         except ssl.SSLError as exc:
@@ -146,8 +159,9 @@ class Session:
 
     def _flush(self) -> None:
         data = self._out.read()
-        if data:
-            self.sessions.event({"event": "session", "session": self.number, "data": data})
+        for start in range(0, len(data), EVENT_DATA):
+            self.sessions.event({"event": "session", "session": self.number,
+                                 "data": data[start:start + EVENT_DATA]})
 
     def close(self) -> None:
         """Send close_notify (if the handshake got that far) and forget the connection."""
@@ -159,7 +173,17 @@ class Session:
             except ssl.SSLError:
                 pass
             self._flush()
+        self.release()
+
+    def release(self) -> None:
+        """Mark the session closed and let go of its unfinished message now. Its ops refer
+        back to it: dropping them breaks that cycle, so the session's memory goes when the
+        last answer it waits for does, not whenever the cyclic garbage collector next runs
+        (in a monitor that makes few objects, that can be long: closed sessions holding
+        16 MiB each once ran it out of memory)."""
         self.closed = True
+        self.decoder.reset()
+        self.ops = {}
 
 
 class Sessions:
@@ -212,7 +236,7 @@ class Sessions:
         number = args.get("session")
         session = self.open.get(number) if type(number) is int else None
         if session is None:
-            raise NoSuchSession(f"no open session {number!r}")
+            raise NoSuchSession(f"no open session {number!r:.40}")
         return session
 
     def op_data(self, args: dict[str, Any]) -> dict[str, Any]:
@@ -230,10 +254,14 @@ class Sessions:
         return {}
 
     def end(self, session: Session, error: ZoneError | None) -> None:
-        """The zone ends ``session``: its client closed it, or its TLS failed."""
+        """The zone ends ``session``: its client closed it (``error`` None), its TLS failed, or
+        it would hold more than IN_FLIGHT."""
         if self.open.pop(session.number, None) is None:
             return
-        session.close()
+        if error is None:
+            session.close()
+        else:  # no close_notify, which would tell the client all went well: the event says why
+            session.release()
         closed = {"code": error.code, "message": error.message} if error else None
         if error is not None:
             self.failed += 1
@@ -245,7 +273,11 @@ class Sessions:
         """A new host: end every session silently (their clients went with the old host)."""
         sessions, self.open = self.open, {}
         for session in sessions.values():
-            session.closed = True
+            session.release()
+
+    def in_flight(self) -> int:
+        """Bytes of unfinished messages the open sessions hold."""
+        return sum(session.decoder.pending for session in self.open.values())
 
     def stats(self) -> dict[str, int]:
         return {"open": len(self.open), "opened": self.opened, "failed": self.failed}

@@ -200,7 +200,7 @@ class ZoneStore:
             return self.packages[applet]
         matches = [p for p in self.packages.values() if p.measurement.hex().startswith(applet)]
         if len(matches) != 1 or len(applet) < 8:
-            raise NoSuchApplet(f"no loaded applet {applet!r}")
+            raise NoSuchApplet(f"no loaded applet {applet!r:.80}")
         return matches[0]
 
     def listing(self) -> list[dict[str, Any]]:
@@ -276,7 +276,7 @@ class ZoneStore:
         """Forget a finished job's result: the host has it."""
         entry = self.outbox().get(job)
         if entry is None:
-            raise NoSuchJob(f"no job {job!r} in the outbox")
+            raise NoSuchJob(f"no job {job!r:.80} in the outbox")
         if entry["state"] not in FINAL:
             raise BadArgs(f"job {job} is {entry['state']}: nothing to acknowledge yet")
 

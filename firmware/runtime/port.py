@@ -48,6 +48,7 @@ class Port:
         self.host_present = True
         self.dropped_frames = 0
         self.blocked_since: float | None = None  # when a write last found no room
+        self.closed = False
         self._loop.add_reader(self.fd, self._readable)
 
     def _readable(self) -> None:
@@ -68,8 +69,8 @@ class Port:
                 return
             self.host_present = True
             self._on_data(data)
-            if len(data) < _PAGE:
-                return
+            if self.closed or len(data) < _PAGE:  # (``on_data`` may close the port: a job that
+                return  # answered; its descriptor's number may already be another's)
             total += len(data)
 
     def _host_closed(self) -> None:
@@ -84,6 +85,7 @@ class Port:
             self._on_eof()
 
     def close(self) -> None:
+        self.closed = True
         self._loop.remove_reader(self.fd)
         self._loop.remove_writer(self.fd)
         self._out.clear()

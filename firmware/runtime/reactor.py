@@ -3,6 +3,8 @@
 The monitor needs readers, writers and timers, nothing more; this is that, in a page, so the
 zone does not pay for importing asyncio at every boot (0.5 s of a cold boot under TCG).
 A callback that raises is logged and the loop goes on: nothing ends the loop but ``stop()``.
+The same failure again within FAILURE_QUIET seconds is counted, not logged (a reader that fails
+on every wake-up, e.g. with MemoryError, would otherwise flood the console).
 """
 
 from __future__ import annotations
@@ -18,7 +20,11 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any, Callable
 
-__all__ = ["Reactor", "Timer"]
+__all__ = ["Reactor", "Timer", "FAILURE_QUIET"]
+
+#: Seconds during which a callback's repeated failure (same callback, same exception type)
+#: is counted instead of logged.
+FAILURE_QUIET = 10.0
 
 
 class Timer:
@@ -46,6 +52,7 @@ class Reactor:
         self._timers: list[Timer] = []
         self._seq = itertools.count()
         self._running = False
+        self._failures: dict[tuple[str, type], tuple[float, int]] = {}
 
     # -- file descriptors ---------------------------------------------------------------------
 
@@ -115,9 +122,21 @@ class Reactor:
                     if not timer.cancelled:
                         call(timer.callback, *timer.args)
 
-    @staticmethod
-    def _call(callback: Callable[..., Any], *args: Any) -> None:
+    def _call(self, callback: Callable[..., Any], *args: Any) -> None:
         try:
             callback(*args)
-        except Exception:
-            log_exception("callback failed")
+        except Exception as exc:
+            self._failed(callback, exc)
+
+    def _failed(self, callback: Callable[..., Any], exc: Exception) -> None:
+        key = (getattr(callback, "__qualname__", repr(callback)), type(exc))
+        now = time.monotonic()
+        logged, repeats = self._failures.get(key, (-FAILURE_QUIET, 0))
+        if now - logged < FAILURE_QUIET:
+            self._failures[key] = (logged, repeats + 1)
+            return
+        if len(self._failures) > 64:  # the keys are code locations: few, but keep it bounded
+            self._failures.clear()
+        self._failures[key] = (now, 0)
+        again = f" (it failed {repeats} times more since last logged)" if repeats else ""
+        log_exception(f"callback failed{again}")

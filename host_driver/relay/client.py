@@ -248,7 +248,8 @@ class Zone:
         return bytes(result["data"])
 
     async def stats(self) -> dict[str, Any]:
-        """The monitor's counters: frames and bytes each way, errors by code, ops served."""
+        """The monitor's counters: frames and bytes each way, errors by code, ops served, CPU
+        time, and its memory in bytes (``memory``: ``rss``, ``peak``, ``limit``)."""
         return dict(await self.request(Op.STATS))
 
     async def attest(self, nonce: bytes, *, timeout: float | None = None) -> bytes:

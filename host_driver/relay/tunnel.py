@@ -16,7 +16,11 @@ from firmware.abi.ops import Op
 #: How a tunnel sends a request whose answer matters only if it is an error (Zone._post).
 Post = Callable[[str, dict[str, Any], Callable[[SezError], None]], None]
 
-__all__ = ["Tunnel"]
+__all__ = ["Tunnel", "DATA_PIECE"]
+
+#: Most TLS bytes one ``session-data`` carries: a message of up to wire.MAX_PAYLOAD is more
+#: than one request may be once encrypted, so it goes in several.
+DATA_PIECE = 1 << 20
 
 
 class Tunnel:
@@ -38,12 +42,17 @@ class Tunnel:
         self.sent = self.received = 0
 
     def write(self, data: bytes) -> None:
-        """Relay ``data`` to the zone (in order; a refusal closes the tunnel)."""
+        """Relay ``data`` to the zone, in requests of at most DATA_PIECE bytes (in order; a
+        refusal closes the tunnel)."""
         if self.closed or not data:
             return
         self.sent += len(data)
-        self._post(Op.SESSION_DATA, {"session": self.number, "data": bytes(data)},
-                        self._refused)
+        for start in range(0, len(data), DATA_PIECE):
+            if self.closed:  # a piece was refused at once: the channel is gone
+                return
+            self._post(Op.SESSION_DATA, {"session": self.number,
+                                         "data": bytes(data[start:start + DATA_PIECE])},
+                       self._refused)
 
     async def drain(self) -> None:
         await self._drain()
