@@ -1,6 +1,6 @@
 """Limits on CBOR from an untrusted sender, checked before cbor2 decodes it.
 
-cbor2 decodes 17 semantic tags itself, with no way to turn them off, and some cost more than
+cbor2 decodes 18 semantic tags itself, with no way to turn them off, and some cost more than
 their size: a decimal fraction (tag 4) or bigfloat (tag 5) converts its mantissa to a Decimal
 in quadratic time (a 80 KB mantissa: 26 s in the zone; 16 MiB: days), a regular expression
 (tag 35) is compiled, a MIME message (tag 36) parsed. And a few bytes can make many objects:
