@@ -3,6 +3,8 @@
     blob = "SZSC" | format u8 | nonce (12) | AES-256-GCM ciphertext of the value
     AAD  = the blob's header | UEID | the secret's name | 0x00 | canonical CBOR of its policy
 
+(the layout firmware.layer0.aead makes and opens)
+
 The key is firmware.abi.dice.secret_key(seal root): this device, this mode, any firmware. The
 monitor keeps ``{policy, blob}`` in BBRAM and hands both back with the applet it names; layer 0
 checks the policy itself (abi.secret.admits) and the AAD proves the policy and the name are the
@@ -17,7 +19,6 @@ the hardware's strap, not from the monitor.
 
 from __future__ import annotations
 
-import os
 import struct
 from typing import Any
 
@@ -28,14 +29,13 @@ from ..abi import dice
 from ..abi import secret
 from ..abi.applet import NAME as APPLET_NAME
 from ..abi.errors import BadArgs, BadBlob, DebugRefused, SecretDenied
+from .aead import OVERHEAD, open_blob, seal
 
 __all__ = ["SecretSealer", "Applet"]
 
 MAGIC = b"SZSC"
 FORMAT = 1
 _HEADER = struct.Struct(">4sB")
-_NONCE = 12
-_TAG = 16
 
 
 class Applet:
@@ -70,8 +70,8 @@ class SecretSealer:
             raise DebugRefused(f"secret {name!r}: this is a debug zone, and the secret's policy "
                                "does not say debug: true")
 
-    def _aad(self, header: bytes, name: str, policy: secret.Policy) -> bytes:
-        return header + self._ueid + name.encode() + b"\0" + secret.encode_policy(policy)
+    def _bound(self, name: str, policy: secret.Policy) -> bytes:
+        return self._ueid + name.encode() + b"\0" + secret.encode_policy(policy)
 
     def seal(self, name: Any, policy: Any, value: Any) -> bytes:
         """A blob of ``value`` that opens only under this ``name`` and ``policy``, here;
@@ -80,9 +80,7 @@ class SecretSealer:
         parsed = secret.parse_policy(policy)
         value = secret.check_value(value)
         self._check_mode(name, parsed)
-        header = _HEADER.pack(MAGIC, FORMAT)
-        nonce = os.urandom(_NONCE)
-        return header + nonce + self._aead.encrypt(nonce, value, self._aad(header, name, parsed))
+        return seal(self._aead, _HEADER.pack(MAGIC, FORMAT), self._bound(name, parsed), value)
 
     def open(self, name: Any, policy: Any, blob: Any, applet: Applet) -> bytes:
         """The value sealed in ``blob`` if ``policy`` admits ``applet``: SecretDenied if it
@@ -97,16 +95,14 @@ class SecretSealer:
             raise SecretDenied(f"secret {name!r} is not for applet {applet.name} "
                                f"v{applet.version} ({applet.measurement.hex()[:16]})")
         if not isinstance(blob, bytes) or not (
-                _HEADER.size + _NONCE + _TAG <= len(blob) <= _HEADER.size + _NONCE + _TAG
+                _HEADER.size + OVERHEAD <= len(blob) <= _HEADER.size + OVERHEAD
                 + secret.VALUE_MAX):
             raise BadBlob(f"secret {name!r}: not a sealed secret")
         magic, fmt = _HEADER.unpack_from(blob)
         if magic != MAGIC or fmt != FORMAT:
             raise BadBlob(f"secret {name!r}: not a sealed secret")
-        header, nonce = blob[:_HEADER.size], blob[_HEADER.size:_HEADER.size + _NONCE]
         try:
-            return self._aead.decrypt(nonce, blob[_HEADER.size + _NONCE:],
-                                      self._aad(header, name, parsed))
+            return open_blob(self._aead, blob, _HEADER.size, self._bound(name, parsed))
         except InvalidTag:
             raise BadBlob(f"secret {name!r} does not open: its blob, name or policy was "
                           "changed, or another device sealed it") from None
