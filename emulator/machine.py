@@ -45,7 +45,7 @@ from typing import Any, Callable, Coroutine, TypeVar
 from qemu.qmp import QMPClient, QMPError
 
 from firmware.abi import device as hw
-from firmware.abi.device import TAMPER_CAUSE_MAX, TAMPER_TRIP, TAMPER_ZEROISED
+from firmware.abi.device import TAMPER_TRIP, TAMPER_ZEROISED, tamper_cause
 
 from .board import CPUS, QEMU, TCG_THREAD, qemu_command, resolve_accel
 from .device import Device
@@ -406,7 +406,7 @@ class Machine:
         milliseconds it took (a zone that does not answer within ``timeout`` loses its power:
         its RAM goes with it); then, running or not, the hardware wipes the device's fuses
         and BBRAM disk and counts the event (Device.zeroise)."""
-        cause = "".join(c for c in cause if " " <= c <= "~")[:TAMPER_CAUSE_MAX] or "tamper line"
+        cause = tamper_cause(cause) or "tamper line"
         device = Device.open(self.name, self.home)
         device.require_fuses()
         zone_ms = ack_ms = None

@@ -25,7 +25,8 @@ from __future__ import annotations
 
 __all__ = ["CONTROL_PORT", "TAMPER_PORT", "FW_CFG_PREFIX", "FW_UDS", "FW_DEVICE_ID",
            "FW_MEASUREMENTS", "FW_BOOT_COUNTER", "FW_DEBUG", "FW_TAMPER", "UDS_SIZE",
-           "BBRAM_SLOT_SIZE", "BBRAM_SIZE", "TAMPER_TRIP", "TAMPER_ZEROISED", "TAMPER_CAUSE_MAX"]
+           "BBRAM_SLOT_SIZE", "BBRAM_SIZE", "TAMPER_TRIP", "TAMPER_ZEROISED", "TAMPER_CAUSE_MAX",
+           "tamper_cause"]
 
 CONTROL_PORT = "org.sez.ctl"
 TAMPER_PORT = "org.sez.tamper"
@@ -44,6 +45,12 @@ TAMPER_TRIP = b"TAMPER"
 TAMPER_ZEROISED = b"ZEROISED"
 #: The longest cause kept (printable ASCII; the rest is dropped).
 TAMPER_CAUSE_MAX = 80
+
+
+def tamper_cause(text: str) -> str:
+    """``text`` as a tamper cause is kept (on the line, in the factory's record, in evidence):
+    printable ASCII, stripped, at most TAMPER_CAUSE_MAX characters; "" if nothing is left."""
+    return "".join(c for c in text if " " <= c <= "~").strip()[:TAMPER_CAUSE_MAX]
 
 #: The fuses' size in bytes.
 UDS_SIZE = 32

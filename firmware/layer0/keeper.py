@@ -51,8 +51,8 @@ from ..runtime.ipc import (KEEPER_SOCKET, KEEPER_TIMEOUT, MAX_MESSAGE, TAMPER_RE
 from ..runtime.process import foreground
 from . import bbram
 from .identity import Identity, verify_signed
-from .tamper import TamperLine
 from .secrets import Applet
+from .tamper import TamperLine
 
 
 class Keeper:
@@ -143,7 +143,10 @@ class Keeper:
                 cause = tamper.read_trip()
                 if cause is not None:
                     server.close()  # a restarted monitor waits for the next keeper
-                    os.unlink(KEEPER_SOCKET)
+                    try:
+                        os.unlink(KEEPER_SOCKET)
+                    except OSError:  # nothing may keep the zone from zeroising
+                        pass
                     tamper.acknowledge(self.zeroise(cause))
                     _end_tampered(cause)
             if server in ready:
@@ -177,6 +180,7 @@ class Keeper:
         bbram.wipe()
         self.identity, self.ops, self.failure = None, {}, f"tampered: {cause}"
         return (time.monotonic() - started) * 1000
+
 
 def _bytes(args: dict[str, Any], key: str) -> bytes:
     value = args.get(key)

@@ -57,8 +57,7 @@ class TamperLine:
         line = data.split(b"\n", 1)[0]
         if line.startswith(device.TAMPER_TRIP):
             line = line[len(device.TAMPER_TRIP):]
-        cause = "".join(chr(b) for b in line if 0x20 <= b < 0x7f).strip()
-        return cause[:device.TAMPER_CAUSE_MAX] or "tamper line"
+        return device.tamper_cause(line.decode("latin-1")) or "tamper line"
 
     def acknowledge(self, milliseconds: float) -> None:
         try:

@@ -76,7 +76,7 @@ def parse_tamper_record(raw: bytes) -> dict[str, object]:
     """``COUNT CAUSE`` (fw_cfg ``tamper``) as {count, last}: the cause None when there was
     none, printable ASCII and at most TAMPER_CAUSE_MAX characters otherwise."""
     count, _, cause = raw.decode("ascii", errors="replace").strip().partition(" ")
-    cause = "".join(c for c in cause if " " <= c <= "~")[:device.TAMPER_CAUSE_MAX]
+    cause = device.tamper_cause(cause)
     return {"count": int(count) if count.isdigit() else 0, "last": cause or None}
 
 
