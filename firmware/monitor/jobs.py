@@ -138,15 +138,20 @@ class Job:
         """Seal or unseal for this job's applet: the monitor, not the applet, names it (its
         name and version, and the enrolled owner), so no applet can open another's blobs."""
         field = "data" if op == JobCall.SEAL else "blob"
-        value, owner = args.get(field), self.jobs.store.state.map.get("owner")
+        value = args.get(field)
         if not isinstance(value, bytes):
             raise BadArgs(f"{op} takes {{{field}: bytes}}")
-        if owner is None:
-            raise NotOwner("no owner is enrolled: nothing can be sealed")
         return self.jobs.keeper.call(
             KeeperOp.SEAL if op == JobCall.SEAL else KeeperOp.UNSEAL,
-            {"owner": key_id(owner), "name": self.package.name,
+            {"owner": self._owner("nothing can be sealed"), "name": self.package.name,
              "version": self.package.version, field: value})
+
+    def _owner(self, consequence: str) -> bytes:
+        """The key id of the owner this job's applet runs under; NotOwner without one."""
+        owner = self.jobs.store.state.map.get("owner")
+        if owner is None:
+            raise NotOwner(f"no owner is enrolled: {consequence}")
+        return key_id(owner)
 
     def _secret(self, args: dict[str, Any]) -> Deferred:
         """A provisioned secret's value, if its policy admits this job's applet. As for
@@ -156,13 +161,11 @@ class Job:
         entry = self.jobs.store.secrets().get(name)
         if entry is None:
             raise NoSuchSecret(f"no secret {name!r} is provisioned")
-        owner = self.jobs.store.state.map.get("owner")
-        if owner is None:
-            raise NotOwner("no owner is enrolled")
         return self.jobs.keeper.call(KeeperOp.SECRET_OPEN, {
             "name": name, "policy": entry["policy"], "blob": entry["blob"],
             "applet": {"measurement": self.package.measurement, "name": self.package.name,
-                       "version": self.package.version, "owner": key_id(owner)}})
+                       "version": self.package.version,
+                       "owner": self._owner("no secret is for this applet")}})
 
     def _eof(self) -> None:
         """The job's socket closed: everything the job sent has been read. If its process
