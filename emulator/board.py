@@ -70,11 +70,13 @@ def resolve_accel(accel: str) -> str:
 def qemu_command(name: str, image: Image, *, accel: str, memory_mb: int, cpus: int,
                  tcg_thread: str, console_log: Path, tamper_line: Path, qmp_socket: Path,
                  sensors_socket: Path, gdb_port: int | None = None,
+                 shell_socket: Path | None = None,
                  fw_cfg: dict[str, Path | str], bbram: Path) -> list[str]:
     """QEMU's command line for zone ``name``: the board booting ``image``, its console written
     to ``console_log``, its tamper line on the pipe ``tamper_line`` (.in, .out), QMP on the
     unix sockets ``qmp_socket`` and ``sensors_socket`` (the sensors' own), a gdb stub on
-    127.0.0.1:``gdb_port`` (debug zones only), ``fw_cfg`` items
+    127.0.0.1:``gdb_port`` and the console shell's terminal (a virtio console, hvc0 in the
+    guest) on the unix socket ``shell_socket`` (debug zones only), ``fw_cfg`` items
     under opt/sez/ (a Path is a file, a str the value), ``bbram`` its BBRAM disk."""
     # q35 boots ~1 s faster than pc under TCG (no ACPI interrupt-link routing for each
     # virtio-pci device). Under TCG a plain x86-64 model beats "max" (its REP MOVSB and AVX2
@@ -107,6 +109,9 @@ def qemu_command(name: str, image: Image, *, accel: str, memory_mb: int, cpus: i
     ]
     if gdb_port is not None:
         argv += ["-gdb", f"tcp:127.0.0.1:{gdb_port}"]
+    if shell_socket is not None:
+        argv += ["-chardev", f"socket,id=shell,path={shell_socket},server=on,wait=off",
+                 "-device", "virtconsole,bus=vser.0,chardev=shell"]
     for item, value in sorted(fw_cfg.items()):
         source = f"file={value}" if isinstance(value, Path) else f"string={value}"
         argv += ["-fw_cfg", f"name={FW_CFG_PREFIX}{item},{source}"]

@@ -13,6 +13,7 @@ that QEMU emulates, and its command line, is ``emulator.board``'s).
 ``sensors.sock``   QMP for the environmental sensors' watcher (emulator.sensors), when the
                    device enables sensors; ``sensors.log`` its log
 ``tamper.record``  the factory's record of the device's tamper events (fw_cfg ``tamper``)
+``shell.sock``     the console shell's terminal, in debug zones only (emulator.shell)
 =================  ===========================================================
 
 The control port ``org.sez.ctl`` is a PTY; its path comes from QMP ``query-chardev``.
@@ -192,6 +193,10 @@ class Machine:
         return self.run_dir / "console.log"
 
     @property
+    def shell_socket(self) -> Path:
+        return self.run_dir / "shell.sock"
+
+    @property
     def qemu_log(self) -> Path:
         return self.run_dir / "qemu.log"
 
@@ -309,8 +314,8 @@ class Machine:
             raise ValueError(f"tcg_thread must be single or multi, not {tcg_thread!r}")
         self.run_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         device.require_fuses()
-        for stale in (self.qmp_socket, self.sensors_socket, self.state_file,
-                      *self._tamper_fifos()):
+        for stale in (self.qmp_socket, self.sensors_socket, self.shell_socket,
+                      self.state_file, *self._tamper_fifos()):
             stale.unlink(missing_ok=True)
         for fifo in self._tamper_fifos():
             os.mkfifo(fifo, 0o600)
@@ -335,6 +340,7 @@ class Machine:
                             tcg_thread=tcg_thread, console_log=self.console_log,
                             tamper_line=self.tamper_line, qmp_socket=self.qmp_socket,
                             sensors_socket=self.sensors_socket, gdb_port=gdb,
+                            shell_socket=self.shell_socket if debug else None,
                             fw_cfg=fw_cfg, bbram=device.ensure_bbram())
         with self.qemu_log.open("wb") as out:
             proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=out,
@@ -482,7 +488,8 @@ class Machine:
             self._cleanup()
 
     def _cleanup(self) -> None:
-        for path in (self.qmp_socket, self.sensors_socket, *self._tamper_fifos()):
+        for path in (self.qmp_socket, self.sensors_socket, self.shell_socket,
+                     *self._tamper_fifos()):
             path.unlink(missing_ok=True)
         if self.state_file.exists():
             self._save_state(pid=None, channel=None)

@@ -8,7 +8,8 @@
    keeper imports the crypto libraries and derives the keys while the monitor already serves.
 3. Fork the applet runner (firmware.runner), which holds nothing secret: jobs fork from it.
 4. Fork the zone monitor (firmware.monitor). Restart the monitor or the runner when one dies.
-5. When layer 0 ends after a tamper trip (it zeroised the zone and killed the others), fork
+5. In a debug zone, fork the console shell (firmware.pid1.shell), and a new one when it ends.
+6. When layer 0 ends after a tamper trip (it zeroised the zone and killed the others), fork
    a keeper with nothing to keep in its place, from PID 1's clean memory: it answers
    ``tampered`` to the monitor, which PID 1 restarts as usual.
 
@@ -28,6 +29,7 @@ from ..runtime import caps
 from ..runtime.console import log, log_exception
 from ..runtime.ipc import TAMPER_RECORD, TAMPERED_EXIT, raise_buffer_limits
 from ..runtime.process import allow_foreground, background
+from . import shell
 from .hardware import Hardware, seal_fw_cfg
 
 
@@ -77,6 +79,7 @@ def supervise(hw: Hardware) -> None:
     keeper = _spawn("key keeper", lambda: _run_keeper(hw))
     hw.wipe_fuses()
     runner = _spawn("applet runner", _run_runner)
+    console = _spawn("console shell", shell.run) if hw.debug else None
     while True:
         try:
             pid, status = os.wait()
@@ -95,6 +98,11 @@ def supervise(hw: Hardware) -> None:
             log(f"the applet runner (pid {pid}) ended with status {status:#x}; restarting")
             time.sleep(0.5)
             runner = _spawn("applet runner", _run_runner)
+        elif pid == console:
+            console = None
+            if os.path.exists(shell.TERMINAL):
+                time.sleep(0.5)
+                console = _spawn("console shell", shell.run)
         elif pid == current:
             log(f"monitor (pid {pid}) ended with status {status:#x}; restarting")
             restarts += 1

@@ -1,6 +1,6 @@
 
-"""``sez boot``, ``status``, ``stop``, ``tamper``, ``console`` and ``ping``: a zone's machine
-and whether its zone answers."""
+"""``sez boot``, ``status``, ``stop``, ``tamper``, ``console``, ``shell`` and ``ping``: a zone's
+machine and whether its zone answers."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from typing import Any
 
 from emulator.machine import Machine, MachineStatus
 from emulator.paths import SezHome
+from emulator.shell import Shell
 from firmware.abi.errors import ZoneError
 
 from ..errors import ChannelError, ZoneTimeout
@@ -125,6 +126,18 @@ def cmd_console(args: argparse.Namespace) -> None:
         time.sleep(0.2)
 
 
+def cmd_shell(args: argparse.Namespace) -> None:
+    SezHome.default().existing_device(args.name)
+    with Shell(Machine(args.name), timeout=args.timeout) as shell:
+        if args.command is None:
+            print(f"console shell of debug zone {args.name} (leave with Ctrl-])", file=sys.stderr)
+            shell.interact()
+            return
+        status, output = shell.run(args.command, timeout=args.timeout)
+    sys.stdout.write(output)
+    sys.exit(status)
+
+
 def cmd_ping(args: argparse.Namespace) -> None:
     machine = Machine(args.name, SezHome.default())
     SezHome.default().existing_device(args.name)
@@ -177,6 +190,14 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     c.add_argument("name")
     c.add_argument("--follow", "-f", action="store_true", help="keep printing new output")
     c.add_argument("--tail", type=int, default=None, help="only the last N lines")
+
+    c = command(sub, "shell", cmd_shell, "a debug zone's console shell (root, no "
+                "capabilities; debug keys only): interactive, or one --command", json_flag=False)
+    c.add_argument("name")
+    c.add_argument("--command", "-c", metavar="CMD", help="run CMD, print its output and exit "
+                   "with its status")
+    c.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for CMD "
+                   "(default 30)")
 
 
 def register_ping(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

@@ -1,7 +1,8 @@
 """Debug mode on one real device: booted in production, then with the debug strap, then in
 production again. The debug zone is the same device (UEID, DeviceID) with other keys: another
 alias key, another key for the same applet, and neither the production blob nor the production
-secret opens in it; it takes a secret only under a policy that says ``debug: true``.
+secret opens in it; it takes a secret only under a policy that says ``debug: true``. Only the
+debug zone has a console shell, and it holds no capability.
 
 What a debug boot of a production device actually sees: its BBRAM key (from the CDI, which
 the mode changes) opens nothing, so BBRAM reads ``unauthenticated`` — no owner, no applet, no
@@ -28,9 +29,11 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from emulator.device import BBRAM_FILE, Device
+from emulator.errors import MachineStateError
 from emulator.factory import Factory
 from emulator.image import load_image
 from emulator.paths import SezHome, image_dir
+from emulator.shell import Shell
 from firmware.abi.errors import AppletFailed, BbramError, DebugRefused, NoSuchApplet
 from host_driver import SyncZone
 from host_driver.lifecycle import BootedZone
@@ -201,6 +204,24 @@ def test_the_cli_puts_into_a_debug_zone_only_when_told(modes: Modes, tmp_path: P
         assert DEBUG_VALUE.decode() not in output
 
 
+def test_a_debug_zone_has_a_console_shell_with_no_capability(modes: Modes) -> None:
+    """Still the debug zone: its console shell is root with every capability set empty, so
+    fw_cfg's ports, the zone processes' memory and the kernel's stay out of reach, and BBRAM
+    holds no plaintext of the secret it keeps."""
+    with Shell(modes.booted.machine) as shell:
+        assert shell.run("id -u") == (0, "0\n")
+        status, output = shell.run("grep ^Cap /proc/self/status")
+        assert status == 0 and output.count("\t0000000000000000\n") == 5, output
+        for path in ("/dev/port", "/dev/mem", "/proc/1/mem", "/proc/1/environ"):
+            status, output = shell.run(f"cat {path} > /dev/null")
+            assert status != 0 and ("not permitted" in output or "denied" in output), output
+        assert shell.run(f"grep -c '{DEBUG_VALUE.decode()}' /dev/vda") == (1, "0\n")
+        assert shell.run("exit 7") == (7, "")
+    assert modes.booted.machine.shell_socket.is_socket()
+    through_cli = sez("shell", NAME, "--command", "echo $((6 * 7)); false")
+    assert (through_cli.returncode, through_cli.stdout) == (1, "42\n"), through_cli.stderr
+
+
 def test_production_again_opens_its_own_and_not_debugs(modes: Modes) -> None:
     """The production BBRAM back: the state the debug boots could not touch, the same keys."""
     os.replace(modes.bbram.with_name("bbram.production"), modes.bbram)
@@ -212,3 +233,7 @@ def test_production_again_opens_its_own_and_not_debugs(modes: Modes) -> None:
         assert refused(zone, op="unseal", blob=modes.first["debug_blob"].hex()) == "bad-blob"
         assert [s["name"] for s in zone.secret_list()] == ["db"]
         assert call(zone, op="secret", name="db") == hashlib.sha384(VALUE).digest()
+    assert not modes.booted.machine.shell_socket.exists()
+    with pytest.raises(MachineStateError, match="production zone"):
+        Shell(modes.booted.machine)
+    assert "only a debug zone has a console shell" in sez("shell", NAME, "-c", "id").stderr
