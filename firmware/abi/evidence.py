@@ -15,7 +15,7 @@ bootcount              267    the hardware boot counter
 sez.measurements       text   {kernel, initramfs, cmdline, firmware: SHA-384 (48 bytes)}
 sez.debug              text   bool
 sez.firmware           text   the firmware version
-sez.tamper             text   {count, last}: the factory's record of tamper events before
+sez.tamper_state       text   {count, last}: the factory's record of tamper events before
                               this provisioning of the device, and the last one's cause
 sez.session_key        text   SHA-256 of the SubjectPublicKeyInfo of the zone's TLS key this
                               boot (abi.keys.key_id), or absent before the first session
@@ -35,7 +35,7 @@ import enum
 from .claims import BOOTCOUNT, DBGSTAT, IAT, NONCE, PROFILE_KEY, UEID
 
 __all__ = ["NONCE", "UEID", "IAT", "PROFILE_KEY", "DBGSTAT", "BOOTCOUNT", "MEASUREMENTS",
-           "DEBUG", "FIRMWARE", "SESSION_KEY", "TAMPER", "OWNER", "APPLETS", "BBRAM", "AUDIT", "HOST", "PROFILE",
+           "DEBUG", "FIRMWARE", "SESSION_KEY", "TAMPER_STATE", "OWNER", "APPLETS", "BBRAM", "AUDIT", "HOST", "PROFILE",
            "DBGSTAT_ENABLED", "DBGSTAT_DISABLED_SINCE_BOOT", "NONCE_MIN", "NONCE_MAX",
            "KEEPER_CLAIMS", "BbramStatus"]
 
@@ -44,7 +44,7 @@ MEASUREMENTS = "sez.measurements"
 DEBUG = "sez.debug"
 FIRMWARE = "sez.firmware"
 SESSION_KEY = "sez.session_key"
-TAMPER = "sez.tamper"
+TAMPER_STATE = "sez.tamper_state"
 # the monitor's claims
 OWNER = "sez.owner"
 APPLETS = "sez.applets"
@@ -59,7 +59,7 @@ NONCE_MIN, NONCE_MAX = 8, 64
 
 #: Claims only the key keeper (layer 0) sets; the monitor cannot supply them.
 KEEPER_CLAIMS = frozenset({IAT, NONCE, UEID, DBGSTAT, PROFILE_KEY, BOOTCOUNT, MEASUREMENTS,
-                           DEBUG, FIRMWARE, SESSION_KEY, TAMPER})
+                           DEBUG, FIRMWARE, SESSION_KEY, TAMPER_STATE})
 
 
 class BbramStatus(enum.StrEnum):

@@ -99,7 +99,7 @@ class Identity:
             evidence.MEASUREMENTS: self.measurements,
             evidence.DEBUG: self.debug,
             evidence.FIRMWARE: FIRMWARE_VERSION,
-            evidence.TAMPER: self.tamper,
+            evidence.TAMPER_STATE: self.tamper,
         }
         if self._session_key is not None:
             payload[evidence.SESSION_KEY] = self._session_key

@@ -47,7 +47,7 @@ class Hardware:
         self.measurements = measurements or {}
         self.boot_counter = boot_counter
         self.debug = debug
-        #: The factory's record of the device's past: {count, last} (abi.evidence.TAMPER).
+        #: The factory's record of the device's past: {count, last} (abi.evidence.TAMPER_STATE).
         self.tamper = tamper or {"count": 0, "last": None}
 
     @classmethod

@@ -21,7 +21,7 @@ relayed the evidence is not trusted. Checks, in order (each failure raises
 ``measurement.NAME``      each measurement equals the reference value (kernel, initramfs,
                           cmdline, firmware)
 ``debug``                 the zone is not a debug zone (unless ``allow_debug``)
-``tamper``                the device's tamper record (claim ``sez.tamper``: tamper events
+``tamper``                the device's tamper record (claim ``sez.tamper_state``: tamper events
                           before it was provisioned anew) is well-formed, and shows at most
                           ``max_tamper_count`` events when that is given
 """
@@ -103,7 +103,7 @@ class AttestationResult:
     def tamper(self) -> dict[str, Any]:
         """{count, last}: the device's tamper events before this provisioning, and the last
         one's cause (layer 0 stamps the factory's record)."""
-        return dict(self.claims.get(claims.TAMPER) or {"count": 0, "last": None})
+        return dict(self.claims.get(claims.TAMPER_STATE) or {"count": 0, "last": None})
 
     @property
     def session_key(self) -> bytes | None:
@@ -173,7 +173,7 @@ def verify_evidence(evidence: bytes, *, nonce: bytes, root: x509.Certificate,
     dbgstat = payload.get(claims.DBGSTAT)
     if (debug or dbgstat == claims.DBGSTAT_ENABLED) and not allow_debug:
         raise VerificationError("debug", "the zone runs in debug mode")
-    tamper = payload.get(claims.TAMPER)
+    tamper = payload.get(claims.TAMPER_STATE)
     if not (isinstance(tamper, dict) and type(tamper.get("count")) is int
             and tamper["count"] >= 0 and isinstance(tamper.get("last"), (str, type(None)))):
         raise VerificationError("tamper", "the tamper record is missing or malformed")

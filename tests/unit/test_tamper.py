@@ -98,7 +98,7 @@ def test_the_verifier_checks_the_tamper_record(factory: Factory, tmp_path: Path)
 
 def test_a_fresh_device_claims_no_tamper_events(factory: Factory, zone: Zone) -> None:
     payload = cbor2.loads(cose.decode_sign1(zone.evidence()).payload)
-    assert payload["sez.tamper"] == {"count": 0, "last": None}
+    assert payload["sez.tamper_state"] == {"count": 0, "last": None}
     assert claims.NONCE in payload
     assert Hardware().tamper == {"count": 0, "last": None}
 
