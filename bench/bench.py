@@ -9,6 +9,7 @@ Figures:
   load       loading a signed 100 KiB applet (signature, format, BBRAM commit), milliseconds
   jobs/s     null applet jobs (with receipts), one at a time and 4 in flight
   job/echo   a null job's round trip over a null request's (what isolation + receipt cost)
+  steps      where a null job's time goes in the zone (the monitor's stats: job_phases_ms)
   detached   detached null jobs per second (submitted pipelined, until all are done)
   backlog    seconds to fetch and acknowledge a backlog of finished results after reconnect
   tamper     a trip of the tamper line on a zone with state: the zone's milliseconds from
@@ -100,6 +101,7 @@ async def applet_figures(url: str, tmp: Path, runs: int, jobs: int) -> dict[str,
             await zone.run("null", b"")
         sequential = jobs / (time.perf_counter() - t)
         job_ms = 1000 / sequential
+        phases = (await zone.stats())["job_phases_ms"]  # the jobs just run one at a time
         t = time.perf_counter()
         await asyncio.gather(*(zone.run("null", b"") for _ in range(jobs)))
         concurrent = jobs / (time.perf_counter() - t)
@@ -108,7 +110,8 @@ async def applet_figures(url: str, tmp: Path, runs: int, jobs: int) -> dict[str,
             await zone.request("echo", {"data": b""})
         echo_ms = (time.perf_counter() - t) * 1000 / 200
     return {"load_100k_ms": statistics.median(load_ms), "jobs_per_s_sequential": sequential,
-            "jobs_per_s_concurrent": concurrent, "job_over_echo": job_ms / echo_ms}
+            "jobs_per_s_concurrent": concurrent, "job_over_echo": job_ms / echo_ms,
+            "job_phases_ms": phases}
 
 
 async def session_figures(url: str, root: Any, reference: Reference, runs: int,
@@ -308,6 +311,9 @@ def main() -> int:
     print(f"null jobs            {applet['jobs_per_s_sequential']:8.1f} /s one at a time, "
           f"{applet['jobs_per_s_concurrent']:.1f} /s with {args.jobs} in flight")
     print(f"null job / echo      {applet['job_over_echo']:8.1f} x (round trip ratio)")
+    steps = applet["job_phases_ms"]
+    print("null job's steps     " + ", ".join(f"{k} {v:.1f}" for k, v in steps.items()
+                                              if k != "jobs") + " ms (zone medians)")
     print(f"TLS 1.3 handshake    median {sessions['handshake_ms']:8.1f} ms   (+ hello, into the zone)")
     print(f"attested session     median {sessions['open_ms']:8.1f} ms   (handshake, evidence, appraisal)")
     print(f"null request         {sessions['session_echo_ms']:8.2f} ms in a session, "

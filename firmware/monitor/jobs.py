@@ -14,8 +14,10 @@ that raises, crashes or breaks a limit ends in ``applet-failed`` saying why; the
 
 from __future__ import annotations
 
+import collections
 import hashlib
 import socket
+import statistics
 import time
 from typing import Any, Callable
 
@@ -42,11 +44,20 @@ UID_SLOTS = 10000
 LOG_LINES = 20
 #: Seconds a job's last frames may trail its exit before the job is judged without them.
 EXIT_GRACE = 1.0
+#: The steps of a job, each timed from the end of the one before (``stats``: job_phases_ms):
+#: the monitor asks the runner, which forks; the process confines itself; receives the job;
+#: writes and imports the applet; runs it; its answer reaches the monitor; the receipt is
+#: signed. The first mark is the job's creation in the monitor.
+PHASES = ("start", "confine", "receive", "load", "run", "report", "receipt")
+#: Jobs whose phases ``stats`` reports the medians of.
+TIMED_JOBS = 64
 
 
 class Job:
     def __init__(self, jobs: "Jobs", counter: int, package: Package, data: bytes,
                  nonce: bytes) -> None:
+        self.created = time.monotonic_ns()
+        self.marks: list[int] = []  # from the job's process: firmware.runner.job.run_job
         self.jobs = jobs
         self.id = str(counter)
         self.counter = counter
@@ -94,6 +105,10 @@ class Job:
                     self._fail(f"output of {len(output)} bytes exceeds the applet's limit")
                 else:
                     self.output = output
+                    marks = payload.get("marks")
+                    if isinstance(marks, list) and len(marks) == len(PHASES) - 2 and all(
+                            isinstance(m, int) for m in marks):
+                        self.marks = [self.created, *marks, time.monotonic_ns()]
                     self._finish()
             elif payload.get("event") == JOB_ERROR:
                 self._fail(f"the applet raised: {str(payload.get('message'))[-500:]}")
@@ -231,9 +246,14 @@ class Job:
             receipt_claims.NONCE: self.nonce,
         }
         output = self.output
-        self.jobs.keeper.call(KeeperOp.RECEIPT, {"claims": claims}).then(
-            lambda r: {"job": self.id, "applet": applet, "output": output,
-                       "receipt": r["receipt"]}).add(
+
+        def signed(receipt: dict[str, Any]) -> dict[str, Any]:
+            if self.marks:
+                self.jobs.timed(self.marks + [time.monotonic_ns()])
+            return {"job": self.id, "applet": applet, "output": output,
+                    "receipt": receipt["receipt"]}
+
+        self.jobs.keeper.call(KeeperOp.RECEIPT, {"claims": claims}).then(signed).add(
             lambda d: self.result.resolve(d.value, d.error))
 
     def _close(self) -> None:
@@ -274,9 +294,25 @@ class Jobs:
         self.waiting: list[Queued] = []
         self.waiters: dict[str, list[Deferred]] = {}
         self.running = 0
+        self.times: collections.deque[list[int]] = collections.deque(maxlen=TIMED_JOBS)
         self.finished = 0
         self.failed = 0
         self.interrupted = 0
+
+    def timed(self, marks: list[int]) -> None:
+        """A finished job's marks (ns): its creation, then the end of each of PHASES."""
+        self.times.append(marks)
+
+    def phase_medians(self) -> dict[str, float]:
+        """Milliseconds each of PHASES took, and ``total``: medians over the last TIMED_JOBS
+        jobs that succeeded (empty before the first)."""
+        if not self.times:
+            return {}
+        steps = [[(m[i + 1] - m[i]) / 1e6 for m in self.times] for i in range(len(PHASES))]
+        medians = {name: round(statistics.median(s), 3) for name, s in zip(PHASES, steps)}
+        medians["total"] = round(statistics.median((m[-1] - m[0]) / 1e6 for m in self.times), 3)
+        medians["jobs"] = len(self.times)
+        return medians
 
     def run(self, package: Package, data: bytes, nonce: bytes) -> Deferred:
         """Run ``package`` on ``data`` once a slot is free; resolve to the job's result."""

@@ -309,6 +309,7 @@ class Monitor:
             "cpu_user_seconds": round(os.times()[0], 3),
             "cpu_system_seconds": round(os.times()[1], 3),
             "memory": platform.own_memory(),
+            "job_phases_ms": self.zone.jobs.phase_medians(),
         }
 
     def op_poweroff(self, args: dict[str, Any]) -> dict[str, Any]:

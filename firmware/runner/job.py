@@ -10,6 +10,7 @@ import importlib
 import os
 import socket
 import sys
+import time
 import traceback
 from typing import Any
 
@@ -120,11 +121,15 @@ class ZoneAPI:
         self._channel.call(JobCall.LOG, {"message": str(message)[:500]})
 
 
-def run_job(fd: int, work: str, timeout: float) -> int:
-    """Run the job the monitor sends on ``fd``; ``timeout`` bounds every wait on the monitor."""
+def run_job(fd: int, work: str, timeout: float, forked: int) -> int:
+    """Run the job the monitor sends on ``fd``; ``timeout`` bounds every wait on the monitor.
+    The final event carries when each step ended (CLOCK_MONOTONIC ns, one clock for every
+    process of the zone), from ``forked``, when the process began, to the applet's return."""
+    marks = [forked, time.monotonic_ns()]  # forked, confined, received, loaded, ran
     channel = JobChannel(fd, timeout)
     try:
         job = channel.receive_job()
+        marks.append(time.monotonic_ns())
         root = os.path.join(work, "pkg")
         for path, data in job["files"].items():
             target = os.path.join(root, path)
@@ -135,10 +140,13 @@ def run_job(fd: int, work: str, timeout: float) -> int:
         sys.dont_write_bytecode = True
         module, function = job["entry"]
         entry = getattr(importlib.import_module(module), function)
+        marks.append(time.monotonic_ns())
         output = entry(bytes(job["input"]), ZoneAPI(channel))
+        marks.append(time.monotonic_ns())
         if not isinstance(output, (bytes, bytearray, memoryview)):
             raise TypeError(f"{module}:{function} returned {type(output).__name__}, not bytes")
-        channel.send(wire.Kind.EVENT, {"event": JOB_DONE, "output": bytes(output)})
+        channel.send(wire.Kind.EVENT, {"event": JOB_DONE, "output": bytes(output),
+                                       "marks": marks})
         return 0
     except BaseException as exc:
         message = "".join(traceback.format_exception_only(type(exc), exc)).strip()

@@ -22,6 +22,7 @@ import os
 import resource
 import shutil
 import socket
+import time
 from typing import Any
 
 import cbor2
@@ -178,6 +179,7 @@ def _jobs_memory_budget() -> int:
 
 def _child(fd: int, cgroup: str, work: str, uid: int, limits: dict[str, int]) -> None:
     """The job process: confine itself, drop to ``uid``, run the applet. Never returns."""
+    forked = time.monotonic_ns()
     code = 70  # anything unforeseen: os._exit below still ends the process
     try:
         os.setsid()
@@ -198,7 +200,7 @@ def _child(fd: int, cgroup: str, work: str, uid: int, limits: dict[str, int]) ->
         os.setresgid(uid, uid, uid)
         os.setresuid(uid, uid, uid)
         os.umask(0o077)
-        code = run_job(fd, work, limits["wall_seconds"])
+        code = run_job(fd, work, limits["wall_seconds"], forked)
     except (OSError, ValueError):  # confinement failed: the applet must not run
         code = CONFINEMENT_FAILED
     finally:

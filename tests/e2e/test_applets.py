@@ -135,6 +135,18 @@ def test_job_counters_are_monotonic(zone: SyncZone) -> None:
     assert counters == sorted(counters) and len(set(counters)) == 5
 
 
+def test_stats_time_each_step_of_a_job(zone: SyncZone) -> None:
+    """The monitor times the steps of the jobs that succeeded (medians, ms): each one is
+    there and none is negative."""
+    for _ in range(3):
+        zone.run("null", b"")
+    phases = zone.stats()["job_phases_ms"]
+    steps = ("start", "confine", "receive", "load", "run", "report", "receipt")
+    assert set(phases) == {*steps, "total", "jobs"} and phases["jobs"] >= 3, phases
+    assert all(phases[step] >= 0 for step in steps) and phases["total"] > 0
+    assert phases["receipt"] > phases["run"]  # a P-384 signature against a null applet
+
+
 def test_key_custody(zone: SyncZone, sez_home: SezHome) -> None:
     message = os.urandom(32)
     first = json.loads(zone.run("key-custody", json.dumps(
