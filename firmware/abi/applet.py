@@ -12,11 +12,16 @@ An applet is a directory of Python files and a ``manifest.toml``::
     output_bytes = 1048576
     processes = 8
     idempotent = false        # optional: may a job cut off by a power loss run again?
+    warm = false              # optional: serve jobs from a long-lived worker (see below)
 
 The package is one canonical CBOR map (sorted keys, definite lengths)::
 
     {"format": 1, "manifest": {...parsed and completed...},
      "files": {path: bytes}, "inventory": {path: SHA-384 hex}}
+
+``warm = true`` trades isolation between the applet's own jobs for speed: one confined
+process serves them one after another (firmware.runner.runner), so whatever a job leaves in
+memory the next job of the applet can read. Other applets stay as isolated as ever.
 
 Its measurement is the SHA-384 of those bytes. A ``.sez`` file is a COSE_Sign1 (ES384) whose
 payload is the package, signed by the owner (``kid`` = SHA-256 of the owner's public key).
@@ -73,8 +78,9 @@ def validate_manifest(raw: Any) -> dict[str, Any]:
         raise BadPackage("version must be an integer >= 1")
     if not isinstance(entry, str) or not _ENTRY.match(entry):
         raise BadPackage("entry must be 'module:function'")
-    if not isinstance(raw.get("idempotent", False), bool):
-        raise BadPackage("idempotent must be true or false")
+    for flag in ("idempotent", "warm"):
+        if not isinstance(raw.get(flag, False), bool):
+            raise BadPackage(f"{flag} must be true or false")
     given = raw.get("limits", {})
     if not isinstance(given, dict) or set(given) - set(LIMITS):
         raise BadPackage(f"limits may only set {', '.join(LIMITS)}")
@@ -138,6 +144,11 @@ class Package:
     @property
     def idempotent(self) -> bool:
         return bool(self.manifest.get("idempotent", False))
+
+    @property
+    def warm(self) -> bool:
+        """Whether a long-lived worker serves the applet's jobs (firmware.runner.runner)."""
+        return bool(self.manifest.get("warm", False))
 
     @property
     def id(self) -> str:

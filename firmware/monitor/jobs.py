@@ -77,7 +77,8 @@ class Job:
         self.encoder = wire.FrameEncoder()
         self.port = Port(jobs.loop, ours.detach(), f"job {self.id}", self._data, self._eof)
         uid = UID_BASE + counter % UID_SLOTS
-        jobs.runner.start(self.id, uid, limits, theirs.detach())
+        jobs.runner.start(self.id, uid, limits, theirs.detach(),
+                          package.measurement if package.warm else None)
         module, function = package.entry
         self._send(wire.Kind.EVENT, {"files": package.files, "entry": [module, function],
                                      "input": data})
@@ -110,8 +111,10 @@ class Job:
                             isinstance(m, int) for m in marks):
                         self.marks = [self.created, *marks, time.monotonic_ns()]
                     self._finish()
-            elif payload.get("event") == JOB_ERROR:
-                self._fail(f"the applet raised: {str(payload.get('message'))[-500:]}")
+            elif payload.get("event") == JOB_ERROR:  # the job ended itself, and its process
+                # (a warm worker) may serve the next: nothing to kill
+                self._fail(f"the applet raised: {str(payload.get('message'))[-500:]}",
+                           kill=False)
 
     def _call(self, request: dict[str, Any]) -> None:
         request_id, op, args = request.get("id"), request.get("op"), request.get("args")
@@ -224,11 +227,12 @@ class Job:
                 self._fail(f"the applet's process exited with status {status} without an answer")
         self._release()
 
-    def _fail(self, message: str) -> None:
+    def _fail(self, message: str, kill: bool = True) -> None:
         if self.failure is not None or self.output is not None:
             return
         self.failure = AppletFailed(message)
-        self.jobs.runner.kill(self.id)
+        if kill:
+            self.jobs.runner.kill(self.id)
         self._close()
         self.result.resolve(error=self.failure)
 

@@ -176,9 +176,12 @@ class RunnerLink(_Link):
         self.on_event = on_event
         super().__init__(loop, path, "runner")
 
-    def start(self, job: str, uid: int, limits: dict[str, int], fd: int) -> None:
-        self.send(cbor2.dumps({"op": RunnerOp.START, "job": job, "uid": uid, "limits": limits}),
-                  [fd])
+    def start(self, job: str, uid: int, limits: dict[str, int], fd: int,
+              warm: bytes | None = None) -> None:
+        """Run the job whose socket is ``fd``: in a new process, or with ``warm`` (the
+        applet's measurement) in a warm worker of that applet."""
+        self.send(cbor2.dumps({"op": RunnerOp.START, "job": job, "uid": uid, "limits": limits,
+                               "warm": warm}), [fd])
 
     def kill(self, job: str) -> None:
         self.send(cbor2.dumps({"op": RunnerOp.KILL, "job": job}))

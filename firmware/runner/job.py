@@ -1,4 +1,5 @@
-"""What runs inside a job's process, after it dropped its privileges (firmware.runner.runner).
+"""What runs inside a job's process, after it dropped its privileges (firmware.runner.runner):
+one job (run_job), or, in a warm worker, one job after another (serve_warm).
 
 The job socket's protocol is in firmware.runtime.ipc: one event frame with the job, the
 applet's calls as requests, and an event frame that ends the job.
@@ -8,6 +9,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import resource
 import socket
 import sys
 import time
@@ -121,25 +123,20 @@ class ZoneAPI:
         self._channel.call(JobCall.LOG, {"message": str(message)[:500]})
 
 
-def run_job(fd: int, work: str, timeout: float, forked: int) -> int:
+def run_job(fd: int, work: str, timeout: float, forked: int,
+            cache: dict[str, Any] | None = None) -> int:
     """Run the job the monitor sends on ``fd``; ``timeout`` bounds every wait on the monitor.
     The final event carries when each step ended (CLOCK_MONOTONIC ns, one clock for every
-    process of the zone), from ``forked``, when the process began, to the applet's return."""
+    process of the zone), from ``forked``, when the process began (or, in a warm worker,
+    took the job), to the applet's return. A warm worker's ``cache`` keeps the applet it
+    loaded for the jobs after (serve_warm). The job's socket is closed on return."""
     marks = [forked, time.monotonic_ns()]  # forked, confined, received, loaded, ran
     channel = JobChannel(fd, timeout)
     try:
         job = channel.receive_job()
         marks.append(time.monotonic_ns())
-        root = os.path.join(work, "pkg")
-        for path, data in job["files"].items():
-            target = os.path.join(root, path)
-            os.makedirs(os.path.dirname(target), exist_ok=True)
-            with open(target, "wb") as f:
-                f.write(data)
-        sys.path.insert(0, root)
-        sys.dont_write_bytecode = True
         module, function = job["entry"]
-        entry = getattr(importlib.import_module(module), function)
+        entry = _load(job["files"], module, function, work, cache)
         marks.append(time.monotonic_ns())
         output = entry(bytes(job["input"]), ZoneAPI(channel))
         marks.append(time.monotonic_ns())
@@ -155,3 +152,48 @@ def run_job(fd: int, work: str, timeout: float, forked: int) -> int:
         except OSError:
             pass
         return 1
+    finally:
+        channel.sock.close()
+
+
+def _load(files: dict[str, bytes], module: str, function: str, work: str,
+          cache: dict[str, Any] | None) -> Any:
+    """The applet's entry function: its files written to ``work``/pkg and imported, or, in
+    a warm worker, the one loaded for its first job (RuntimeError for another applet's)."""
+    if cache:
+        if (cache["files"], cache["entry"]) != (files, (module, function)):
+            raise RuntimeError("this warm worker serves another applet")
+        return cache["function"]
+    root = os.path.join(work, "pkg")
+    for path, data in files.items():
+        target = os.path.join(root, path)
+        os.makedirs(os.path.dirname(target), exist_ok=True)
+        with open(target, "wb") as f:
+            f.write(data)
+    sys.path.insert(0, root)
+    sys.dont_write_bytecode = True
+    loaded = getattr(importlib.import_module(module), function)
+    if cache is not None:
+        cache.update(files=files, entry=(module, function), function=loaded)
+    return loaded
+
+
+def serve_warm(control: int, work: str) -> int:
+    """A warm worker's life (an applet whose manifest says ``warm = true``): take jobs from
+    the runner one at a time on ``control`` — b"CPU_SECONDS WALL_SECONDS" and the job's
+    socket — run each, answer its exit code (one byte); end when the runner hangs up. The
+    CPU limit is the job's own: what the worker has used so far, plus the job's seconds."""
+    runner = socket.socket(fileno=control)
+    cache: dict[str, Any] = {}
+    while True:
+        message, fds, _, _ = socket.recv_fds(runner, 64, 1)
+        if not message or len(fds) != 1:
+            for fd in fds:
+                os.close(fd)
+            return 0
+        taken = time.monotonic_ns()
+        cpu, wall = (int(x) for x in message.split())
+        used = resource.getrusage(resource.RUSAGE_SELF)
+        spent = int(used.ru_utime + used.ru_stime) + 1
+        resource.setrlimit(resource.RLIMIT_CPU, (spent + cpu, resource.RLIM_INFINITY))
+        runner.sendall(bytes([run_job(fds[0], work, wall, taken, cache)]))

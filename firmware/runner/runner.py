@@ -4,7 +4,7 @@ PID 1 forks it before anything else holds a secret, so what a job inherits is on
 package and the runtime. It serves the monitor on a root-only unix socket
 (firmware.runtime.ipc)::
 
-    monitor -> runner   {op: "start", job, uid, limits} + the job's socket (SCM_RIGHTS)
+    monitor -> runner   {op: "start", job, uid, limits, warm} + the job's socket (SCM_RIGHTS)
                         {op: "kill", job}
     runner -> monitor   {event: "exit", job, status, oom}
 
@@ -14,6 +14,19 @@ rlimits, stdio on /dev/null, a private 0700 work directory, only the job socket 
 capability (the runner keeps only CAP_SETUID, CAP_SETGID, CAP_CHOWN and CAP_DAC_OVERRIDE, its
 bounding set is empty: firmware.runtime.caps; setresuid() clears the rest). The applet reaches the zone only through that socket (firmware.runner.job.ZoneAPI): the monitor
 answers ``sign`` (with the applet's own key, held by the key keeper) and ``log``.
+
+**Warm workers.** An applet whose manifest says ``warm = true`` (``warm`` above is then its
+measurement) runs in a long-lived worker instead: a job process confined the same way, which
+serves that applet's jobs one after another (firmware.runner.job.serve_warm), so a job costs
+no fork, no confinement and no import. The runner hands a worker each job's socket over the
+worker's own socket pair, and an idle worker of the applet takes the next job; a job that
+finds none gets a new worker, so up to the monitor's jobs in flight run at once. What a warm
+applet gives up: its jobs share a process, so what one job leaves in memory (its input, its
+globals) the next of the same applet can read. Other applets, and every cold job, are as
+isolated as before. The worker's cgroup limits memory and processes for all its jobs; CPU
+time and wall time are each job's own. A worker killed (wall time, CPU time, memory) takes
+its job with it and is not reused; at most IDLE_WARM idle workers are kept, the oldest
+going first.
 """
 
 from __future__ import annotations
@@ -31,13 +44,15 @@ from ..runtime.console import log, log_exception
 from ..runtime.ipc import CONFINEMENT_FAILED, EXIT, RUNNER_SOCKET, RunnerOp, listen
 from ..runtime.process import foreground
 from ..runtime.reactor import Reactor
-from .job import run_job  # imported here, so a job's process starts with it loaded
+from .job import run_job, serve_warm  # imported here: a job's process starts with them
 
 CGROUP_ROOT = "/sys/fs/cgroup"
 JOBS_CGROUP = f"{CGROUP_ROOT}/sez-jobs"
 WORK_ROOT = "/tmp/sez-jobs"
 #: Memory kept for the zone's own processes (PID 1, keeper, runner, monitor, page cache).
 ZONE_RESERVE = 192 << 20
+#: Idle warm workers kept, over every applet.
+IDLE_WARM = 4
 
 
 def _write(path: str, value: str) -> None:
@@ -53,11 +68,26 @@ def _read(path: str) -> str:
         return ""
 
 
+class Warm:
+    """A warm worker: its applet (measurement), process, socket, cgroup, work directory, and
+    the job it runs now (None when idle)."""
+
+    __slots__ = ("measurement", "pid", "pidfd", "control", "cgroup", "work", "job")
+
+    def __init__(self, measurement: bytes, pid: int, pidfd: int, control: socket.socket,
+                 cgroup: str, work: str) -> None:
+        self.measurement, self.pid, self.pidfd, self.control = measurement, pid, pidfd, control
+        self.cgroup, self.work = cgroup, work
+        self.job: str | None = None
+
+
 class Runner:
     def __init__(self, loop: Reactor) -> None:
         self.loop = loop
         self.conn: socket.socket | None = None
-        self.jobs: dict[str, tuple[int, int]] = {}  # job -> (pid, pidfd)
+        self.jobs: dict[str, str] = {}  # job -> the cgroup that holds it
+        self.idle: list[Warm] = []  # oldest first
+        self.workers = 0
 
     def setup(self) -> None:
         """Set up the jobs' cgroup (cgroup2 is mounted by /init: the runner has no
@@ -113,7 +143,13 @@ class Runner:
         try:
             message = cbor2.loads(data)
             if message["op"] == RunnerOp.START and len(fds) == 1:
-                self._start(str(message["job"]), int(message["uid"]), message["limits"], fds[0])
+                warm = message.get("warm")
+                if isinstance(warm, bytes):
+                    self._start_warm(str(message["job"]), int(message["uid"]),
+                                     message["limits"], fds[0], warm)
+                else:
+                    self._start(str(message["job"]), int(message["uid"]), message["limits"],
+                                fds[0])
             elif message["op"] == RunnerOp.KILL:
                 self._kill(str(message["job"]))
             else:
@@ -123,9 +159,10 @@ class Runner:
             for fd in fds:
                 os.close(fd)
 
-    def _start(self, job: str, uid: int, limits: dict[str, int], fd: int) -> None:
-        cgroup = f"{JOBS_CGROUP}/job-{job}"
-        work = f"{WORK_ROOT}/{job}"
+    def _cgroup(self, name: str, uid: int, limits: dict[str, int]) -> tuple[str, str]:
+        """A new cgroup with ``limits`` and a work directory owned by ``uid``."""
+        cgroup = f"{JOBS_CGROUP}/{name}"
+        work = f"{WORK_ROOT}/{name}"
         os.makedirs(cgroup, exist_ok=True)
         _write(f"{cgroup}/memory.max", str(limits["memory_mb"] << 20))
         if os.path.exists(f"{cgroup}/memory.swap.max"):
@@ -133,30 +170,106 @@ class Runner:
         _write(f"{cgroup}/pids.max", str(limits["processes"]))
         os.makedirs(work, mode=0o700, exist_ok=True)
         os.chown(work, uid, uid)
+        return cgroup, work
+
+    def _start(self, job: str, uid: int, limits: dict[str, int], fd: int) -> None:
+        cgroup, work = self._cgroup(f"job-{job}", uid, limits)
         pid = os.fork()
         if pid == 0:
             _child(fd, cgroup, work, uid, limits)
         os.close(fd)
         pidfd = os.pidfd_open(pid)
-        self.jobs[job] = (pid, pidfd)
-        self.loop.add_reader(pidfd, lambda: self._exited(job))
+        self.jobs[job] = cgroup
+        self.loop.add_reader(pidfd, lambda: self._exited(job, pid, pidfd))
+
+    def _start_warm(self, job: str, uid: int, limits: dict[str, int], fd: int,
+                    measurement: bytes) -> None:
+        worker = next((w for w in self.idle if w.measurement == measurement), None)
+        if worker is None:
+            worker = self._spawn_warm(uid, limits, measurement)
+        else:
+            self.idle.remove(worker)
+        worker.job = job
+        self.jobs[job] = worker.cgroup
+        try:
+            socket.send_fds(worker.control, [f"{limits['cpu_seconds']} "
+                                             f"{limits['wall_seconds']}".encode()], [fd])
+        except OSError:  # the worker is dying: its exit ends the job
+            pass
+        finally:
+            os.close(fd)
+
+    def _spawn_warm(self, uid: int, limits: dict[str, int], measurement: bytes) -> Warm:
+        self.workers += 1
+        cgroup, work = self._cgroup(f"warm-{self.workers}", uid, limits)
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        pid = os.fork()
+        if pid == 0:
+            ours.close()
+            _warm_child(theirs.detach(), cgroup, work, uid)
+        theirs.close()
+        ours.setblocking(False)
+        worker = Warm(measurement, pid, os.pidfd_open(pid), ours, cgroup, work)
+        self.loop.add_reader(worker.pidfd, lambda: self._worker_exited(worker))
+        self.loop.add_reader(ours.fileno(), lambda: self._worker_done(worker))
+        return worker
+
+    def _worker_done(self, worker: Warm) -> None:
+        """The worker answered its job's exit code; it waits for the next job."""
+        try:
+            answer = worker.control.recv(16)
+        except BlockingIOError:
+            return
+        except OSError:
+            answer = b""
+        if not answer:  # the worker is gone: _worker_exited tells its job
+            self.loop.remove_reader(worker.control.fileno())
+            return
+        job, worker.job = worker.job, None
+        if job is not None:
+            self.jobs.pop(job, None)
+            self._send({"event": EXIT, "job": job, "status": answer[0], "oom": False})
+        self.idle.append(worker)
+        while len(self.idle) > IDLE_WARM:
+            self._retire(self.idle.pop(0))
+
+    def _retire(self, worker: Warm) -> None:
+        """Stop an idle worker: it hangs up when its socket closes (_worker_exited follows)."""
+        self.loop.remove_reader(worker.control.fileno())
+        worker.control.close()
+
+    def _worker_exited(self, worker: Warm) -> None:
+        self.loop.remove_reader(worker.pidfd)
+        os.close(worker.pidfd)
+        _, status = os.waitpid(worker.pid, 0)
+        if worker in self.idle:
+            self.idle.remove(worker)
+        if worker.control.fileno() != -1:
+            self._retire(worker)
+        if worker.job is not None:
+            self.jobs.pop(worker.job, None)
+            self._send({"event": EXIT, "job": worker.job,
+                        "status": os.waitstatus_to_exitcode(status),
+                        "oom": _oom(worker.cgroup)})
+        self._end(worker.cgroup, worker.work)
 
     def _kill(self, job: str) -> None:
-        if job in self.jobs:
-            _write(f"{JOBS_CGROUP}/job-{job}/cgroup.kill", "1")
+        cgroup = self.jobs.get(job)
+        if cgroup is not None:
+            _write(f"{cgroup}/cgroup.kill", "1")
 
-    def _exited(self, job: str) -> None:
-        pid, pidfd = self.jobs.pop(job)
+    def _exited(self, job: str, pid: int, pidfd: int) -> None:
         self.loop.remove_reader(pidfd)
         os.close(pidfd)
         _, status = os.waitpid(pid, 0)
-        cgroup = f"{JOBS_CGROUP}/job-{job}"
-        oom = any(line.split()[1] != "0" for line in _read(f"{cgroup}/memory.events").splitlines()
-                  if line.startswith("oom_kill "))
-        _write(f"{cgroup}/cgroup.kill", "1")  # whatever the applet forked dies with it
+        cgroup = self.jobs.pop(job)
         self._send({"event": EXIT, "job": job,
-                    "status": os.waitstatus_to_exitcode(status), "oom": oom})
-        self.loop.call_later(0.01, self._cleanup, cgroup, f"{WORK_ROOT}/{job}", 0)
+                    "status": os.waitstatus_to_exitcode(status), "oom": _oom(cgroup)})
+        self._end(cgroup, f"{WORK_ROOT}/{job}")
+
+    def _end(self, cgroup: str, work: str) -> None:
+        _write(f"{cgroup}/cgroup.kill", "1")  # whatever the applet forked dies with it
+        self.loop.call_later(0.01, self._cleanup, cgroup, work, 0)
 
     def _cleanup(self, cgroup: str, work: str, attempt: int) -> None:
         try:
@@ -169,6 +282,12 @@ class Runner:
         shutil.rmtree(work, ignore_errors=True)
 
 
+def _oom(cgroup: str) -> bool:
+    """Whether the kernel killed a process of ``cgroup`` for memory."""
+    return any(line.split()[1] != "0" for line in _read(f"{cgroup}/memory.events").splitlines()
+               if line.startswith("oom_kill "))
+
+
 def _jobs_memory_budget() -> int:
     total = 0
     for line in _read("/proc/meminfo").splitlines():
@@ -177,31 +296,49 @@ def _jobs_memory_budget() -> int:
     return max(64 << 20, total - ZONE_RESERVE)
 
 
+def _confine(cgroup: str, work: str, uid: int, keep: int) -> None:
+    """Confine this new job process: its own session and ``cgroup``, stdio on /dev/null, no
+    descriptor but ``keep``, rlimits, ``work`` as its directory, ``uid`` with no groups."""
+    os.setsid()
+    _write(f"{cgroup}/cgroup.procs", str(os.getpid()))
+    _write("/proc/self/oom_score_adj", "1000")  # under pressure, jobs die first
+    null = os.open("/dev/null", os.O_RDWR)
+    for std in (0, 1, 2):
+        os.dup2(null, std)
+    os.closerange(3, keep)
+    os.closerange(keep + 1, 4096)
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    resource.setrlimit(resource.RLIMIT_NOFILE, (64, 64))
+    resource.setrlimit(resource.RLIMIT_FSIZE, (64 << 20, 64 << 20))
+    os.chdir(work)
+    os.setgroups([])
+    os.setresgid(uid, uid, uid)
+    os.setresuid(uid, uid, uid)
+    os.umask(0o077)
+
+
 def _child(fd: int, cgroup: str, work: str, uid: int, limits: dict[str, int]) -> None:
     """The job process: confine itself, drop to ``uid``, run the applet. Never returns."""
     forked = time.monotonic_ns()
     code = 70  # anything unforeseen: os._exit below still ends the process
     try:
-        os.setsid()
-        _write(f"{cgroup}/cgroup.procs", str(os.getpid()))
-        _write("/proc/self/oom_score_adj", "1000")  # under pressure, jobs die first
-        null = os.open("/dev/null", os.O_RDWR)
-        for std in (0, 1, 2):
-            os.dup2(null, std)
-        os.closerange(3, fd)
-        os.closerange(fd + 1, 4096)
         cpu = limits["cpu_seconds"]
         resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu + 1))
-        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
-        resource.setrlimit(resource.RLIMIT_NOFILE, (64, 64))
-        resource.setrlimit(resource.RLIMIT_FSIZE, (64 << 20, 64 << 20))
-        os.chdir(work)
-        os.setgroups([])
-        os.setresgid(uid, uid, uid)
-        os.setresuid(uid, uid, uid)
-        os.umask(0o077)
+        _confine(cgroup, work, uid, fd)
         code = run_job(fd, work, limits["wall_seconds"], forked)
     except (OSError, ValueError):  # confinement failed: the applet must not run
+        code = CONFINEMENT_FAILED
+    finally:
+        os._exit(code)
+
+
+def _warm_child(control: int, cgroup: str, work: str, uid: int) -> None:
+    """A warm worker: confined as a job process, then serving jobs. Never returns."""
+    code = 70
+    try:
+        _confine(cgroup, work, uid, control)
+        code = serve_warm(control, work)
+    except (OSError, ValueError):
         code = CONFINEMENT_FAILED
     finally:
         os._exit(code)

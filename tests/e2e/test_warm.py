@@ -1,0 +1,93 @@
+"""Warm applets (manifest ``warm = true``) on a real zone: a long-lived worker serves the
+applet's jobs, with receipts as usual; what it gives up (jobs of the applet share memory);
+limits still end a job, whose worker is then replaced; jobs in flight get workers of their
+own; a cold applet never shares a warm one's process."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from emulator.factory import Factory
+from emulator.paths import SezHome
+from firmware.abi.errors import AppletFailed
+from host_driver import SyncZone
+from host_driver.lifecycle import BootedZone
+from host_driver.owner import build_applet, generate_owner_key, owner_spki
+from host_driver.verifier import verify_receipt
+
+pytestmark = pytest.mark.e2e
+APPLETS = Path(__file__).parent.parent / "applets"
+
+
+@pytest.fixture(scope="module")
+def zone(sez_zone_factory: Callable[..., BootedZone],
+         tmp_path_factory: pytest.TempPathFactory) -> Iterator[SyncZone]:
+    owner: ec.EllipticCurvePrivateKey = generate_owner_key(
+        tmp_path_factory.mktemp("owner") / "owner.pem")
+    booted = sez_zone_factory("warm-zone")
+    with SyncZone(booted.url, timeout=60) as client:
+        client.enroll(owner_spki(owner))
+        for applet in ("warm", "slow"):
+            client.load(build_applet(APPLETS / applet, owner))
+        yield client
+
+
+def count(zone: SyncZone) -> dict[str, Any]:
+    return dict(json.loads(zone.run("warm", b"count")["output"]))
+
+
+def test_one_worker_serves_the_jobs_with_receipts(zone: SyncZone, sez_home: SezHome) -> None:
+    first = count(zone)
+    answers = [zone.run("warm", b"count", nonce=bytes([i])) for i in range(3)]
+    seen = [json.loads(a["output"]) for a in answers]
+    assert {s["pid"] for s in seen} == {first["pid"]}
+    assert [s["count"] for s in seen] == [first["count"] + i for i in (1, 2, 3)]
+    root = Factory(sez_home).root_cert()
+    for i, answer in enumerate(answers):
+        verify_receipt(answer["receipt"], input=b"count", output=answer["output"],
+                       nonce=bytes([i]), root=root)
+    assert len(zone.run("warm", b"sign")["output"]) > 64  # the applet's key, as in a cold job
+
+
+def test_what_a_warm_applet_gives_up_its_jobs_share_memory(zone: SyncZone) -> None:
+    zone.run("warm", b"remember:the previous job's input")
+    assert zone.run("warm", b"recall")["output"] == b"the previous job's input"
+
+
+def test_a_failing_job_leaves_its_worker_serving(zone: SyncZone) -> None:
+    before = count(zone)
+    with pytest.raises(AppletFailed, match="asked to fail"):
+        zone.run("warm", b"raise")
+    after = count(zone)
+    assert after["pid"] == before["pid"] and after["count"] == before["count"] + 2
+
+
+@pytest.mark.parametrize("behaviour, says", [("spin", "CPU time"),
+                                             ("sleep", "wall_seconds")])
+def test_a_limit_ends_the_job_and_a_new_worker_takes_over(zone: SyncZone, behaviour: str,
+                                                         says: str) -> None:
+    before = count(zone)
+    with pytest.raises(AppletFailed, match=says):
+        zone.run("warm", behaviour.encode(), timeout=60)
+    after = count(zone)
+    assert after["pid"] != before["pid"] and after["count"] == 1
+    assert zone.run("warm", b"recall")["output"] == b""  # nothing kept across workers
+
+
+def test_jobs_in_flight_get_workers_of_their_own_and_cold_jobs_stay_apart(
+        zone: SyncZone) -> None:
+    jobs = [zone.submit("warm", b"count")["job"] for _ in range(8)]
+    slow = zone.submit("slow", b"0:cold")["job"]
+    results = [zone.result(job, wait=60) for job in jobs]
+    assert all(r["state"] == "done" for r in results), results
+    pids = {json.loads(r["output"])["pid"] for r in results}
+    assert 1 <= len(pids) <= 4  # the monitor runs at most 4 jobs at once
+    assert zone.result(slow, wait=60)["state"] == "done"
+    for job in [*jobs, slow]:
+        zone.ack(job)
+    assert zone.info()["jobs"]["active"] == 0
