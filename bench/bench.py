@@ -9,6 +9,7 @@ Figures:
   load       loading a signed 100 KiB applet (signature, format, BBRAM commit), milliseconds
   jobs/s     null applet jobs (with receipts), one at a time and 4 in flight
   job/echo   a null job's round trip over a null request's (what isolation + receipt cost)
+  warm       the same for the null applet served by a warm worker (manifest warm = true)
   steps      where a null job's time goes in the zone (the monitor's stats: job_phases_ms)
   detached   detached null jobs per second (submitted pipelined, until all are done)
   backlog    seconds to fetch and acknowledge a backlog of finished results after reconnect
@@ -76,7 +77,7 @@ async def attest_figures(url: str, root: Any, reference: Reference,
     return {"attest_ms": statistics.median(attest_ms), "verify_ms": statistics.median(verify_ms)}
 
 
-async def applet_figures(url: str, tmp: Path, runs: int, jobs: int) -> dict[str, float]:
+async def applet_figures(url: str, tmp: Path, runs: int, jobs: int) -> dict[str, Any]:
     key = generate_owner_key(tmp / "owner.pem")
     null = Path(__file__).parent.parent / "tests" / "applets" / "null"
     big = tmp / "big"
@@ -94,24 +95,35 @@ async def applet_figures(url: str, tmp: Path, runs: int, jobs: int) -> dict[str,
             t = time.perf_counter()
             await zone.load(signed)
             load_ms.append((time.perf_counter() - t) * 1000)
-        for _ in range(5):  # warm up
-            await zone.run("null", b"")
-        t = time.perf_counter()
-        for _ in range(jobs):
-            await zone.run("null", b"")
-        sequential = jobs / (time.perf_counter() - t)
+        warm = tmp / "null-warm"  # the same applet, served by a warm worker
+        shutil.copytree(null, warm)
+        (warm / "manifest.toml").write_text((null / "manifest.toml").read_text().replace(
+            'name = "null"', 'name = "null-warm"') + "warm = true\n")
+        await zone.load(build_applet(warm, key))
+        rates: dict[str, tuple[float, float]] = {}
+        for applet in ("null", "null-warm"):
+            for _ in range(5):  # warm up
+                await zone.run(applet, b"")
+            t = time.perf_counter()
+            for _ in range(jobs):
+                await zone.run(applet, b"")
+            sequential = jobs / (time.perf_counter() - t)
+            if applet == "null":
+                phases = (await zone.stats())["job_phases_ms"]  # the jobs just run
+            t = time.perf_counter()
+            await asyncio.gather(*(zone.run(applet, b"") for _ in range(jobs)))
+            rates[applet] = (sequential, jobs / (time.perf_counter() - t))
+        (sequential, concurrent), (warm_sequential, warm_concurrent) = rates.values()
         job_ms = 1000 / sequential
-        phases = (await zone.stats())["job_phases_ms"]  # the jobs just run one at a time
-        t = time.perf_counter()
-        await asyncio.gather(*(zone.run("null", b"") for _ in range(jobs)))
-        concurrent = jobs / (time.perf_counter() - t)
         t = time.perf_counter()
         for _ in range(200):
             await zone.request("echo", {"data": b""})
         echo_ms = (time.perf_counter() - t) * 1000 / 200
     return {"load_100k_ms": statistics.median(load_ms), "jobs_per_s_sequential": sequential,
             "jobs_per_s_concurrent": concurrent, "job_over_echo": job_ms / echo_ms,
-            "job_phases_ms": phases}
+            "warm_jobs_per_s_sequential": warm_sequential,
+            "warm_jobs_per_s_concurrent": warm_concurrent,
+            "warm_job_over_echo": 1000 / warm_sequential / echo_ms, "job_phases_ms": phases}
 
 
 async def session_figures(url: str, root: Any, reference: Reference, runs: int,
@@ -222,7 +234,7 @@ def native_figures(requests: int, volume: int, runs: int) -> dict[str, float]:
         os.close(slave)
 
 
-def tamper_figures(home: SezHome, runs: int) -> dict[str, float]:
+def tamper_figures(home: SezHome, runs: int) -> dict[str, Any]:
     """Trip the tamper line of ``runs`` fresh zones, each with an owner and a loaded applet."""
     zone_ms, ack_ms, wipe_ms = [], [], []
     null = Path(__file__).parent.parent / "tests" / "applets" / "null"
@@ -311,6 +323,9 @@ def main() -> int:
     print(f"null jobs            {applet['jobs_per_s_sequential']:8.1f} /s one at a time, "
           f"{applet['jobs_per_s_concurrent']:.1f} /s with {args.jobs} in flight")
     print(f"null job / echo      {applet['job_over_echo']:8.1f} x (round trip ratio)")
+    print(f"warm null jobs       {applet['warm_jobs_per_s_sequential']:8.1f} /s one at a time, "
+          f"{applet['warm_jobs_per_s_concurrent']:.1f} /s with {args.jobs} in flight; "
+          f"{applet['warm_job_over_echo']:.1f} x a null request")
     steps = applet["job_phases_ms"]
     print("null job's steps     " + ", ".join(f"{k} {v:.1f}" for k, v in steps.items()
                                               if k != "jobs") + " ms (zone medians)")
