@@ -10,6 +10,7 @@ Figures:
   jobs/s     null applet jobs (with receipts), one at a time and 4 in flight
   job/echo   a null job's round trip over a null request's (what isolation + receipt cost)
   warm       the same for the null applet served by a warm worker (manifest warm = true)
+  batched    null inputs per second as batch jobs (run_batch: BATCH inputs, one receipt)
   steps      where a null job's time goes in the zone (the monitor's stats: job_phases_ms)
   detached   detached null jobs per second (submitted pipelined, until all are done)
   backlog    seconds to fetch and acknowledge a backlog of finished results after reconnect
@@ -54,6 +55,8 @@ from host_driver.verifier import Reference, verify_evidence
 
 MB = 1_000_000
 CHUNK = 4 << 20
+#: Inputs in one batch job.
+BATCH = 100
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -114,6 +117,12 @@ async def applet_figures(url: str, tmp: Path, runs: int, jobs: int) -> dict[str,
             await asyncio.gather(*(zone.run(applet, b"") for _ in range(jobs)))
             rates[applet] = (sequential, jobs / (time.perf_counter() - t))
         (sequential, concurrent), (warm_sequential, warm_concurrent) = rates.values()
+        batched = {}
+        for applet in ("null", "null-warm"):  # BATCH inputs a request, one receipt each
+            t = time.perf_counter()
+            for _ in range(5):
+                await zone.run_batch(applet, [b""] * BATCH)
+            batched[applet] = 5 * BATCH / (time.perf_counter() - t)
         job_ms = 1000 / sequential
         t = time.perf_counter()
         for _ in range(200):
@@ -123,7 +132,9 @@ async def applet_figures(url: str, tmp: Path, runs: int, jobs: int) -> dict[str,
             "jobs_per_s_concurrent": concurrent, "job_over_echo": job_ms / echo_ms,
             "warm_jobs_per_s_sequential": warm_sequential,
             "warm_jobs_per_s_concurrent": warm_concurrent,
-            "warm_job_over_echo": 1000 / warm_sequential / echo_ms, "job_phases_ms": phases}
+            "warm_job_over_echo": 1000 / warm_sequential / echo_ms, "job_phases_ms": phases,
+            "batched_inputs_per_s": batched["null"],
+            "warm_batched_inputs_per_s": batched["null-warm"]}
 
 
 async def session_figures(url: str, root: Any, reference: Reference, runs: int,
@@ -326,6 +337,9 @@ def main() -> int:
     print(f"warm null jobs       {applet['warm_jobs_per_s_sequential']:8.1f} /s one at a time, "
           f"{applet['warm_jobs_per_s_concurrent']:.1f} /s with {args.jobs} in flight; "
           f"{applet['warm_job_over_echo']:.1f} x a null request")
+    print(f"batched null jobs    {applet['batched_inputs_per_s']:8.1f} inputs/s cold, "
+          f"{applet['warm_batched_inputs_per_s']:.1f} warm ({BATCH} inputs a request, "
+          "one receipt each)")
     steps = applet["job_phases_ms"]
     print("null job's steps     " + ", ".join(f"{k} {v:.1f}" for k, v in steps.items()
                                               if k != "jobs") + " ms (zone medians)")

@@ -15,7 +15,6 @@ that raises, crashes or breaks a limit ends in ``applet-failed`` saying why; the
 from __future__ import annotations
 
 import collections
-import hashlib
 import socket
 import statistics
 import time
@@ -54,7 +53,7 @@ TIMED_JOBS = 64
 
 
 class Job:
-    def __init__(self, jobs: "Jobs", counter: int, package: Package, data: bytes,
+    def __init__(self, jobs: "Jobs", counter: int, package: Package, data: bytes | list[bytes],
                  nonce: bytes) -> None:
         self.created = time.monotonic_ns()
         self.marks: list[int] = []  # from the job's process: firmware.runner.job.run_job
@@ -65,7 +64,7 @@ class Job:
         self.input = data
         self.nonce = nonce
         self.result = Deferred()
-        self.output: bytes | None = None
+        self.output: bytes | list[bytes] | None = None
         self.failure: AppletFailed | None = None
         self.exited = False
         self.exit_status: tuple[int, bool] | None = None
@@ -81,7 +80,7 @@ class Job:
                           package.measurement if package.warm else None)
         module, function = package.entry
         self._send(wire.Kind.EVENT, {"files": package.files, "entry": [module, function],
-                                     "input": data})
+                                     ("input" if isinstance(data, bytes) else "inputs"): data})
         self.timer = jobs.loop.call_later(limits["wall_seconds"], self._timeout)
 
     def _send(self, kind: int, payload: Any) -> None:
@@ -99,11 +98,16 @@ class Job:
             if item.kind == wire.Kind.REQUEST:
                 self._call(payload)
             elif payload.get("event") == JOB_DONE:
-                output = payload.get("output")
-                if not isinstance(output, bytes):
-                    self._fail("the applet's output is not bytes")
-                elif len(output) > self.package.limits["output_bytes"]:
-                    self._fail(f"output of {len(output)} bytes exceeds the applet's limit")
+                batch = not isinstance(self.input, bytes)
+                output = payload.get("outputs" if batch else "output")
+                pieces = output if batch else [output]
+                if not isinstance(pieces, list) or not all(
+                        isinstance(piece, bytes) for piece in pieces) or (
+                        batch and len(pieces) != len(self.input)):
+                    self._fail("the applet's output is not bytes, one for each input")
+                elif sum(map(len, pieces)) > self.package.limits["output_bytes"]:
+                    self._fail(f"output of {sum(map(len, pieces))} bytes exceeds the "
+                               "applet's limit")
                 else:
                     self.output = output
                     marks = payload.get("marks")
@@ -245,17 +249,19 @@ class Job:
             receipt_claims.JOB: self.id,
             receipt_claims.JOB_COUNTER: self.counter,
             receipt_claims.APPLET: applet,
-            receipt_claims.INPUT: hashlib.sha384(self.input).digest(),
-            receipt_claims.OUTPUT: hashlib.sha384(self.output).digest(),
+            receipt_claims.INPUT: receipt_claims.digest(self.input),
+            receipt_claims.OUTPUT: receipt_claims.digest(self.output),
             receipt_claims.NONCE: self.nonce,
         }
+        if not isinstance(self.input, bytes):
+            claims[receipt_claims.BATCH] = len(self.input)
         output = self.output
 
         def signed(receipt: dict[str, Any]) -> dict[str, Any]:
             if self.marks:
                 self.jobs.timed(self.marks + [time.monotonic_ns()])
-            return {"job": self.id, "applet": applet, "output": output,
-                    "receipt": receipt["receipt"]}
+            return {"job": self.id, "applet": applet, "receipt": receipt["receipt"],
+                    ("output" if isinstance(output, bytes) else "outputs"): output}
 
         self.jobs.keeper.call(KeeperOp.RECEIPT, {"claims": claims}).then(signed).add(
             lambda d: self.result.resolve(d.value, d.error))
@@ -277,7 +283,7 @@ class Queued:
 
     __slots__ = ("counter", "package", "data", "nonce", "result", "detached")
 
-    def __init__(self, counter: int, package: Package, data: bytes, nonce: bytes,
+    def __init__(self, counter: int, package: Package, data: bytes | list[bytes], nonce: bytes,
                  detached: bool) -> None:
         self.counter, self.package, self.data, self.nonce = counter, package, data, nonce
         self.result = Deferred()
@@ -318,8 +324,9 @@ class Jobs:
         medians["jobs"] = len(self.times)
         return medians
 
-    def run(self, package: Package, data: bytes, nonce: bytes) -> Deferred:
-        """Run ``package`` on ``data`` once a slot is free; resolve to the job's result."""
+    def run(self, package: Package, data: bytes | list[bytes], nonce: bytes) -> Deferred:
+        """Run ``package`` on ``data`` (a list: a batch job) once a slot is free; resolve to
+        the job's result."""
 
         def queue(counter: int) -> Deferred:
             queued = Queued(counter, package, data, nonce, detached=False)

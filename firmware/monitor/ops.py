@@ -15,6 +15,7 @@ from typing import Any, Callable
 from ..abi import evidence, secret
 from ..abi.audit import KEPT
 from ..abi.jobs import KEY_MAX, KEY_MIN, NONCE_MAX, RESULT_WAIT_MAX
+from ..abi.receipt import BATCH_MAX
 from ..abi.errors import BadArgs
 from ..abi.ops import Op
 from ..runtime.ipc import KeeperOp
@@ -106,10 +107,16 @@ class Operations:
         return self.store.ready.then(lambda _: {"applets": self.store.listing()})
 
     def op_run(self, args: dict[str, Any]) -> Deferred:
-        """Run ``applet`` (name or id) on ``input``; answer {job, applet, output, receipt}."""
-        data, nonce = args.get("input", b""), args.get("nonce", b"")
-        if not isinstance(data, bytes):
-            raise BadArgs("run takes {applet, input: bytes, nonce: bytes}")
+        """Run ``applet`` (name or id) on ``input``; answer {job, applet, output, receipt}. A
+        batch job runs it on each of ``inputs`` in turn (one process, one receipt over all:
+        abi.receipt) and answers ``outputs``."""
+        data, nonce = args.get("inputs", args.get("input", b"")), args.get("nonce", b"")
+        if isinstance(data, list) and "input" not in args and 1 <= len(data) <= BATCH_MAX:
+            if not all(isinstance(item, bytes) for item in data):
+                raise BadArgs("a batch's inputs are bytes")
+        elif not isinstance(data, bytes):
+            raise BadArgs(f"run takes {{applet, input: bytes, nonce: bytes}}, or inputs: "
+                          f"1 to {BATCH_MAX} bytes instead of input")
         _check_nonce(nonce)
         return self.store.ready.then(
             lambda _: self.jobs.run(self.store.find(args.get("applet")), data, nonce))

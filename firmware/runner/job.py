@@ -1,8 +1,9 @@
 """What runs inside a job's process, after it dropped its privileges (firmware.runner.runner):
 one job (run_job), or, in a warm worker, one job after another (serve_warm).
 
-The job socket's protocol is in firmware.runtime.ipc: one event frame with the job, the
-applet's calls as requests, and an event frame that ends the job.
+The job socket's protocol is in firmware.runtime.ipc: one event frame with the job (its
+``input``, or a batch job's ``inputs``, run one after another in this process), the applet's
+calls as requests, and an event frame that ends the job (``output``, or ``outputs``).
 """
 
 from __future__ import annotations
@@ -138,12 +139,14 @@ def run_job(fd: int, work: str, timeout: float, forked: int,
         module, function = job["entry"]
         entry = _load(job["files"], module, function, work, cache)
         marks.append(time.monotonic_ns())
-        output = entry(bytes(job["input"]), ZoneAPI(channel))
+        zone = ZoneAPI(channel)
+        batch = job.get("inputs")
+        outputs = [_output(entry(bytes(data), zone), module, function)
+                   for data in (batch if batch is not None else [job["input"]])]
         marks.append(time.monotonic_ns())
-        if not isinstance(output, (bytes, bytearray, memoryview)):
-            raise TypeError(f"{module}:{function} returned {type(output).__name__}, not bytes")
-        channel.send(wire.Kind.EVENT, {"event": JOB_DONE, "output": bytes(output),
-                                       "marks": marks})
+        channel.send(wire.Kind.EVENT, {"event": JOB_DONE, "marks": marks,
+                                       **({"outputs": outputs} if batch is not None else
+                                          {"output": outputs[0]})})
         return 0
     except BaseException as exc:
         message = "".join(traceback.format_exception_only(type(exc), exc)).strip()
@@ -154,6 +157,12 @@ def run_job(fd: int, work: str, timeout: float, forked: int,
         return 1
     finally:
         channel.sock.close()
+
+
+def _output(output: Any, module: str, function: str) -> bytes:
+    if not isinstance(output, (bytes, bytearray, memoryview)):
+        raise TypeError(f"{module}:{function} returned {type(output).__name__}, not bytes")
+    return bytes(output)
 
 
 def _load(files: dict[str, bytes], module: str, function: str, work: str,

@@ -290,6 +290,14 @@ class Zone:
         return dict(await self.request(Op.RUN, {"applet": applet, "input": data, "nonce": nonce},
                                        timeout=timeout))
 
+    async def run_batch(self, applet: str, inputs: list[bytes], *, nonce: bytes = b"",
+                        timeout: float | None = None) -> dict[str, Any]:
+        """Run ``applet`` on each of ``inputs`` (1 to 1,024) in turn, in one job: {job,
+        applet, outputs, receipt}, one receipt over all (verify_receipt with the lists). The
+        applet's limits hold for the whole batch; an input that fails fails the batch."""
+        return dict(await self.request(Op.RUN, {"applet": applet, "inputs": list(inputs),
+                                                "nonce": nonce}, timeout=timeout))
+
     async def submit(self, applet: str, data: bytes, *, nonce: bytes = b"",
                      key: bytes | None = None) -> dict[str, Any]:
         """Queue a detached job: {job, state, duplicate}. With ``key`` (8-64 random bytes

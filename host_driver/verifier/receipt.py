@@ -4,7 +4,6 @@ this nonce (firmware.abi.receipt)."""
 from __future__ import annotations
 
 import datetime
-import hashlib
 import hmac
 from dataclasses import dataclass
 from typing import Any
@@ -25,6 +24,7 @@ class ReceiptResult:
 
     job: str
     job_counter: int
+    batch: int | None
     applet_name: str
     applet_version: int
     applet_measurement: bytes
@@ -33,18 +33,20 @@ class ReceiptResult:
     issued_at: int
 
     def as_dict(self) -> dict[str, Any]:
-        return {"job": self.job, "job_counter": self.job_counter,
+        return {"job": self.job, "job_counter": self.job_counter, "batch": self.batch,
                 "applet": {"name": self.applet_name, "version": self.applet_version,
                            "measurement": self.applet_measurement.hex()},
                 "ueid": self.ueid.hex(), "boot_counter": self.boot_counter,
                 "issued_at": self.issued_at}
 
 
-def verify_receipt(receipt: bytes, *, input: bytes, output: bytes, nonce: bytes,
+def verify_receipt(receipt: bytes, *, input: bytes | list[bytes], output: bytes | list[bytes],
+                   nonce: bytes,
                    root: x509.Certificate, expected_ueid: bytes | None = None,
                    expected_measurement: bytes | None = None,
                    now: datetime.datetime | None = None) -> ReceiptResult:
-    """Check a job receipt against the input, the output and the nonce the caller holds.
+    """Check a job receipt against the input, the output and the nonce the caller holds; for
+    a batch job's receipt, the lists of inputs and outputs, in order.
 
     Checks: ``format``, ``certificate-validity``, ``chain``, ``signature`` (as for evidence),
     ``profile``, ``input``, ``output``, ``nonce``, ``device`` (``expected_ueid``) and
@@ -59,11 +61,17 @@ def verify_receipt(receipt: bytes, *, input: bytes, output: bytes, nonce: bytes,
     if not (isinstance(applet, dict) and isinstance(applet.get("measurement"), bytes)
             and isinstance(ueid, bytes) and ueid.hex() == serial_number(device_id)):
         raise VerificationError("format", "applet or ueid claim missing or malformed")
+    batch = payload.get(receipt_claims.BATCH)
     for check, data, key in (("input", input, receipt_claims.INPUT),
                              ("output", output, receipt_claims.OUTPUT)):
+        if (batch is None) != isinstance(data, bytes) or (
+                batch is not None and batch != len(data)):
+            raise VerificationError(check, f"the receipt is for {batch or 'one'} "
+                                    f"{check}{'s' if batch else ''}, not "
+                                    f"{'one' if isinstance(data, bytes) else len(data)}")
         claimed = payload.get(key)
         if not isinstance(claimed, bytes) or not hmac.compare_digest(
-                claimed, hashlib.sha384(data).digest()):
+                claimed, receipt_claims.digest(data)):
             raise VerificationError(check, f"the receipt is for another {check}")
     claimed_nonce = payload.get(receipt_claims.NONCE)
     if not isinstance(claimed_nonce, bytes) or not hmac.compare_digest(claimed_nonce, nonce):
@@ -76,7 +84,7 @@ def verify_receipt(receipt: bytes, *, input: bytes, output: bytes, nonce: bytes,
         raise VerificationError("applet", "the job ran another applet")
     return ReceiptResult(
         job=str(payload.get(receipt_claims.JOB)),
-        job_counter=int(payload.get(receipt_claims.JOB_COUNTER, -1)),
+        job_counter=int(payload.get(receipt_claims.JOB_COUNTER, -1)), batch=batch,
         applet_name=str(applet.get("name")), applet_version=int(applet.get("version", 0)),
         applet_measurement=applet["measurement"], ueid=ueid,
         boot_counter=int(payload.get(receipt_claims.BOOTCOUNT, -1)),

@@ -1,7 +1,8 @@
 """Warm applets (manifest ``warm = true``) on a real zone: a long-lived worker serves the
 applet's jobs, with receipts as usual; what it gives up (jobs of the applet share memory);
 limits still end a job, whose worker is then replaced; jobs in flight get workers of their
-own; a cold applet never shares a warm one's process."""
+own; a cold applet never shares a warm one's process. Batch jobs (``run_batch``), warm and
+cold: one job over many inputs, one receipt over all."""
 
 from __future__ import annotations
 
@@ -14,11 +15,12 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from emulator.factory import Factory
 from emulator.paths import SezHome
-from firmware.abi.errors import AppletFailed
+from firmware.abi.errors import AppletFailed, BadArgs
+from firmware.abi.receipt import BATCH_MAX
 from host_driver import SyncZone
 from host_driver.lifecycle import BootedZone
 from host_driver.owner import build_applet, generate_owner_key, owner_spki
-from host_driver.verifier import verify_receipt
+from host_driver.verifier import VerificationError, verify_receipt
 
 pytestmark = pytest.mark.e2e
 APPLETS = Path(__file__).parent.parent / "applets"
@@ -91,3 +93,47 @@ def test_jobs_in_flight_get_workers_of_their_own_and_cold_jobs_stay_apart(
     for job in [*jobs, slow]:
         zone.ack(job)
     assert zone.info()["jobs"]["active"] == 0
+
+
+@pytest.mark.parametrize("applet", ["warm", "slow"])
+def test_a_batch_job_runs_every_input_under_one_receipt(zone: SyncZone, sez_home: SezHome,
+                                                        applet: str) -> None:
+    """A batch (warm or cold applet): one job, the outputs in order, one receipt over the
+    lists, which fails for one input, another order, or another count."""
+    inputs = [b"0:%d" % i for i in range(20)] if applet == "slow" else [b"a", b"count", b"c"]
+    answer = zone.run_batch(applet, inputs, nonce=b"batch")
+    outputs = [bytes(o) for o in answer["outputs"]]
+    assert len(outputs) == len(inputs)
+    if applet == "slow":
+        assert outputs == inputs
+    else:  # one process ran the three in turn
+        assert outputs[0] == b"a" and outputs[2] == b"c"
+        assert json.loads(outputs[1])["pid"] == count(zone)["pid"]
+    root = Factory(sez_home).root_cert()
+    result = verify_receipt(answer["receipt"], input=inputs, output=outputs, nonce=b"batch",
+                            root=root)
+    assert result.batch == len(inputs)
+    for wrong_input, wrong_output, check in ((inputs[0], outputs[0], "input"),
+                                             (inputs[::-1], outputs, "input"),
+                                             (inputs, outputs[:-1], "output")):
+        with pytest.raises(VerificationError) as failure:
+            verify_receipt(answer["receipt"], input=wrong_input, output=wrong_output,
+                           nonce=b"batch", root=root)
+        assert failure.value.check == check
+
+
+def test_a_single_jobs_receipt_is_not_a_batchs(zone: SyncZone, sez_home: SezHome) -> None:
+    answer = zone.run("warm", b"a")
+    with pytest.raises(VerificationError) as failure:
+        verify_receipt(answer["receipt"], input=[b"a"], output=[b"a"], nonce=b"",
+                       root=Factory(sez_home).root_cert())
+    assert failure.value.check == "input"
+
+
+def test_bad_batches_are_refused_and_a_failing_input_fails_the_batch(zone: SyncZone) -> None:
+    for inputs in ([], ["text"], [b"x"] * (BATCH_MAX + 1)):
+        with pytest.raises(BadArgs):
+            zone.run_batch("warm", inputs)
+    with pytest.raises(AppletFailed, match="asked to fail"):
+        zone.run_batch("warm", [b"a", b"raise", b"c"])
+    assert [bytes(o) for o in zone.run_batch("warm", [b"ok"])["outputs"]] == [b"ok"]
