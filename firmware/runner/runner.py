@@ -53,6 +53,9 @@ WORK_ROOT = "/tmp/sez-jobs"
 ZONE_RESERVE = 192 << 20
 #: Idle warm workers kept, over every applet.
 IDLE_WARM = 4
+#: Warm workers' uids: a range of their own, above the monitor's for jobs (20000-29999), so
+#: a worker never shares its uid with a cold job of another applet.
+WARM_UID_BASE, WARM_UID_SLOTS = 30000, 10000
 
 
 def _write(path: str, value: str) -> None:
@@ -145,8 +148,7 @@ class Runner:
             if message["op"] == RunnerOp.START and len(fds) == 1:
                 warm = message.get("warm")
                 if isinstance(warm, bytes):
-                    self._start_warm(str(message["job"]), int(message["uid"]),
-                                     message["limits"], fds[0], warm)
+                    self._start_warm(str(message["job"]), message["limits"], fds[0], warm)
                 else:
                     self._start(str(message["job"]), int(message["uid"]), message["limits"],
                                 fds[0])
@@ -180,13 +182,13 @@ class Runner:
         os.close(fd)
         pidfd = os.pidfd_open(pid)
         self.jobs[job] = cgroup
-        self.loop.add_reader(pidfd, lambda: self._exited(job, pid, pidfd))
+        self.loop.add_reader(pidfd, lambda: self._exited(job, pid, pidfd, work))
 
-    def _start_warm(self, job: str, uid: int, limits: dict[str, int], fd: int,
+    def _start_warm(self, job: str, limits: dict[str, int], fd: int,
                     measurement: bytes) -> None:
         worker = next((w for w in self.idle if w.measurement == measurement), None)
         if worker is None:
-            worker = self._spawn_warm(uid, limits, measurement)
+            worker = self._spawn_warm(limits, measurement)
         else:
             self.idle.remove(worker)
         worker.job = job
@@ -199,8 +201,9 @@ class Runner:
         finally:
             os.close(fd)
 
-    def _spawn_warm(self, uid: int, limits: dict[str, int], measurement: bytes) -> Warm:
+    def _spawn_warm(self, limits: dict[str, int], measurement: bytes) -> Warm:
         self.workers += 1
+        uid = WARM_UID_BASE + self.workers % WARM_UID_SLOTS
         cgroup, work = self._cgroup(f"warm-{self.workers}", uid, limits)
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         pid = os.fork()
@@ -258,14 +261,14 @@ class Runner:
         if cgroup is not None:
             _write(f"{cgroup}/cgroup.kill", "1")
 
-    def _exited(self, job: str, pid: int, pidfd: int) -> None:
+    def _exited(self, job: str, pid: int, pidfd: int, work: str) -> None:
         self.loop.remove_reader(pidfd)
         os.close(pidfd)
         _, status = os.waitpid(pid, 0)
         cgroup = self.jobs.pop(job)
         self._send({"event": EXIT, "job": job,
                     "status": os.waitstatus_to_exitcode(status), "oom": _oom(cgroup)})
-        self._end(cgroup, f"{WORK_ROOT}/{job}")
+        self._end(cgroup, work)
 
     def _end(self, cgroup: str, work: str) -> None:
         _write(f"{cgroup}/cgroup.kill", "1")  # whatever the applet forked dies with it

@@ -17,6 +17,7 @@ from emulator.factory import Factory
 from emulator.paths import SezHome
 from firmware.abi.errors import AppletFailed, BadArgs
 from firmware.abi.receipt import BATCH_MAX
+from firmware.runner.runner import WARM_UID_BASE
 from host_driver import SyncZone
 from host_driver.lifecycle import BootedZone
 from host_driver.owner import build_applet, generate_owner_key, owner_spki
@@ -48,6 +49,7 @@ def test_one_worker_serves_the_jobs_with_receipts(zone: SyncZone, sez_home: SezH
     answers = [zone.run("warm", b"count", nonce=bytes([i])) for i in range(3)]
     seen = [json.loads(a["output"]) for a in answers]
     assert {s["pid"] for s in seen} == {first["pid"]}
+    assert first["uid"] >= WARM_UID_BASE  # never a cold job's uid (20000-29999)
     assert [s["count"] for s in seen] == [first["count"] + i for i in (1, 2, 3)]
     root = Factory(sez_home).root_cert()
     for i, answer in enumerate(answers):

@@ -1,4 +1,4 @@
-"""Input "count": {pid, count} (jobs this process has served); "remember:TEXT" keeps TEXT,
+"""Input "count": {pid, uid, count} (jobs this process has served); "remember:TEXT" keeps TEXT,
 "recall" returns what an earlier job kept; "spin" and "sleep" break the CPU and wall-time
 limits; "raise" fails; "sign" signs with the applet's key."""
 
@@ -14,7 +14,7 @@ def run(data, zone):
     global served, kept
     served += 1
     if data == b"count":
-        return json.dumps({"pid": os.getpid(), "count": served}).encode()
+        return json.dumps({"pid": os.getpid(), "uid": os.getuid(), "count": served}).encode()
     if data.startswith(b"remember:"):
         kept = data[len(b"remember:"):]
         return b"kept"
