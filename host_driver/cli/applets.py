@@ -86,8 +86,12 @@ def private(zone: SyncZone, args: argparse.Namespace) -> Iterator[SyncZone]:
 
 
 def cmd_run(args: argparse.Namespace) -> None:
-    data = read_file(args.input)
+    inputs = [read_file(path) for path in args.input]
     nonce = bytes.fromhex(args.nonce) if args.nonce else b""
+    if len(inputs) > 1:
+        _run_batch(args, inputs, nonce)
+        return
+    data = inputs[0]
     with open_zone(args.name, timeout=args.timeout) as zone, private(zone, args) as channel:
         if args.detach:
             queued = channel.submit(args.applet, data, nonce=nonce,
@@ -108,6 +112,29 @@ def cmd_run(args: argparse.Namespace) -> None:
     else:
         print(f"job {result['job']}: {len(result['output'])} bytes -> {args.output}"
               + (f", receipt -> {args.receipt}" if args.receipt else ""))
+
+
+def _run_batch(args: argparse.Namespace, inputs: list[bytes], nonce: bytes) -> None:
+    """Several --input: one batch job; the outputs go to the directory -o, as 1, 2, … in
+    the order of the inputs."""
+    if args.detach:
+        raise ValueError("a batch (several --input) runs attached only: drop --detach")
+    if not args.output:
+        raise ValueError("a batch (several --input) writes its outputs to a directory: -o DIR")
+    with open_zone(args.name, timeout=args.timeout) as zone, private(zone, args) as channel:
+        result = channel.run_batch(args.applet, inputs, nonce=nonce)
+    directory = Path(args.output)
+    directory.mkdir(parents=True, exist_ok=True)
+    outputs = [bytes(output) for output in result["outputs"]]
+    for number, output in enumerate(outputs, 1):
+        (directory / str(number)).write_bytes(output)
+    if args.receipt:
+        Path(args.receipt).write_bytes(result["receipt"])
+    emit(args, {"job": result["job"], "applet": jsonable(result["applet"]),
+                "outputs": [output.hex() for output in outputs],
+                "receipt": result["receipt"].hex()},
+         f"job {result['job']}: {len(outputs)} outputs -> {directory}/1..{len(outputs)}"
+         + (f", one receipt -> {args.receipt}" if args.receipt else ""))
 
 
 def cmd_result(args: argparse.Namespace) -> None:
@@ -151,9 +178,12 @@ def cmd_jobs(args: argparse.Namespace) -> None:
 def cmd_verify_receipt(args: argparse.Namespace) -> None:
     root = trusted_root(args.root)
     with appraising():
-        result = verify_receipt(read_file(args.file), input=read_file(args.input),
-                                output=read_file(args.output), nonce=bytes.fromhex(args.nonce),
-                                root=root)
+        inputs, outputs = ([read_file(path) for path in paths]
+                           for paths in (args.input, args.output))
+        result = verify_receipt(read_file(args.file),
+                                input=inputs if len(inputs) > 1 else inputs[0],
+                                output=outputs if len(outputs) > 1 else outputs[0],
+                                nonce=bytes.fromhex(args.nonce), root=root)
     emit(args, {"ok": True, **result.as_dict()},
          f"receipt verified: job {result.job} (counter {result.job_counter}) ran "
          f"{result.applet_name} v{result.applet_version} on device {result.ueid.hex()}; input, "
@@ -186,9 +216,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     c = command(sub, "run", cmd_run, "run an applet on an input; output and receipt")
     c.add_argument("name")
     c.add_argument("applet", help="the manifest name (its loaded version) or the id")
-    c.add_argument("--input", required=True, metavar="FILE")
+    c.add_argument("--input", required=True, metavar="FILE", action="append",
+                   help="the input; given again, a batch job over every input (one receipt)")
     c.add_argument("--nonce", help="the caller's nonce (hex, up to 64 bytes), bound in the receipt")
-    c.add_argument("-o", "--output", metavar="OUT", help="write the output here (else stdout)")
+    c.add_argument("-o", "--output", metavar="OUT", help="write the output here (else stdout); "
+                   "for a batch, a directory: OUT/1, OUT/2, …")
     c.add_argument("--receipt", metavar="FILE", help="write the receipt (COSE_Sign1) here")
     c.add_argument("--timeout", type=float, default=120.0)
     c.add_argument("--detach", action="store_true",
@@ -220,7 +252,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     c = command(sub, "verify-receipt", cmd_verify_receipt,
                 "check a receipt against input, output and nonce")
     c.add_argument("file")
-    c.add_argument("--input", required=True, metavar="IN")
-    c.add_argument("--output", required=True, metavar="OUT")
+    c.add_argument("--input", required=True, metavar="IN", action="append",
+                   help="given again (with --output as often): a batch job's receipt")
+    c.add_argument("--output", required=True, metavar="OUT", action="append")
     c.add_argument("--nonce", required=True, help="hex (may be empty: '')")
     c.add_argument("--root", help="manufacturer root certificate (default: the factory's)")

@@ -7,6 +7,8 @@ cold: one job over many inputs, one receipt over all."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -28,15 +30,22 @@ APPLETS = Path(__file__).parent.parent / "applets"
 
 
 @pytest.fixture(scope="module")
-def zone(sez_zone_factory: Callable[..., BootedZone],
-         tmp_path_factory: pytest.TempPathFactory) -> Iterator[SyncZone]:
+def booted(sez_zone_factory: Callable[..., BootedZone],
+           tmp_path_factory: pytest.TempPathFactory) -> BootedZone:
+    """The zone, its owner enrolled and the applets loaded; no driver holds its channel."""
     owner: ec.EllipticCurvePrivateKey = generate_owner_key(
         tmp_path_factory.mktemp("owner") / "owner.pem")
-    booted = sez_zone_factory("warm-zone")
-    with SyncZone(booted.url, timeout=60) as client:
+    zone = sez_zone_factory("warm-zone")
+    with SyncZone(zone.url, timeout=60) as client:
         client.enroll(owner_spki(owner))
         for applet in ("warm", "slow"):
             client.load(build_applet(APPLETS / applet, owner))
+    return zone
+
+
+@pytest.fixture
+def zone(booted: BootedZone) -> Iterator[SyncZone]:
+    with SyncZone(booted.url, timeout=60) as client:
         yield client
 
 
@@ -139,3 +148,31 @@ def test_bad_batches_are_refused_and_a_failing_input_fails_the_batch(zone: SyncZ
     with pytest.raises(AppletFailed, match="asked to fail"):
         zone.run_batch("warm", [b"a", b"raise", b"c"])
     assert [bytes(o) for o in zone.run_batch("warm", [b"ok"])["outputs"]] == [b"ok"]
+
+
+def test_the_cli_runs_and_verifies_a_batch(booted: BootedZone, tmp_path: Path) -> None:
+    """``sez run`` with --input given twice: one batch job, outputs in -o DIR as 1, 2;
+    ``sez verify-receipt`` with both lists accepts its receipt, and refuses the wrong order."""
+    inputs = []
+    for number, data in enumerate((b"first", b"second"), 1):
+        inputs.append(tmp_path / f"in{number}")
+        inputs[-1].write_bytes(data)
+    out, receipt = tmp_path / "out", tmp_path / "receipt"
+    ran = sez("run", booted.name, "warm", "--input", str(inputs[0]), "--input", str(inputs[1]),
+              "--nonce", "ab", "-o", str(out), "--receipt", str(receipt))
+    assert ran.returncode == 0, ran.stderr
+    assert [(out / n).read_bytes() for n in ("1", "2")] == [b"first", b"second"]
+    pairs = ["--input", str(inputs[0]), "--output", str(out / "1"),
+             "--input", str(inputs[1]), "--output", str(out / "2")]
+    verified = sez("verify-receipt", str(receipt), *pairs, "--nonce", "ab")
+    assert verified.returncode == 0 and "receipt verified" in verified.stdout, verified.stderr
+    swapped = sez("verify-receipt", str(receipt), *pairs[4:], *pairs[:4], "--nonce", "ab")
+    assert swapped.returncode != 0 and "input" in swapped.stderr
+    detached = sez("run", booted.name, "warm", "--input", str(inputs[0]), "--input",
+                   str(inputs[1]), "--detach")
+    assert detached.returncode == 2 and "drop --detach" in detached.stderr
+
+
+def sez(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "host_driver.cli", *args], capture_output=True,
+                          text=True, timeout=180)
