@@ -339,7 +339,7 @@ def main() -> int:
           f"{applet['warm_job_over_echo']:.1f} x a null request")
     print(f"batched null jobs    {applet['batched_inputs_per_s']:8.1f} inputs/s cold, "
           f"{applet['warm_batched_inputs_per_s']:.1f} warm ({BATCH} inputs a request, "
-          "one receipt each)")
+          "one receipt a request)")
     steps = applet["job_phases_ms"]
     print("null job's steps     " + ", ".join(f"{k} {v:.1f}" for k, v in steps.items()
                                               if k != "jobs") + " ms (zone medians)")
