@@ -118,7 +118,7 @@ async def applet_figures(url: str, tmp: Path, runs: int, jobs: int) -> dict[str,
             rates[applet] = (sequential, jobs / (time.perf_counter() - t))
         (sequential, concurrent), (warm_sequential, warm_concurrent) = rates.values()
         batched = {}
-        for applet in ("null", "null-warm"):  # BATCH inputs a request, one receipt each
+        for applet in ("null", "null-warm"):  # BATCH inputs a request, one receipt for them
             t = time.perf_counter()
             for _ in range(5):
                 await zone.run_batch(applet, [b""] * BATCH)
