@@ -105,9 +105,8 @@ class Job:
                         isinstance(piece, bytes) for piece in pieces) or (
                         batch and len(pieces) != len(self.input)):
                     self._fail("the applet's output is not bytes, one for each input")
-                elif sum(map(len, pieces)) > self.package.limits["output_bytes"]:
-                    self._fail(f"output of {sum(map(len, pieces))} bytes exceeds the "
-                               "applet's limit")
+                elif (size := sum(map(len, pieces))) > self.package.limits["output_bytes"]:
+                    self._fail(f"output of {size} bytes exceeds the applet's limit")
                 else:
                     self.output = output
                     marks = payload.get("marks")
