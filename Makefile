@@ -18,7 +18,7 @@ $(VENV)/.installed: pyproject.toml
 	@bash .ci/install-deps
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[test]'
+	$(BIN)/pip install -q -e '.[test,bench]'
 	@touch $@
 
 image: deps
@@ -46,8 +46,10 @@ test: image
 	$(BIN)/mypy
 	SEZ_REQUIRE_QEMU=1 $(BIN)/pytest -q -p no:cacheprovider tests
 
+# `make bench BENCH_ARGS="--repeat 3"`: bench/results.json and its chart bench/results.png
+# (bench/report.py re-draws the chart from the JSON)
 bench: image
-	$(BIN)/python bench/bench.py
+	$(BIN)/python bench/bench.py $(BENCH_ARGS)
 
 # `make soak CYCLES=50 ZONES=1 SOAK_ARGS="--cpus 1 --tcg-thread single"`; reports in soak-reports/
 soak: image
