@@ -114,14 +114,16 @@ class Device:
         return record
 
     def ensure_bbram(self) -> Path:
-        """The BBRAM disk, created blank (sparse zeros) if the device has none yet."""
+        """The BBRAM disk, created blank (sparse zeros) if the device has none yet, and
+        extended with blank space if it is smaller than this firmware's (an older device's
+        two slots get an empty log after them)."""
         path = self.directory / BBRAM_FILE
-        if not path.exists():
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
+        try:
+            if os.fstat(fd).st_size < BBRAM_SIZE:
                 os.ftruncate(fd, BBRAM_SIZE)
-            finally:
-                os.close(fd)
+        finally:
+            os.close(fd)
         return path
 
     @property

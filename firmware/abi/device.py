@@ -17,7 +17,9 @@ fw_cfg items, under ``opt/sez/`` (read once by PID 1 at power-on, then the drive
 ``tamper``          the factory's record of the device's past: "COUNT CAUSE" (tamper events
                     before the device was provisioned anew, the last one's cause)
 
-The BBRAM is the first virtio-blk disk (``/dev/vda``): two slots of SLOT_SIZE bytes.
+The BBRAM is the first virtio-blk disk (``/dev/vda``): two checkpoint slots of
+BBRAM_SLOT_SIZE bytes, then a log of BBRAM_LOG_SIZE bytes (firmware.layer0.bbram). A disk of
+the older two-slot size is extended with a blank log.
 Runs in the guest and on the host: standard library only.
 """
 
@@ -25,7 +27,7 @@ from __future__ import annotations
 
 __all__ = ["CONTROL_PORT", "TAMPER_PORT", "FW_CFG_PREFIX", "FW_UDS", "FW_DEVICE_ID",
            "FW_MEASUREMENTS", "FW_BOOT_COUNTER", "FW_DEBUG", "FW_TAMPER", "UDS_SIZE",
-           "BBRAM_SLOT_SIZE", "BBRAM_SIZE", "TAMPER_TRIP", "TAMPER_ZEROISED", "TAMPER_CAUSE_MAX",
+           "BBRAM_SLOT_SIZE", "BBRAM_LOG_SIZE", "BBRAM_SIZE", "TAMPER_TRIP", "TAMPER_ZEROISED", "TAMPER_CAUSE_MAX",
            "tamper_cause"]
 
 CONTROL_PORT = "org.sez.ctl"
@@ -56,4 +58,5 @@ def tamper_cause(text: str) -> str:
 UDS_SIZE = 32
 
 BBRAM_SLOT_SIZE = 4 << 20
-BBRAM_SIZE = 2 * BBRAM_SLOT_SIZE
+BBRAM_LOG_SIZE = 8 << 20
+BBRAM_SIZE = 2 * BBRAM_SLOT_SIZE + BBRAM_LOG_SIZE

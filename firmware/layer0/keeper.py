@@ -6,8 +6,14 @@ and serves the monitor on a root-only unix socket (firmware.runtime.ipc):
 
 ``identity``      UEID, alias and DeviceID certificates (DER), measurements, debug
 ``evidence``      ``{nonce, claims}`` -> an EAT signed by the alias key (abi.evidence)
-``bbram-load``    the persistent state and the store's status (firmware.layer0.bbram)
-``bbram-commit``  ``{state: CBOR bytes}`` -> make it the persistent state, durably
+``bbram-load``    ``{status, seq, state, changes, more, room}``: the newest checkpoint, the
+                  first changes logged since (firmware.layer0.bbram) and the largest change
+                  the log takes; ``{after: n}`` -> ``{changes, more}``: the changes from the
+                  n-th on. Each answer carries at most CHANGE_MAX bytes of changes (a
+                  unix socket's message must fit one kernel allocation), and ``more`` says
+                  whether others follow
+``bbram-commit``  ``{change: CBOR bytes}`` (logged) or ``{state: CBOR bytes}`` (a checkpoint
+                  of the whole state) -> ``{seq, room}`` once BBRAM holds it durably
 ``verify``        ``{key, message}`` -> the payload of a COSE_Sign1 that ``key`` (SPKI) signed
 ``receipt``       ``{claims}`` -> a job receipt (COSE_Sign1 by the alias key)
 ``audit-entry``   ``{claims}`` -> an audit-log entry (COSE_Sign1 by the alias key, with kid)
@@ -50,6 +56,7 @@ from ..runtime.ipc import (KEEPER_SOCKET, KEEPER_TIMEOUT, MAX_MESSAGE, TAMPER_RE
                            TAMPERED_EXIT, KeeperOp, listen, size_buffers)
 from ..runtime.process import foreground
 from . import bbram
+from .bbram import CHANGE_MAX
 from .identity import Identity, verify_signed
 from .secrets import Applet
 from .tamper import TamperLine
@@ -66,15 +73,36 @@ class Keeper:
     def _ops(self, identity: Identity) -> dict[str, Callable[[dict[str, Any]], Any]]:
         bbram = identity.bbram
 
+        logged: list[dict[str, Any]] = []  # the changes the last load read
+
         def load(args: dict[str, Any]) -> dict[str, Any]:
-            state = bbram.load()
-            return {"status": bbram.status, "seq": bbram.seq, "state": state}
+            after = args.get("after")
+            if after is not None:
+                if type(after) is not int or not 0 <= after <= len(logged):
+                    raise ValueError("after must count the changes already taken")
+                return page(after)
+            state, logged[:] = bbram.load()
+            return {"status": bbram.status, "seq": bbram.seq, "state": state,
+                    "room": bbram.room, **page(0)}
+
+        def page(start: int) -> dict[str, Any]:
+            end, size = start, 0
+            while end < len(logged):
+                size += len(cbor2.dumps(logged[end]))
+                if size > CHANGE_MAX and end > start:
+                    break
+                end += 1
+            return {"changes": logged[start:end], "more": end < len(logged)}
 
         def commit(args: dict[str, Any]) -> dict[str, Any]:
-            state = args["state"]
-            if not isinstance(state, bytes):
-                raise ValueError("bbram-commit takes {state: the CBOR-encoded state}")
-            return {"seq": bbram.commit(state)}
+            change, state = args.get("change"), args.get("state")
+            if isinstance(change, bytes):
+                seq = bbram.append(change)
+            elif isinstance(state, bytes):
+                seq = bbram.commit(state)
+            else:
+                raise ValueError("bbram-commit takes {change} or {state}: CBOR bytes")
+            return {"seq": seq, "room": bbram.room}
 
         return {
             KeeperOp.IDENTITY: lambda args: identity.describe(),

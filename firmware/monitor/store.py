@@ -64,7 +64,7 @@ class ZoneStore:
         self.tampered: str | None = None
         identity = keeper.call(KeeperOp.IDENTITY, {}).then(self._identified)
         self.ready = identity.then(lambda _: keeper.call(KeeperOp.BBRAM_LOAD, {})).then(
-            self._loaded)
+            self._read_log).then(self._loaded)
         self.ready.add(self._unloadable)
 
     @property
@@ -82,8 +82,21 @@ class ZoneStore:
             self.state.status = evidence.BbramStatus.TAMPERED
             self.tampered = ready.error.message
 
+    def _read_log(self, result: dict[str, Any]) -> Deferred:
+        """The load's answer, with the changes of every page that follows it."""
+        if not result.get("more"):
+            return Deferred.of(result)
+
+        def add(page: dict[str, Any]) -> Deferred:
+            return self._read_log({**result, "changes": list(result["changes"]) +
+                                   list(page["changes"]), "more": page["more"]})
+
+        return self.keeper.call(KeeperOp.BBRAM_LOAD,
+                                {"after": len(result["changes"])}).then(add)
+
     def _loaded(self, result: dict[str, Any]) -> Deferred:
-        self.state.loaded(str(result["status"]), dict(result["state"]))
+        self.state.loaded(str(result["status"]), dict(result["state"]),
+                          list(result["changes"]), int(result["room"]))
         for name, raw in self.state.map.get("applets", {}).items():
             try:
                 self.packages[name] = applets.parse(raw)

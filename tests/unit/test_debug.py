@@ -14,6 +14,7 @@ import pytest
 
 from emulator.factory import Factory
 from firmware.abi import dice, keys, secret
+from firmware.abi.device import BBRAM_SIZE
 from firmware.abi.errors import BadArgs, BadBlob, BbramError, DebugRefused
 from firmware.layer0.bbram import Bbram
 from firmware.layer0.identity import Identity
@@ -122,16 +123,16 @@ def test_bbram_of_one_mode_is_unauthenticated_in_the_other(production: Identity,
                                                            debug: Identity,
                                                            tmp_path: Path) -> None:
     disk = tmp_path / "bbram.img"
-    disk.write_bytes(bytes(2 * (4 << 20)))
+    disk.write_bytes(bytes(BBRAM_SIZE))
     stored = Bbram(dice.bbram_key(production.cdi), str(disk))
-    assert stored.load() == {} and stored.status == "fresh"
+    assert stored.load() == ({}, []) and stored.status == "fresh"
     stored.commit(cbor2.dumps({"secrets": {"db": {"policy": POLICY, "blob": b"x"}}}))
     seen = Bbram(dice.bbram_key(debug.cdi), str(disk))
-    assert seen.load() == {} and seen.status == "unauthenticated"
+    assert seen.load() == ({}, []) and seen.status == "unauthenticated"
     with pytest.raises(BbramError, match="unauthenticated"):
         seen.commit(cbor2.dumps({}))  # the production state is left as it was
     again = Bbram(dice.bbram_key(production.cdi), str(disk))
-    assert again.load()["secrets"]["db"]["blob"] == b"x" and again.status == "ok"
+    assert again.load()[0]["secrets"]["db"]["blob"] == b"x" and again.status == "ok"
 
 
 def test_a_debug_zone_takes_only_debug_policies(production: Identity, debug: Identity) -> None:

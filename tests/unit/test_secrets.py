@@ -17,6 +17,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from emulator.device import Device
 from emulator.factory import Factory
 from firmware.abi import cose, dice, secret
+from firmware.abi.device import BBRAM_SIZE
 from firmware.abi.errors import (BadArgs, BadBlob, NotOwner, PolicyUnmatched, SecretDenied,
                                  SecretExists, error_for_code)
 from firmware.abi.keys import key_id
@@ -29,7 +30,7 @@ from firmware.monitor.store import ZoneStore
 from firmware.runtime.ipc import KeeperOp
 from host_driver.owner import build_applet, owner_spki
 
-from .conftest import Zone
+from .conftest import HostKeeper, Zone, keeper_call, settle
 
 VALUE = b"the database password: correct horse battery staple"
 M1, M2 = bytes(range(48)), bytes(range(1, 49))
@@ -205,12 +206,6 @@ def test_the_secret_key_is_its_own() -> None:
 # -- the keeper's ops --------------------------------------------------------------------------
 
 
-def keeper_call(keeper: Keeper, op: str, args: Any) -> dict[str, Any]:
-    """One request as it crosses the keeper's socket: CBOR there and back."""
-    return dict(cbor2.loads(cbor2.dumps(keeper.handle(cbor2.dumps(
-        {"id": 1, "op": op, "args": args})))))
-
-
 def test_the_keeper_seals_and_opens_and_no_error_carries_the_value(zone: Zone) -> None:
     keeper = Keeper(zone.identity, None)
     sealed = keeper_call(keeper, KeeperOp.SECRET_SEAL,
@@ -253,28 +248,6 @@ def assert_no_value(message: str) -> None:
 # -- the monitor's store, through the real keeper ---------------------------------------------
 
 
-class HostKeeper:
-    """The monitor's keeper link, answered at once by the real layer-0 code on the host."""
-
-    def __init__(self, keeper: Keeper) -> None:
-        self.keeper = keeper
-        self.calls: list[tuple[str, dict[str, Any]]] = []
-
-    def call(self, op: KeeperOp, args: dict[str, Any]) -> Deferred:
-        self.calls.append((op, args))
-        reply = keeper_call(self.keeper, op, args)
-        if reply["ok"]:
-            return Deferred.of(reply["result"])
-        return Deferred.failed(error_for_code(reply["error"]["code"], reply["error"]["message"]))
-
-
-def settle(deferred: Deferred) -> Any:
-    assert deferred.done, "the host keeper answers at once"
-    if deferred.error is not None:
-        raise deferred.error
-    return deferred.value
-
-
 @pytest.fixture(scope="module")
 def store_zone(factory: Factory, tmp_path_factory: pytest.TempPathFactory) -> Zone:
     return Zone(factory.home, "secrets-store", tmp_path_factory.mktemp("store"))
@@ -285,7 +258,7 @@ def store(store_zone: Zone, tmp_path: Path) -> tuple[ZoneStore, HostKeeper]:
     """A fresh monitor store on a fresh BBRAM file, its keeper the real layer 0."""
     disk = tmp_path / "bbram.img"
     with disk.open("wb") as f:
-        f.truncate(2 * bbram.SLOT_SIZE)
+        f.truncate(BBRAM_SIZE)
     store_zone.identity.bbram = bbram.Bbram(dice.bbram_key(store_zone.identity.cdi), str(disk))
     link = HostKeeper(Keeper(store_zone.identity, None))
     zone_store = ZoneStore(cast(KeeperLink, link))

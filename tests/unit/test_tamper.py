@@ -15,6 +15,7 @@ from emulator.factory import Factory, FactoryError
 from emulator.paths import SezHome
 from emulator.sensors import describe, parse_sensors
 from firmware.abi import claims, cose
+from firmware.abi.device import BBRAM_SIZE
 from firmware.layer0 import bbram
 from firmware.layer0.tamper import TamperLine
 from firmware.pid1.hardware import Hardware, parse_tamper_record
@@ -48,12 +49,12 @@ def test_the_line_trips_on_any_bytes_and_keeps_a_printable_cause() -> None:
     os.close(theirs)
 
 
-def test_bbram_wipe_zeroes_both_slots(tmp_path: Path) -> None:
+def test_bbram_wipe_zeroes_the_slots_and_the_log(tmp_path: Path) -> None:
     disk = tmp_path / "bbram.img"
-    disk.write_bytes(os.urandom(2 * bbram.SLOT_SIZE))
+    disk.write_bytes(os.urandom(BBRAM_SIZE))
     bbram.wipe(str(disk))
     assert not any(disk.read_bytes())
-    assert bbram.Bbram(bytes(32), str(disk)).load() == {}
+    assert bbram.Bbram(bytes(32), str(disk)).load() == ({}, [])
 
 
 def test_the_hardware_wipes_the_fuses_and_counts(tmp_path: Path) -> None:
