@@ -48,6 +48,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import hashlib
 import json
 import os
 import pty
@@ -549,7 +550,8 @@ def main() -> int:
     if min(args.repeat, boots, args.tampers) < 1 or args.backlog < args.repeat:
         ap.error("--repeat, --boots and --tampers must be at least 1, --backlog at least --repeat")
     volume = args.mib << 20
-    started = time.perf_counter()
+    started, measured = time.perf_counter(), commit()  # the tree as the run begins
+    image = hashlib.sha256((load_image().directory / "manifest.json").read_bytes()).hexdigest()
 
     with tempfile.TemporaryDirectory(prefix="sez-bench-") as tmp:
         home = SezHome(Path(tmp))
@@ -586,7 +588,8 @@ def main() -> int:
                                                                  args.repeat))
 
     results: dict[str, Any] = {
-        "meta": {"commit": commit(), "date": time.strftime("%Y-%m-%d %H:%M:%S %z"),
+        "meta": {"commit": measured, "image_manifest_sha256": image[:16],
+                 "date": time.strftime("%Y-%m-%d %H:%M:%S %z"),
                  "options": {k: str(v) if isinstance(v, Path) else v
                              for k, v in vars(args).items()},
                  "cpus": os.cpu_count(), "batch": BATCH},
