@@ -64,8 +64,7 @@ from typing import Any, Awaitable, Callable, TypeVar
 from emulator.factory import Factory
 from emulator.image import load_image
 from emulator.paths import SezHome
-from firmware.abi.jobs import JobState
-from firmware.monitor.jobs import TIMED_JOBS
+from firmware.abi.jobs import TIMED_JOBS, JobState
 from host_driver import Zone
 from host_driver.lifecycle import booted
 from host_driver.owner import build_applet, generate_owner_key, owner_spki

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import enum
 
-__all__ = ["JobState", "FINAL", "NONCE_MAX", "KEY_MIN", "KEY_MAX", "RESULT_WAIT_MAX"]
+__all__ = ["JobState", "FINAL", "NONCE_MAX", "KEY_MIN", "KEY_MAX", "RESULT_WAIT_MAX", "TIMED_JOBS"]
 
 
 class JobState(enum.StrEnum):
@@ -32,3 +32,5 @@ NONCE_MAX = 64
 KEY_MIN, KEY_MAX = 8, 64
 #: The most seconds the zone holds one ``result`` answer (a client waiting longer asks again).
 RESULT_WAIT_MAX = 60
+#: ``stats``' job_phases_ms: medians over the last TIMED_JOBS jobs.
+TIMED_JOBS = 64

@@ -25,7 +25,7 @@ from ..abi import secret, wellformed, wire
 from ..abi.applet import Package
 from ..abi.errors import (AppletFailed, BadArgs, Code, NoSuchJob, NoSuchSecret, NotOwner,
                           UnknownOp, ZoneError)
-from ..abi.jobs import FINAL, JobState
+from ..abi.jobs import FINAL, TIMED_JOBS, JobState
 from ..abi.keys import key_id
 from ..runtime.console import log
 from ..runtime.ipc import CONFINEMENT_FAILED, EXIT, JOB_DONE, JOB_ERROR, JobCall, KeeperOp
@@ -48,8 +48,6 @@ EXIT_GRACE = 1.0
 #: writes and imports the applet; runs it; its answer reaches the monitor; the receipt is
 #: signed. The first mark is the job's creation in the monitor.
 PHASES = ("start", "confine", "receive", "load", "run", "report", "receipt")
-#: Jobs whose phases ``stats`` reports the medians of.
-TIMED_JOBS = 64
 
 
 class Job:
