@@ -1,6 +1,6 @@
 """COSE_Sign1 (RFC 9052) with ES384, the signature format of evidence and receipts.
 
-    COSE_Sign1 = #6.18([protected: bstr .cbor {1: -35, 33: x5chain?}, unprotected: {},
+    COSE_Sign1 = #6.18([protected: bstr .cbor {1: -35, 33: x5chain?}, unprotected: {* any},
                         payload: bstr, signature: bstr (r || s, 48 + 48 bytes)])
 
 Signed over ``["Signature1", protected, b"", payload]``. The certificate chain (alias, then
@@ -24,7 +24,7 @@ from cryptography.hazmat.primitives.asymmetric.utils import (
 from . import wellformed
 from .errors import SezError
 
-__all__ = ["Sign1", "sign1", "decode_sign1", "COSE_SIGN1_TAG", "ALG_ES384", "HDR_ALG",
+__all__ = ["Sign1", "sign1", "sign1_each", "decode_sign1", "COSE_SIGN1_TAG", "ALG_ES384", "HDR_ALG",
            "HDR_KID", "HDR_X5CHAIN", "CoseError"]
 
 COSE_SIGN1_TAG = 18
@@ -46,9 +46,11 @@ class Sign1:
     """A decoded COSE_Sign1 message (signature not yet checked: call ``verify``)."""
 
     def __init__(self, protected: bytes, headers: dict[int, object], payload: bytes,
-                 signature: bytes) -> None:
+                 signature: bytes, unprotected: dict[object, object] | None = None) -> None:
         self.protected = protected
         self.headers = headers
+        #: The unprotected header: not covered by the signature.
+        self.unprotected = unprotected or {}
         self.payload = payload
         self.signature = signature
 
@@ -85,6 +87,14 @@ def _to_be_signed(protected: bytes, payload: bytes) -> bytes:
 def sign1(payload: bytes, key: ec.EllipticCurvePrivateKey, *, x5chain: list[bytes] | None = None,
           kid: bytes | None = None) -> bytes:
     """A tagged COSE_Sign1 over ``payload``, by ``key``, carrying ``x5chain`` or ``kid``."""
+    return sign1_each(payload, key, [{}], x5chain=x5chain, kid=kid)[0]
+
+
+def sign1_each(payload: bytes, key: ec.EllipticCurvePrivateKey,
+               unprotected: list[dict[object, object]], *, x5chain: list[bytes] | None = None,
+               kid: bytes | None = None) -> list[bytes]:
+    """One signature over ``payload`` (as ``sign1``), in one tagged COSE_Sign1 for each of
+    the ``unprotected`` headers (which the signature does not cover)."""
     headers: dict[int, object] = {HDR_ALG: ALG_ES384}
     if x5chain is not None:
         headers[HDR_X5CHAIN] = x5chain
@@ -94,7 +104,8 @@ def sign1(payload: bytes, key: ec.EllipticCurvePrivateKey, *, x5chain: list[byte
     der = key.sign(_to_be_signed(protected, payload), ec.ECDSA(hashes.SHA384()))
     r, s = decode_dss_signature(der)
     signature = r.to_bytes(_COORD, "big") + s.to_bytes(_COORD, "big")
-    return cbor2.dumps(cbor2.CBORTag(COSE_SIGN1_TAG, [protected, {}, payload, signature]))
+    return [cbor2.dumps(cbor2.CBORTag(COSE_SIGN1_TAG, [protected, header, payload, signature]))
+            for header in unprotected]
 
 
 def decode_sign1(data: bytes) -> Sign1:
@@ -119,4 +130,4 @@ def decode_sign1(data: bytes) -> Sign1:
         raise CoseError(f"protected header is not CBOR: {exc}") from exc
     if not isinstance(headers, dict):
         raise CoseError("protected header is not a map")
-    return Sign1(protected, headers, payload, signature)
+    return Sign1(protected, headers, payload, signature, unprotected)

@@ -11,6 +11,7 @@ applets (firmware.layer0.sealing) and of provisioned secrets (firmware.layer0.se
 from __future__ import annotations
 
 import datetime
+import os
 import time
 from typing import Any
 
@@ -105,9 +106,22 @@ class Identity:
             payload[evidence.SESSION_KEY] = self._session_key
         return cose.sign1(cbor2.dumps(payload), self.alias, x5chain=self.chain)
 
-    def receipt(self, extra: dict[Any, Any]) -> bytes:
-        """A job receipt: the monitor's job claims, with this zone's identity and time."""
-        return self._attested(receipt_claims.PROFILE, extra, x5chain=self.chain)
+    def receipts(self, jobs: Any) -> list[bytes]:
+        """The receipts of these jobs (the monitor's claims of each), under one signature:
+        each job's claims, salted, are a leaf of a tree whose root the alias key signs with
+        this zone's identity and time (abi.receipt)."""
+        if not (isinstance(jobs, list) and 1 <= len(jobs) <= receipt_claims.SIGNED_MAX
+                and all(isinstance(job, dict) for job in jobs)):
+            raise ValueError(f"receipts takes 1 to {receipt_claims.SIGNED_MAX} jobs' claims")
+        if any(set(job) & evidence.KEEPER_CLAIMS for job in jobs):
+            raise ValueError("the monitor may not set layer 0's claims")
+        leaves = [cbor2.dumps({**job, receipt_claims.SALT: os.urandom(16)}) for job in jobs]
+        root, paths = receipt_claims.tree([receipt_claims.leaf_hash(leaf) for leaf in leaves])
+        payload = self._claims(receipt_claims.PROFILE, {
+            receipt_claims.TREE: {"size": len(leaves), "root": root}})
+        return cose.sign1_each(cbor2.dumps(payload), self.alias, [
+            {receipt_claims.LEAF: receipt_claims.proof(i, path, leaf)}
+            for i, (path, leaf) in enumerate(zip(paths, leaves))], x5chain=self.chain)
 
     def audit_entry(self, extra: dict[Any, Any]) -> bytes:
         """An audit-log entry: the chain travels beside the log, the entry names the key."""
@@ -115,13 +129,17 @@ class Identity:
                               kid=keys.key_id(keys.spki(self.alias)))
 
     def _attested(self, profile: str, extra: dict[Any, Any], **headers: Any) -> bytes:
-        """``extra`` with this zone's UEID, time, boot counter and ``profile``, signed by the
-        alias key. The monitor's claims may not set those."""
+        """``extra`` with this zone's identity and time (``_claims``), signed by the alias
+        key."""
+        return cose.sign1(cbor2.dumps(self._claims(profile, extra)), self.alias, **headers)
+
+    def _claims(self, profile: str, extra: dict[Any, Any]) -> dict[Any, Any]:
+        """``extra`` with this zone's UEID, time, boot counter and ``profile``. The monitor's
+        claims may not set those."""
         if set(extra) & evidence.KEEPER_CLAIMS:
             raise ValueError("the monitor may not set layer 0's claims")
-        payload: dict[Any, Any] = {**extra, claims.UEID: self.ueid, claims.IAT: int(time.time()),
-                                   claims.BOOTCOUNT: self.boot_counter, claims.PROFILE_KEY: profile}
-        return cose.sign1(cbor2.dumps(payload), self.alias, **headers)
+        return {**extra, claims.UEID: self.ueid, claims.IAT: int(time.time()),
+                claims.BOOTCOUNT: self.boot_counter, claims.PROFILE_KEY: profile}
 
     def applet_sign(self, measurement: Any, data: Any) -> dict[str, Any]:
         """Sign ``data`` with the applet's own key (derived from the CDI and its measurement)."""

@@ -15,7 +15,8 @@ and serves the monitor on a root-only unix socket (firmware.runtime.ipc):
 ``bbram-commit``  ``{change: CBOR bytes}`` (logged) or ``{state: CBOR bytes}`` (a checkpoint
                   of the whole state) -> ``{seq, room}`` once BBRAM holds it durably
 ``verify``        ``{key, message}`` -> the payload of a COSE_Sign1 that ``key`` (SPKI) signed
-``receipt``       ``{claims}`` -> a job receipt (COSE_Sign1 by the alias key)
+``receipts``      ``{jobs: [claims]}`` -> ``{receipts}``: the jobs' receipts under one signature
+                  by the alias key (abi.receipt)
 ``audit-entry``   ``{claims}`` -> an audit-log entry (COSE_Sign1 by the alias key, with kid)
 ``applet-sign``   ``{measurement, data}`` -> the applet's own signature, its public key and
                   its certificate (signed by the alias key)
@@ -112,7 +113,7 @@ class Keeper:
             KeeperOp.BBRAM_COMMIT: commit,
             KeeperOp.VERIFY: lambda args: {"payload": verify_signed(args.get("key"),
                                                                     args.get("message"))},
-            KeeperOp.RECEIPT: lambda args: {"receipt": identity.receipt(args["claims"])},
+            KeeperOp.RECEIPTS: lambda args: {"receipts": identity.receipts(args.get("jobs"))},
             KeeperOp.AUDIT_ENTRY: lambda args: {"entry": identity.audit_entry(args["claims"])},
             KeeperOp.APPLET_SIGN: lambda args: identity.applet_sign(args.get("measurement"),
                                                                     args.get("data")),

@@ -260,7 +260,7 @@ class Job:
             return {"job": self.id, "applet": applet, "receipt": receipt["receipt"],
                     ("output" if isinstance(output, bytes) else "outputs"): output}
 
-        self.jobs.keeper.call(KeeperOp.RECEIPT, {"claims": claims}).then(signed).add(
+        self.jobs.receipts.sign(claims).then(signed).add(
             lambda d: self.result.resolve(d.value, d.error))
 
     def _close(self) -> None:
@@ -287,6 +287,41 @@ class Queued:
         self.detached = detached
 
 
+class Receipts:
+    """Receipts signed in groups, as BBRAM commits are: the jobs that finish while layer 0
+    signs wait, and go together in its next signature (abi.receipt: one tree, one signature,
+    a receipt for each job), up to SIGNED_MAX at a time. A job alone waits for no other."""
+
+    def __init__(self, keeper: KeeperLink) -> None:
+        self.keeper = keeper
+        self._pending: list[tuple[dict[str, Any], Deferred]] = []
+        self._signing = False
+        self.signatures = 0
+
+    def sign(self, claims: dict[str, Any]) -> Deferred:
+        """Resolve to ``{receipt}`` for this job's claims."""
+        done = Deferred()
+        self._pending.append((claims, done))
+        if not self._signing:
+            self._sign_pending()
+        return done
+
+    def _sign_pending(self) -> None:
+        batch = self._pending[:receipt_claims.SIGNED_MAX]
+        del self._pending[:len(batch)]
+        self._signing = bool(batch)
+        if not batch:
+            return
+
+        def signed(d: Deferred) -> None:
+            self.signatures += d.error is None
+            for i, (_, done) in enumerate(batch):
+                done.resolve(None if d.error else {"receipt": d.value["receipts"][i]}, d.error)
+            self._sign_pending()
+
+        self.keeper.call(KeeperOp.RECEIPTS, {"jobs": [claims for claims, _ in batch]}).add(signed)
+
+
 class Jobs:
     """Runs jobs MAX_RUNNING at a time, in order. ``run`` is interactive (the answer carries
     the result); ``submit`` is detached: the job and its result live in the outbox (BBRAM)
@@ -298,6 +333,7 @@ class Jobs:
         self.store = store
         self.active: dict[str, Job] = {}
         self.runner = RunnerLink(loop, self._event)
+        self.receipts = Receipts(keeper)
         self.waiting: list[Queued] = []
         self.waiters: dict[str, list[Deferred]] = {}
         self.running = 0

@@ -260,6 +260,7 @@ class Monitor:
             "schedules": len(self.zone.schedules.specs()),
             "audit": {"kept": len(store.audit.entries()), "next": store.audit.next_seq()},
             "bbram_commits": store.state.commits,
+            "receipt_signatures": jobs.receipts.signatures,
             "capabilities": self.capabilities(),
             "port_io": self.port_io,
         }

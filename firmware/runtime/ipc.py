@@ -41,7 +41,7 @@ class KeeperOp(enum.StrEnum):
     BBRAM_LOAD = "bbram-load"
     BBRAM_COMMIT = "bbram-commit"
     VERIFY = "verify"
-    RECEIPT = "receipt"
+    RECEIPTS = "receipts"
     AUDIT_ENTRY = "audit-entry"
     APPLET_SIGN = "applet-sign"
     SEAL = "seal"

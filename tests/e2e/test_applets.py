@@ -27,6 +27,7 @@ from emulator.factory import Factory
 from emulator.image import load_image
 from emulator.paths import SezHome
 from firmware.abi import cose
+from firmware.abi import receipt as receipt_claims
 from firmware.abi.errors import Code
 from host_driver import SyncZone, ZoneError
 from host_driver.lifecycle import BootedZone
@@ -118,20 +119,36 @@ def test_receipts_verify_with_pycose_and_fail_when_changed(zone: SyncZone,
         with pytest.raises(VerificationError):
             verify_receipt(bytes(changed), input=b"payload", output=b"payload", nonce=b"n",
                            root=root)
-    # A validly signed receipt whose claims were changed cannot exist: re-signing needs the
-    # alias key, and a receipt signed by another key fails the chain.
-    claims = cbor2.loads(cose.decode_sign1(receipt).payload)
-    claims["sez.output"] = hashlib.sha384(b"forged").digest()
+    # The job's claims travel in the unprotected header: changed there, they no longer fold
+    # to the root the zone signed; and a tree re-signed by another key fails the signature.
+    _, _, _, claims = receipt_claims.parse_proof(
+        cose.decode_sign1(receipt).unprotected[receipt_claims.LEAF])
+    leaf = cbor2.dumps({**claims, "sez.output": hashlib.sha384(b"forged").digest()})
+    tagged = cbor2.loads(receipt)
+    tagged.value[1] = {receipt_claims.LEAF: receipt_claims.proof(0, [], leaf)}
+    with pytest.raises(VerificationError) as failure:
+        verify_receipt(cbor2.dumps(tagged), input=b"payload", output=b"forged", nonce=b"n",
+                       root=root)
+    assert failure.value.check == "inclusion"
+    signed = cbor2.loads(cose.decode_sign1(receipt).payload)
+    signed[receipt_claims.TREE] = {"size": 1, "root": receipt_claims.leaf_hash(leaf)}
     stranger = ec.generate_private_key(ec.SECP384R1())
-    forged = cose.sign1(cbor2.dumps(claims), stranger, x5chain=message.phdr[X5chain])
+    forged = cose.sign1_each(cbor2.dumps(signed), stranger, [tagged.value[1]],
+                             x5chain=message.phdr[X5chain])[0]
     with pytest.raises(VerificationError) as failure:
         verify_receipt(forged, input=b"payload", output=b"forged", nonce=b"n", root=root)
     assert failure.value.check == "signature"
 
 
+def job_claims(receipt: bytes) -> dict[str, Any]:
+    """A receipt's job claims, unverified (its unprotected header)."""
+    return receipt_claims.parse_proof(
+        cose.decode_sign1(receipt).unprotected[receipt_claims.LEAF])[3]
+
+
 def test_job_counters_are_monotonic(zone: SyncZone) -> None:
-    counters = [cbor2.loads(cose.decode_sign1(zone.run("null", b"")["receipt"]).payload)
-                ["sez.job_counter"] for _ in range(5)]
+    counters = [job_claims(zone.run("null", b"")["receipt"])["sez.job_counter"]
+                for _ in range(5)]
     assert counters == sorted(counters) and len(set(counters)) == 5
 
 

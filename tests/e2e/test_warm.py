@@ -6,6 +6,7 @@ cold: one job over many inputs, one receipt over all."""
 
 from __future__ import annotations
 
+import collections
 import json
 import subprocess
 import sys
@@ -17,6 +18,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from emulator.factory import Factory
 from emulator.paths import SezHome
+from firmware.abi import cose
 from firmware.abi.errors import AppletFailed, BadArgs
 from firmware.abi.receipt import BATCH_MAX
 from firmware.runner.runner import WARM_UID_BASE
@@ -104,6 +106,26 @@ def test_jobs_in_flight_get_workers_of_their_own_and_cold_jobs_stay_apart(
     for job in [*jobs, slow]:
         zone.ack(job)
     assert zone.info()["jobs"]["active"] == 0
+
+
+def test_receipts_of_jobs_that_finish_together_share_one_signature(zone: SyncZone,
+                                                                   sez_home: SezHome) -> None:
+    """Layer 0 signs the receipts of the jobs that finish while it signs in one tree
+    (abi.receipt): every receipt verifies alone, each signature's tree holds exactly the
+    receipts that carry it, and the zone counts one signature for each."""
+    before = zone.info()["receipt_signatures"]
+    jobs = [zone.submit("warm", b"count")["job"] for _ in range(24)]
+    results = [zone.result(job, wait=60) for job in jobs]
+    root = Factory(sez_home).root_cert()
+    trees: dict[bytes, list[int]] = collections.defaultdict(list)
+    for result in results:
+        checked = verify_receipt(result["receipt"], input=b"count", output=result["output"],
+                                 nonce=b"", root=root)
+        trees[cose.decode_sign1(result["receipt"]).signature].append(checked.signed_together)
+    assert all(sizes == [len(sizes)] * len(sizes) for sizes in trees.values()), trees
+    assert zone.info()["receipt_signatures"] - before == len(trees)
+    for job in jobs:
+        zone.ack(job)
 
 
 @pytest.mark.parametrize("applet", ["warm", "slow"])
