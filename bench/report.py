@@ -20,6 +20,7 @@ matplotlib.use("Agg")
 
 import matplotlib.pyplot as plt  # noqa: E402 (after the backend is chosen)
 from matplotlib.axes import Axes  # noqa: E402
+from matplotlib.ticker import NullFormatter  # noqa: E402
 
 Figure = dict[str, Any]
 ZONE, NATIVE, OTHER = "tab:blue", "tab:orange", "tab:green"
@@ -53,10 +54,12 @@ def bars(ax: Axes, groups: Sequence[str], series: dict[str, tuple[list[Figure | 
         ax.invert_yaxis()
         ax.set_xlabel(unit)
         ax.set_xscale("log" if log else "linear")
+        ax.xaxis.set_minor_formatter(NullFormatter())  # a short log axis labels its minor ticks
     else:
         ax.set_xticks(range(len(groups)), groups)
         ax.set_ylabel(unit)
         ax.set_yscale("log" if log else "linear")
+        ax.yaxis.set_minor_formatter(NullFormatter())
     if len(series) > 1:
         ax.legend(fontsize=8)
     ax.set_title(title)
