@@ -75,12 +75,13 @@ class Bbram:
         self.status = ABSENT
         self.tail = 0  # where in the log the next record goes; 0: the log is empty
         self.has_log = False  # whether the disk has room for a log (older disks do not)
+        self.change_sizes: list[int] = []  # of each change the last load read (CBOR bytes)
 
     def _open(self, flags: int) -> int:
         return os.open(self.path, flags | os.O_CLOEXEC)
 
     def _decode(self, raw: bytes, magic: bytes) -> tuple[int, Any, int] | None:
-        """(seq, CBOR content, record length) if ``raw`` starts with an authentic ``magic``
+        """(seq, CBOR content, its size in bytes) if ``raw`` starts with an authentic ``magic``
         record, else None."""
         if len(raw) < OVERHEAD:
             return None
@@ -97,7 +98,7 @@ class Bbram:
             content = cbor2.loads(plain)
         except (cbor2.CBORDecodeError, ValueError, TypeError):  # authentic, yet unreadable
             return None
-        return (seq, content, start + length) if isinstance(content, dict) else None
+        return (seq, content, len(plain)) if isinstance(content, dict) else None
 
     def _seal(self, magic: bytes, seq: int, plain: bytes) -> bytes:
         header = _HEADER.pack(magic, VERSION, seq, len(plain) + _TAG)
@@ -106,7 +107,9 @@ class Bbram:
 
     def load(self) -> tuple[dict[str, Any], list[dict[str, Any]]]:
         """The newest authentic checkpoint ({} when fresh) and the changes logged since, in
-        order; sets ``status``, ``seq``, ``slot`` and where the log goes on."""
+        order; sets ``status``, ``seq``, ``slot``, ``change_sizes`` and where the log goes
+        on."""
+        self.change_sizes = []
         try:
             fd = self._open(os.O_RDONLY)
         except OSError:
@@ -151,6 +154,7 @@ class Bbram:
                 break
             self.seq = seq
             changes.append(decoded[1])
+            self.change_sizes.append(decoded[2])
             self.tail += _blocks(size)
         return changes
 

@@ -89,7 +89,7 @@ class Keeper:
         def page(start: int) -> dict[str, Any]:
             end, size = start, 0
             while end < len(logged):
-                size += len(cbor2.dumps(logged[end]))
+                size += bbram.change_sizes[end]
                 if size > CHANGE_MAX and end > start:
                     break
                 end += 1
