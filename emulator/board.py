@@ -8,17 +8,21 @@ hardware *is* lives here, apart from how it is started and stopped.
 from __future__ import annotations
 
 import fcntl
+import hashlib
+import json
 import os
 import shlex
+import shutil
+from dataclasses import dataclass
 from pathlib import Path
 
-from firmware.abi.device import CONTROL_PORT, FW_CFG_PREFIX, TAMPER_PORT
+from firmware.abi.device import CONTROL_PORT, FW_CFG_PREFIX, START_PORT, TAMPER_PORT
 
-from .errors import MachineStateError
+from .errors import LaunchError, MachineStateError
 from .image import Image
 
-__all__ = ["QEMU", "QBOOT", "CPUS", "TCG_THREAD", "TCG_CPU", "probe_kvm", "resolve_accel",
-           "qemu_command"]
+__all__ = ["QEMU", "QBOOT", "CPUS", "TCG_THREAD", "TCG_CPU", "Board", "probe_kvm",
+           "resolve_accel", "qemu_command"]
 
 QEMU = os.environ.get("SEZ_QEMU", "qemu-system-x86_64")
 QBOOT = Path("/usr/share/qemu/qboot.rom")
@@ -31,6 +35,42 @@ CPUS = int(os.environ.get("SEZ_CPUS", "1"))
 TCG_THREAD = os.environ.get("SEZ_TCG_THREAD", "single")
 #: The guest's CPU model under TCG (why: qemu_command).
 TCG_CPU = "qemu64,+rdrand,+aes,+pclmulqdq,+ssse3,+sse4.1,+sse4.2"
+
+
+@dataclass(frozen=True)
+class Board:
+    """How QEMU runs one machine: what a template and a machine resumed from it share."""
+
+    accel: str
+    cpus: int
+    tcg_thread: str
+    memory_mb: int
+    debug: bool  # a debug zone's board has the console shell's port
+
+    @classmethod
+    def make(cls, *, accel: str, cpus: int | None, tcg_thread: str | None, memory_mb: int,
+             debug: bool) -> "Board":
+        """The board asked for (None: the defaults CPUS, TCG_THREAD), checked."""
+        if shutil.which(QEMU) is None:
+            raise LaunchError(f"{QEMU} not found (install it: make deps)")
+        board = cls(resolve_accel(accel), CPUS if cpus is None else cpus,
+                    TCG_THREAD if tcg_thread is None else tcg_thread, memory_mb, debug)
+        if board.tcg_thread not in ("single", "multi"):
+            raise ValueError(f"tcg_thread must be single or multi, not {board.tcg_thread!r}")
+        return board
+
+    def key(self, image: Image) -> str:
+        """A digest of the board, the image's reference values (its manifest), the QEMU
+        binary and $SEZ_QEMU_ARGS: a template resumes only on a machine of the same key."""
+        qemu = shutil.which(QEMU) or QEMU
+        try:
+            st = os.stat(qemu)
+            binary = [qemu, st.st_size, st.st_mtime_ns]
+        except OSError:
+            binary = [qemu]
+        described = {"board": self.__dict__, "image": image.manifest, "qemu": binary,
+                     "args": os.environ.get("SEZ_QEMU_ARGS", "")}
+        return hashlib.sha256(json.dumps(described, sort_keys=True).encode()).hexdigest()
 
 
 def probe_kvm() -> bool:
@@ -69,15 +109,22 @@ def resolve_accel(accel: str) -> str:
 
 def qemu_command(name: str, image: Image, *, accel: str, memory_mb: int, cpus: int,
                  tcg_thread: str, console_log: Path, tamper_line: Path, qmp_socket: Path,
-                 sensors_socket: Path, gdb_port: int | None = None,
-                 shell_socket: Path | None = None,
-                 fw_cfg: dict[str, Path | str], bbram: Path) -> list[str]:
+                 sensors_socket: Path, ctl_socket: Path, start_line: Path,
+                 gdb_port: int | None = None, shell_socket: Path | None = None,
+                 fw_cfg: dict[str, Path | str], bbram: Path,
+                 ram: Path | None = None, ram_shared: bool = False,
+                 incoming: bool = False) -> list[str]:
     """QEMU's command line for zone ``name``: the board booting ``image``, its console written
-    to ``console_log``, its tamper line on the pipe ``tamper_line`` (.in, .out), QMP on the
+    to ``console_log``, its control port on the unix socket ``ctl_socket``, its tamper line
+    and start line on the pipes ``tamper_line`` and ``start_line`` (.in, .out), QMP on the
     unix sockets ``qmp_socket`` and ``sensors_socket`` (the sensors' own), a gdb stub on
     127.0.0.1:``gdb_port`` and the console shell's terminal (a virtio console, hvc0 in the
     guest) on the unix socket ``shell_socket`` (debug zones only), ``fw_cfg`` items
-    under opt/sez/ (a Path is a file, a str the value), ``bbram`` its BBRAM disk."""
+    under opt/sez/ (a Path is a file, a str the value), ``bbram`` its BBRAM disk.
+
+    With ``ram``, the guest's RAM is that file: shared (``ram_shared``: a template being made
+    writes its RAM there) or private (a machine resumed from the template maps it copy on
+    write); ``incoming`` makes QEMU wait for the template's device state (emulator.machine)."""
     # q35 boots ~1 s faster than pc under TCG (no ACPI interrupt-link routing for each
     # virtio-pci device). Under TCG a plain x86-64 model beats "max" (its REP MOVSB and AVX2
     # string copies are slower to emulate), plus RDRAND (the guest's CRNG is seeded at
@@ -87,7 +134,7 @@ def qemu_command(name: str, image: Image, *, accel: str, memory_mb: int, cpus: i
     cpu = "host" if accel == "kvm" else TCG_CPU
     argv = [
         QEMU, "-name", f"sez-{name},debug-threads=on",
-        "-machine", "q35", "-accel", accel if accel == "kvm" else f"tcg,thread={tcg_thread}",
+        "-machine", "q35,memory-backend=ram" if ram else "q35", "-accel", accel if accel == "kvm" else f"tcg,thread={tcg_thread}",
         "-cpu", cpu, "-smp", str(cpus), "-m", str(memory_mb),
         "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
         "-bios", str(QBOOT),
@@ -96,17 +143,26 @@ def qemu_command(name: str, image: Image, *, accel: str, memory_mb: int, cpus: i
         "-chardev", f"file,id=console,path={console_log}",
         "-serial", "chardev:console",
         "-device", "virtio-serial-pci,id=vser",
-        "-chardev", "pty,id=ctl",
+        # A unix socket: QEMU sees a driver come and go at once (a PTY back end polls for a
+        # reopened PTY once a second), and the channel is faster than through a tty.
+        "-chardev", f"socket,id=ctl,path={ctl_socket},server=on,wait=off",
         "-device", f"virtserialport,bus=vser.0,chardev=ctl,name={CONTROL_PORT}",
         # A pipe is always connected, so the guest's end never reads as hung up.
         "-chardev", f"pipe,id=tamper,path={tamper_line}",
         "-device", f"virtserialport,bus=vser.0,chardev=tamper,name={TAMPER_PORT}",
+        "-chardev", f"pipe,id=start,path={start_line}",
+        "-device", f"virtserialport,bus=vser.0,chardev=start,name={START_PORT}",
         "-device", "virtio-rng-pci",
         "-drive", f"file={bbram},if=none,format=raw,id=bbram,cache=writeback",
         "-device", "virtio-blk-pci,drive=bbram",
         "-qmp", f"unix:{qmp_socket},server=on,wait=off",
         "-qmp", f"unix:{sensors_socket},server=on,wait=off",
     ]
+    if ram is not None:
+        argv += ["-object", f"memory-backend-file,id=ram,size={memory_mb}M,mem-path={ram},"
+                            f"share={'on' if ram_shared else 'off'}"]
+    if incoming:
+        argv += ["-incoming", "defer"]
     if gdb_port is not None:
         argv += ["-gdb", f"tcp:127.0.0.1:{gdb_port}"]
     if shell_socket is not None:

@@ -56,6 +56,7 @@ class Recipe:
     kernel: str
     packages: list[str]
     modules: list[str]
+    device_modules: list[str]
     cmdline: list[str]
     busybox: list[str]
     keep: list[str]
@@ -86,6 +87,38 @@ class Image:
     @property
     def cmdline(self) -> str:
         return str(self.manifest["cmdline"]["value"])
+
+    def measure(self) -> str:
+        """What the hardware measures at power-on: "kernel HEX", "initramfs HEX" and "cmdline
+        HEX" lines (SHA-384) of the files it boots, as fw_cfg hands them to the zone.
+
+        A file's digest is kept in ``measured.json`` beside it (when the directory is
+        writable) with the file's identity: device, inode, size, mtime and ctime. It is hashed
+        again whenever any of them changed, as after any write to it (ctime cannot be set back
+        from user space)."""
+        cache_file = self.directory / "measured.json"
+        try:
+            cache = json.loads(cache_file.read_text())
+        except (OSError, ValueError):
+            cache = {}
+        lines, changed = [], False
+        for name, path in (("kernel", self.kernel), ("initramfs", self.initramfs)):
+            st = path.stat()
+            identity = [st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns]
+            entry = cache.get(name)
+            if not (isinstance(entry, dict) and entry.get("identity") == identity):
+                entry = cache[name] = {"identity": identity, "sha384": sha384_file(path)}
+                changed = True
+            lines.append(f"{name} {entry['sha384']}\n")
+        lines.append(f"cmdline {hashlib.sha384(self.cmdline.encode()).hexdigest()}\n")
+        if changed:
+            try:
+                tmp = cache_file.with_suffix(f".{os.getpid()}.tmp")
+                tmp.write_text(json.dumps(cache))
+                os.replace(tmp, cache_file)
+            except OSError:
+                pass
+        return "".join(lines)
 
 
 def sha384_file(path: Path) -> str:
@@ -327,7 +360,12 @@ def _assemble_root(root: Path, recipe: Recipe, modules: list[str], src: Path) ->
             link.symlink_to("busybox")
     for d in ("dev", "proc", "sys", "tmp", "run", "etc/sez"):
         (root / d).mkdir(parents=True, exist_ok=True)
-    (root / "etc" / "sez" / "modules").write_text("".join(f"{m}\n" for m in modules))
+    # /init loads the machine's modules; PID 1 the device's, once the hardware says start
+    # (firmware.pid1.start): a template snapshot holds no device's fuses or disk.
+    machine = [m for m in modules if m not in recipe.device_modules]
+    device = [m for m in modules if m in recipe.device_modules]
+    (root / "etc" / "sez" / "modules").write_text("".join(f"{m}\n" for m in machine))
+    (root / "etc" / "sez" / "modules.device").write_text("".join(f"{m}\n" for m in device))
     # The firmware: /init, and the package under /opt/sez/firmware.
     shutil.copyfile(src / "pid1" / "init.sh", root / "init")
     (root / "init").chmod(0o755)

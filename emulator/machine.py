@@ -7,6 +7,8 @@ that QEMU emulates, and its command line, is ``emulator.board``'s).
 =================  ===========================================================
 ``machine.json``   pid, command line, accelerator, start time, channel path
 ``qmp.sock``       the QMP socket (driven with the ``qemu.qmp`` library)
+``ctl.sock``       the control port ``org.sez.ctl``: the channel the host driver opens
+                   (``unix:`` + this path; ``ctl.sock.lock`` keeps it to one driver)
 ``console.log``    the zone's serial console (ttyS0) for this boot
 ``qemu.log``       QEMU's own stdout/stderr
 ``tamper.in/out``  the tamper line (port ``org.sez.tamper``): two FIFOs, the emulator's alone
@@ -16,7 +18,6 @@ that QEMU emulates, and its command line, is ``emulator.board``'s).
 ``shell.sock``     the console shell's terminal, in debug zones only (emulator.shell)
 =================  ===========================================================
 
-The control port ``org.sez.ctl`` is a PTY; its path comes from QMP ``query-chardev``.
 Stopping is a bounded, idempotent ladder: ACPI power-off, QMP ``quit``, SIGTERM, SIGKILL.
 
 A ``Machine`` is a context manager for the QEMU it launches: if the ``with`` block raises, a
@@ -27,12 +28,10 @@ block that ends normally leaves the machine running (zones run detached).
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import json
 import logging
 import os
 import select
-import shutil
 import signal
 import subprocess
 import sys
@@ -41,17 +40,17 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Callable, Coroutine, TypeVar
+from typing import Any, Callable, Coroutine, Protocol, TypeVar
 
 from qemu.qmp import QMPClient, QMPError
 
 from firmware.abi import device as hw
 from firmware.abi.device import TAMPER_TRIP, TAMPER_ZEROISED, tamper_cause
 
-from .board import CPUS, QEMU, TCG_THREAD, qemu_command, resolve_accel
+from .board import Board, qemu_command
 from .device import Device
 from .errors import LaunchError, MachineStateError, MachineTimeout
-from .image import Image, sha384_file
+from .image import Image
 from .paths import SezHome
 
 __all__ = ["Machine", "MachineStatus", "QMP_ERRORS", "LAUNCH_TIMEOUT"]
@@ -73,6 +72,23 @@ POWERDOWN_TIMEOUT = 5.0
 TAMPER_TIMEOUT = 10.0
 
 T = TypeVar("T")
+
+
+class Template(Protocol):
+    """What ``launch`` resumes from (emulator.template.Template): the saved RAM and device
+    state, and the key of the board they were saved on."""
+
+    @property
+    def directory(self) -> Path: ...
+
+    @property
+    def board(self) -> str: ...
+
+    @property
+    def ram(self) -> Path: ...
+
+    @property
+    def state(self) -> Path: ...
 
 
 def run_sync(factory: Callable[[], Coroutine[Any, Any, T]], timeout: float) -> T:
@@ -172,6 +188,11 @@ class Machine:
         return self.run_dir / "qmp.sock"
 
     @property
+    def ctl_socket(self) -> Path:
+        """The control port's host end, a unix socket (the channel: ``unix:`` + this path)."""
+        return self.run_dir / "ctl.sock"
+
+    @property
     def sensors_socket(self) -> Path:
         """QMP for the environmental sensors' watcher (emulator.sensors) alone."""
         return self.run_dir / "sensors.sock"
@@ -185,8 +206,9 @@ class Machine:
         """The tamper line's pipe: QEMU reads ``tamper.in`` and writes ``tamper.out``."""
         return self.run_dir / "tamper"
 
-    def _tamper_fifos(self) -> tuple[Path, Path]:
-        return self.run_dir / "tamper.in", self.run_dir / "tamper.out"
+    def _fifos(self, line: str) -> tuple[Path, Path]:
+        """A line's two FIFOs (``tamper``, ``start``): QEMU reads ``.in`` and writes ``.out``."""
+        return self.run_dir / f"{line}.in", self.run_dir / f"{line}.out"
 
     @property
     def console_log(self) -> Path:
@@ -242,7 +264,7 @@ class Machine:
 
     @property
     def channel(self) -> str:
-        """The control port's host end (a PTY path), as found through QMP at launch."""
+        """The control port's host end as the host driver opens it (``unix:PATH``)."""
         channel = self.state().get("channel")
         if not self.is_running() or not channel:
             raise MachineStateError(f"zone {self.name!r} is not running (start it: sez boot {self.name})")
@@ -290,66 +312,129 @@ class Machine:
 
     def launch(self, image: Image, device: Device, *, accel: str = "auto", debug: bool = False,
                memory_mb: int = 512, cpus: int | None = None, tcg_thread: str | None = None,
-               gdb: int | None = None, timeout: float = LAUNCH_TIMEOUT) -> MachineStatus:
-        """Power the device on: spawn QEMU detached; return once QMP answers.
+               gdb: int | None = None, template: Template | None = None,
+               timeout: float = LAUNCH_TIMEOUT) -> MachineStatus:
+        """Power the device on: spawn QEMU detached; return once QMP answers and the zone has
+        been told to start.
 
         The hardware measures kernel, initramfs and command line (SHA-384) and hands them to
         layer 0 through fw_cfg with the fuses (UDS), the DeviceID certificate, the boot counter
         and the debug strap.
 
-        Raises MachineStateError if it already runs, LaunchError (with QEMU's output) if QEMU
-        exits or its QMP socket does not answer within ``timeout`` seconds.
+        With ``template`` (emulator.template, made for this image and board), the machine
+        resumes from it instead of booting: its RAM maps the template's copy on write, its
+        device state comes in by migration, and the zone, held at READY, is told to start as
+        this device.
+
+        Raises MachineStateError if it already runs or the template does not fit,
+        LaunchError (with QEMU's output) if QEMU exits, its QMP socket does not answer or the
+        resume does not finish within ``timeout`` seconds.
         """
         if self.is_running():
             raise MachineStateError(f"zone {self.name!r} is already running (pid {self.pid})")
         if gdb is not None and not debug:
             raise MachineStateError("a gdb stub is for debug zones only (--debug): in "
                                     "production it would read every key in the zone's memory")
-        if shutil.which(QEMU) is None:
-            raise LaunchError(f"{QEMU} not found (install it: make deps)")
-        accel = resolve_accel(accel)
-        cpus = CPUS if cpus is None else cpus
-        tcg_thread = TCG_THREAD if tcg_thread is None else tcg_thread
-        if tcg_thread not in ("single", "multi"):
-            raise ValueError(f"tcg_thread must be single or multi, not {tcg_thread!r}")
-        self.run_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        board = Board.make(accel=accel, cpus=cpus, tcg_thread=tcg_thread, memory_mb=memory_mb,
+                           debug=debug)
+        if template is not None and template.board != board.key(image):
+            raise MachineStateError(f"template {template.directory} was made for another "
+                                    "image or board; make one for this (sez boot --snapshot)")
         device.require_fuses()
-        for stale in (self.qmp_socket, self.sensors_socket, self.shell_socket,
-                      self.state_file, *self._tamper_fifos()):
-            stale.unlink(missing_ok=True)
-        for fifo in self._tamper_fifos():
-            os.mkfifo(fifo, 0o600)
+        self._prepare()
         record = device.tamper_record
         last = record.get("last")
         cause = last.get("cause") if isinstance(last, dict) else None
         tamper_record = self.run_dir / "tamper.record"
         tamper_record.write_text(f"{record.get('count', 0)} {cause or ''}".strip() + "\n")
-        if self.console_log.exists():
-            os.replace(self.console_log, self.run_dir / "console.prev.log")
         boots = device.count_boot()
         measured = self.run_dir / "measurements"
-        measured.write_text(
-            f"kernel {sha384_file(image.kernel)}\n"
-            f"initramfs {sha384_file(image.initramfs)}\n"
-            f"cmdline {hashlib.sha384(image.cmdline.encode()).hexdigest()}\n")
+        measured.write_text(image.measure())
         fw_cfg: dict[str, Path | str] = {
             hw.FW_UDS: device.fuses, hw.FW_DEVICE_ID: device.device_id_cert,
             hw.FW_MEASUREMENTS: measured, hw.FW_BOOT_COUNTER: str(boots),
             hw.FW_DEBUG: "1" if debug else "0", hw.FW_TAMPER: tamper_record}
-        argv = qemu_command(self.name, image, accel=accel, memory_mb=memory_mb, cpus=cpus,
-                            tcg_thread=tcg_thread, console_log=self.console_log,
-                            tamper_line=self.tamper_line, qmp_socket=self.qmp_socket,
-                            sensors_socket=self.sensors_socket, gdb_port=gdb,
-                            shell_socket=self.shell_socket if debug else None,
-                            fw_cfg=fw_cfg, bbram=device.ensure_bbram())
+        argv = self._command(image, board, gdb=gdb, fw_cfg=fw_cfg, bbram=device.ensure_bbram(),
+                             ram=template.ram if template else None, incoming=bool(template))
+        deadline = time.monotonic() + timeout
+        self._spawn(argv, board, deadline, boot_counter=boots,
+                    template=str(template.directory) if template else None)
+        if template is not None:
+            self._resume(template, argv, deadline)
+        self._say("start", hw.START_GO)  # the zone goes on to its device's hardware
+        if device.sensors:
+            self._start_sensors(deadline)
+        return self.status()
+
+    def save_template(self, image: Image, directory: Path, *, accel: str = "auto",
+                      debug: bool = False, memory_mb: int = 512, cpus: int | None = None,
+                      tcg_thread: str | None = None, timeout: float = LAUNCH_TIMEOUT) -> str:
+        """Boot ``image`` as no device until the zone says READY on the start line, then save
+        the machine into ``directory`` as a template: ``ram`` (its RAM, written by the guest
+        itself: a shared file) and ``state`` (the rest, by migration with x-ignore-shared);
+        QEMU then quits. Returns the board's key (what a resumed machine must match).
+
+        The zone at READY has read no fuses and no disk: its drivers for them are not loaded
+        (firmware.pid1.start). Raises LaunchError if it does not get there within ``timeout``.
+        """
+        board = Board.make(accel=accel, cpus=cpus, tcg_thread=tcg_thread, memory_mb=memory_mb,
+                           debug=debug)
+        self._prepare()
+        blank = directory / "disk"  # the board has a disk; the zone at READY never reads it
+        with blank.open("wb") as f:
+            f.truncate(hw.BBRAM_SIZE)
+        argv = self._command(image, board, gdb=None, fw_cfg={}, bbram=blank,
+                             ram=directory / "ram", ram_shared=True)
+        deadline = time.monotonic() + timeout
+        with self:
+            self._spawn(argv, board, deadline, boot_counter=None, template=None)
+            line = self._read_line(self._fifos("start")[1], deadline - time.monotonic())
+            if line != hw.START_READY:
+                raise LaunchError(f"the template zone did not say READY within {timeout:.0f} s "
+                                  f"(said {line!r}): {self.console(tail=20)}", command=argv)
+            self.qmp("stop")
+            self.qmp("migrate-set-capabilities", {"capabilities": [
+                {"capability": "x-ignore-shared", "state": True}]})
+            self.qmp("migrate", {"uri": f"exec:cat > {directory / 'state'}"})
+            self._wait_migration("query-migrate", deadline)
+            self.stop(kill=True)
+        blank.unlink()
+        return board.key(image)
+
+    # -- launch steps --------------------------------------------------------------------------
+
+    def _prepare(self) -> None:
+        """A fresh run directory: no sockets or state of an earlier run; new line FIFOs."""
+        self.run_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        for stale in (self.qmp_socket, self.ctl_socket, self.sensors_socket, self.shell_socket,
+                      self.state_file, *self._fifos("tamper"), *self._fifos("start")):
+            stale.unlink(missing_ok=True)
+        for fifo in (*self._fifos("tamper"), *self._fifos("start")):
+            os.mkfifo(fifo, 0o600)
+        if self.console_log.exists():
+            os.replace(self.console_log, self.run_dir / "console.prev.log")
+
+    def _command(self, image: Image, board: Board, *, gdb: int | None,
+                 fw_cfg: dict[str, Path | str], bbram: Path, ram: Path | None = None,
+                 ram_shared: bool = False, incoming: bool = False) -> list[str]:
+        return qemu_command(self.name, image, accel=board.accel, memory_mb=board.memory_mb,
+                            cpus=board.cpus, tcg_thread=board.tcg_thread,
+                            console_log=self.console_log, tamper_line=self.tamper_line,
+                            start_line=self.run_dir / "start", qmp_socket=self.qmp_socket,
+                            sensors_socket=self.sensors_socket, ctl_socket=self.ctl_socket,
+                            gdb_port=gdb, shell_socket=self.shell_socket if board.debug else None,
+                            fw_cfg=fw_cfg, bbram=bbram, ram=ram, ram_shared=ram_shared,
+                            incoming=incoming)
+
+    def _spawn(self, argv: list[str], board: Board, deadline: float, **state: Any) -> None:
+        """Start QEMU detached and wait (until ``deadline``) for its QMP socket to answer."""
         with self.qemu_log.open("wb") as out:
             proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=out,
                                     start_new_session=True, close_fds=True)
         _CHILDREN[proc.pid] = proc
-        self._save_state(pid=proc.pid, argv=argv, accel=accel, debug=debug, started=time.time(),
-                         boot_counter=boots, channel=None)
-        self.log.info("launched QEMU pid %d (%s)", proc.pid, accel)
-        deadline = time.monotonic() + timeout
+        self._save_state(pid=proc.pid, argv=argv, accel=board.accel, debug=board.debug,
+                         started=time.time(), channel=None, **state)
+        self.log.info("launched QEMU pid %d (%s)", proc.pid, board.accel)
         while True:
             if proc.poll() is not None:
                 raise LaunchError(
@@ -357,20 +442,63 @@ class Machine:
                     exitcode=proc.returncode, command=argv, output=self._qemu_output())
             if self.qmp_socket.exists():
                 try:
-                    chardevs = self.qmp("query-chardev", timeout=2.0)
+                    self.qmp("query-status", timeout=2.0)
                     break
                 except (OSError, QMPError, asyncio.TimeoutError):
                     pass
             if time.monotonic() > deadline:
                 self.stop(kill=True)
-                raise LaunchError(f"QEMU's QMP socket did not answer within {timeout:.0f} s",
-                                  command=argv, output=self._qemu_output())
-            time.sleep(0.02)
-        channel = next((c["filename"] for c in chardevs if c["label"] == "ctl"), "")
-        self._save_state(channel=channel.removeprefix("pty:"))
-        if device.sensors:
-            self._start_sensors(deadline)
-        return self.status()
+                raise LaunchError("QEMU's QMP socket did not answer in time", command=argv,
+                                  output=self._qemu_output())
+            time.sleep(0.005)
+        self._save_state(channel=f"unix:{self.ctl_socket}")
+
+    def _resume(self, template: Template, argv: list[str], deadline: float) -> None:
+        """Load the template's device state into the QEMU waiting for it, then run it."""
+        self.qmp("migrate-set-capabilities", {"capabilities": [
+            {"capability": "x-ignore-shared", "state": True}]})
+        self.qmp("migrate-incoming", {"uri": f"exec:cat {template.state}"})
+        self._wait_migration("query-status", deadline)
+        self.qmp("cont")
+
+    def _wait_migration(self, query: str, deadline: float) -> None:
+        """Poll until the migration (``query-migrate``: of this QEMU's state out;
+        ``query-status``: into it) has finished, or raise LaunchError at ``deadline``."""
+        while True:
+            answer = self.qmp(query)
+            status = answer.get("status")
+            if query == "query-migrate" and status == "completed" or \
+                    query == "query-status" and status not in ("inmigrate", "prelaunch"):
+                return
+            if status == "failed" or time.monotonic() > deadline:
+                self.stop(kill=True)
+                raise LaunchError(f"the template's migration did not finish ({query}: "
+                                  f"{answer})", output=self._qemu_output())
+            time.sleep(0.002)
+
+    def _say(self, line: str, words: bytes) -> None:
+        """Write ``words`` as a line on a line's ``.in`` FIFO (QEMU holds it open)."""
+        writer = os.open(self._fifos(line)[0], os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        try:
+            os.write(writer, words + b"\n")
+        finally:
+            os.close(writer)
+
+    @staticmethod
+    def _read_line(fifo: Path, timeout: float) -> bytes | None:
+        """The first line QEMU writes on a line's ``.out`` FIFO within ``timeout`` seconds."""
+        reader = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        try:
+            deadline = time.monotonic() + timeout
+            data = b""
+            while b"\n" not in data:
+                left = deadline - time.monotonic()
+                if left <= 0 or not select.select([reader], [], [], left)[0]:
+                    return None
+                data += os.read(reader, 4096)
+        finally:
+            os.close(reader)
+        return data.split(b"\n", 1)[0].strip()
 
     def _start_sensors(self, deadline: float) -> None:
         """Start the sensors' watcher (emulator.sensors) and wait until it watches."""
@@ -432,24 +560,9 @@ class Machine:
 
     def _trip(self, cause: str, timeout: float) -> float | None:
         """Write the trip on the line; the zone's milliseconds to zeroised, or None."""
-        line_in, line_out = self._tamper_fifos()
-        reader = os.open(line_out, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-        try:
-            writer = os.open(line_in, os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-            try:
-                os.write(writer, TAMPER_TRIP + f" {cause}\n".encode())
-            finally:
-                os.close(writer)
-            deadline = time.monotonic() + timeout
-            answer = b""
-            while b"\n" not in answer:
-                left = deadline - time.monotonic()
-                if left <= 0 or not select.select([reader], [], [], left)[0]:
-                    return None
-                answer += os.read(reader, 4096)
-        finally:
-            os.close(reader)
-        word, _, value = answer.split(b"\n", 1)[0].partition(b" ")
+        self._say("tamper", TAMPER_TRIP + f" {cause}".encode())
+        answer = self._read_line(self._fifos("tamper")[1], timeout)
+        word, _, value = (answer or b"").partition(b" ")
         try:
             return float(value) if word == TAMPER_ZEROISED else None
         except ValueError:
@@ -488,8 +601,8 @@ class Machine:
             self._cleanup()
 
     def _cleanup(self) -> None:
-        for path in (self.qmp_socket, self.sensors_socket, self.shell_socket,
-                     *self._tamper_fifos()):
+        for path in (self.qmp_socket, self.ctl_socket, self.sensors_socket, self.shell_socket,
+                     *self._fifos("tamper"), *self._fifos("start")):
             path.unlink(missing_ok=True)
         if self.state_file.exists():
             self._save_state(pid=None, channel=None)

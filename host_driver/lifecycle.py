@@ -26,6 +26,7 @@ from emulator.errors import BootTimeout, LaunchError
 from emulator.image import load_image
 from emulator.machine import QMP_ERRORS, Machine, MachineStatus
 from emulator.paths import SezHome
+from emulator.template import template_for
 
 from .errors import ChannelError, ZoneTimeout
 from .relay.sync import SyncZone
@@ -42,10 +43,13 @@ QMP_STATE_TIMEOUT = 2.0
 def boot_zone(name: str, *, debug: bool = False, accel: str = "auto",
               timeout: float = BOOT_TIMEOUT, home: SezHome | None = None,
               cpus: int | None = None, tcg_thread: str | None = None, gdb: int | None = None,
+              snapshot: bool = False,
               kill_on_timeout: bool = True) -> tuple[MachineStatus, dict[str, Any], float]:
     """Start device ``name`` detached and wait until its zone answers ``hello``.
     ``cpus`` and ``tcg_thread`` override the machine's defaults (emulator.board); ``gdb``
-    opens a gdb stub on that port of 127.0.0.1 (debug zones only).
+    opens a gdb stub on that port of 127.0.0.1 (debug zones only). With ``snapshot``, the
+    machine resumes from the image's template (emulator.template; made first if there is
+    none, which takes a cold boot) instead of booting.
 
     Returns the machine status, the hello answer, and the seconds from launch to hello.
     Raises LaunchError if QEMU dies (with its output and the console tail), BootTimeout if the
@@ -57,10 +61,12 @@ def boot_zone(name: str, *, debug: bool = False, accel: str = "auto",
     image = load_image()
     device = Device.open(name, home)
     machine = Machine(name, home)
+    template = template_for(image, home=home, accel=accel, debug=debug, cpus=cpus,
+                            tcg_thread=tcg_thread) if snapshot else None
     started = time.monotonic()
     with machine:  # from here on, an error kills the QEMU launched in this block
         machine.launch(image, device, accel=accel, debug=debug, cpus=cpus, tcg_thread=tcg_thread,
-                       gdb=gdb)
+                       gdb=gdb, template=template)
         remaining = max(1.0, timeout - (time.monotonic() - started))
         try:
             with SyncZone(machine.channel, hello_timeout=remaining) as zone:
@@ -113,13 +119,14 @@ class BootedZone:
 def booted(name: str, *, debug: bool = False, accel: str = "auto",
            timeout: float = BOOT_TIMEOUT, home: SezHome | None = None,
            cpus: int | None = None, tcg_thread: str | None = None, gdb: int | None = None,
-           kill: bool = True) -> Iterator[BootedZone]:
+           snapshot: bool = False, kill: bool = True) -> Iterator[BootedZone]:
     """Boot device ``name`` (``boot_zone``, which raises as it says) and yield it as a
     BootedZone; at the end of the block, whatever happened in it, stop its machine: by
     pulling the plug, or with ``kill`` false in order (the zone syncs and powers off)."""
     home = home or SezHome.default()
     status, session, seconds = boot_zone(name, debug=debug, accel=accel, timeout=timeout,
-                                         home=home, cpus=cpus, tcg_thread=tcg_thread, gdb=gdb)
+                                         home=home, cpus=cpus, tcg_thread=tcg_thread, gdb=gdb,
+                                         snapshot=snapshot)
     zone = BootedZone(name, Machine(name, home), status, session, seconds)
     try:
         yield zone

@@ -3,7 +3,8 @@
 Fixtures:
 
 ``sez_home``          a private $SEZ_HOME for the test session, with a factory (root CA)
-``sez_zone_factory``  ``factory(name, debug=False) -> BootedZone``: provisions and boots a zone;
+``sez_zone_factory``  ``factory(name, debug=False, snapshot=False) -> BootedZone``: provisions
+                      and boots a zone (with ``snapshot``, resumed from the image's template);
                       every zone it made is killed at the end of the session, its console log
                       kept under the session's $SEZ_HOME, and no QEMU process may be left
 ``sez_zone``          one zone booted for the whole session (``.url`` is its channel)
@@ -85,10 +86,10 @@ def sez_zone_factory(sez_home: SezHome) -> Iterator[Callable[..., BootedZone]]:
         _unavailable(str(exc))
     zones = ExitStack()  # closing it kills every zone booted here
 
-    def factory(name: str, *, debug: bool = False) -> BootedZone:
+    def factory(name: str, *, debug: bool = False, snapshot: bool = False) -> BootedZone:
         if not sez_home.device_dir(name).exists():
             Factory(sez_home).provision(name)
-        zone = zones.enter_context(booted(name, debug=debug, home=sez_home))
+        zone = zones.enter_context(booted(name, debug=debug, home=sez_home, snapshot=snapshot))
         _BOOTED.append(zone)
         return zone
 

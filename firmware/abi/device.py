@@ -6,6 +6,11 @@ Virtio-serial ports (the guest finds each under /sys/class/virtio-ports by its n
 ``org.sez.tamper``  the tamper line, wired to the emulator alone: any bytes on it trip it
                     (``TAMPER <cause>`` by convention); layer 0 answers ``ZEROISED <ms>``
                     once every key, BBRAM and every other zone process are gone
+``org.sez.start``   the start line, wired to the emulator alone: PID 1 says ``READY`` once
+                    the machine is up, then waits for ``START`` before it touches the
+                    device's own hardware (the BBRAM disk's and fw_cfg's drivers load after
+                    it). A cold power-on says START at once; a template (a snapshot of a
+                    zone at READY, of no device) says it when a machine resumes from it
 
 fw_cfg items, under ``opt/sez/`` (read once by PID 1 at power-on, then the driver unloads):
 
@@ -25,13 +30,17 @@ Runs in the guest and on the host: standard library only.
 
 from __future__ import annotations
 
-__all__ = ["CONTROL_PORT", "TAMPER_PORT", "FW_CFG_PREFIX", "FW_UDS", "FW_DEVICE_ID",
+__all__ = ["CONTROL_PORT", "TAMPER_PORT", "START_PORT", "START_READY", "START_GO", "FW_CFG_PREFIX", "FW_UDS", "FW_DEVICE_ID",
            "FW_MEASUREMENTS", "FW_BOOT_COUNTER", "FW_DEBUG", "FW_TAMPER", "UDS_SIZE",
            "BBRAM_SLOT_SIZE", "BBRAM_LOG_SIZE", "BBRAM_SIZE", "TAMPER_TRIP", "TAMPER_ZEROISED", "TAMPER_CAUSE_MAX",
            "tamper_cause"]
 
 CONTROL_PORT = "org.sez.ctl"
 TAMPER_PORT = "org.sez.tamper"
+START_PORT = "org.sez.start"
+#: What PID 1 says on the start line, and the word it waits for, each a line.
+START_READY = b"READY"
+START_GO = b"START"
 
 FW_CFG_PREFIX = "opt/sez/"
 FW_UDS = "uds"

@@ -11,12 +11,10 @@ import os
 
 from ..abi import device
 from ..runtime.console import log
-from ..runtime.process import run_tool
+from . import kmod
 
 FW_CFG = "/sys/firmware/qemu_fw_cfg/by_name/" + device.FW_CFG_PREFIX.rstrip("/")
 FW_CFG_MODULE = "/lib/modules/qemu_fw_cfg.ko"
-#: Seconds rmmod may take.
-TOOL_TIMEOUT = 10.0
 
 
 def _read(name: str) -> bytes | None:
@@ -84,10 +82,12 @@ def seal_fw_cfg() -> None:
     """Unload the fw_cfg driver and delete its module: the fuses are out of reach from now on."""
     if not os.path.exists("/sys/firmware/qemu_fw_cfg"):
         return
-    status = run_tool(["/bin/rmmod", "qemu_fw_cfg"], TOOL_TIMEOUT)
-    if status != 0 or os.path.exists("/sys/firmware/qemu_fw_cfg"):
-        log("hardware: could not unload qemu_fw_cfg"
-            + (f" within {TOOL_TIMEOUT:.0f} s" if status is None else ""))
+    try:
+        kmod.unload("qemu_fw_cfg")
+    except OSError as exc:
+        log(f"hardware: could not unload qemu_fw_cfg ({exc.strerror})")
+    if os.path.exists("/sys/firmware/qemu_fw_cfg"):
+        log("hardware: qemu_fw_cfg is still there")
     try:
         os.unlink(FW_CFG_MODULE)
     except FileNotFoundError:

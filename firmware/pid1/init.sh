@@ -13,5 +13,12 @@ mount -t cgroup2 -o favordynmods cgroup2 /sys/fs/cgroup || echo "sez: mounting c
 while read -r module; do
     insmod "/lib/modules/$module.ko" || echo "sez: insmod $module failed"
 done < /etc/sez/modules
+# The drivers of the device's own hardware (BBRAM disk, fw_cfg) load now, bound to nothing:
+# PID 1 binds them once the hardware says start (firmware.pid1.start).
+echo 0 > /sys/bus/virtio/drivers_autoprobe
+echo 0 > /sys/bus/platform/drivers_autoprobe
+while read -r module; do
+    insmod "/lib/modules/$module.ko" || echo "sez: insmod $module failed"
+done < /etc/sez/modules.device
 cd /opt/sez || exit 1
 exec /usr/bin/python3.11 -S -E -B -c 'import firmware.pid1.supervisor as s; s.main()'

@@ -1,5 +1,9 @@
 """PID 1 of the zone: start the zone's processes and keep them running.
 
+0. Import the monitor, say READY on the start line and wait for START (firmware.pid1.start):
+   a template snapshot of the machine is taken there, before anything of the device's own is
+   read. Then reseed the kernel's CRNG and bind fw_cfg's driver (the BBRAM disk's once the
+   monitor is forked).
 1. Read what the hardware handed over (firmware.pid1.hardware), then unload fw_cfg, disable
    kexec and drop every capability the zone's processes do not need (firmware.runtime.caps):
    CAP_SYS_RAWIO first, so no process can reach fw_cfg's I/O ports. The fuses are
@@ -29,7 +33,7 @@ from ..runtime import caps
 from ..runtime.console import log, log_exception
 from ..runtime.ipc import TAMPER_RECORD, TAMPERED_EXIT, raise_buffer_limits
 from ..runtime.process import allow_foreground, background
-from . import shell
+from . import shell, start
 from .hardware import Hardware, seal_fw_cfg
 
 
@@ -76,6 +80,7 @@ def supervise(hw: Hardware) -> None:
 
     restarts = 0
     current = _spawn("monitor", lambda: monitor.main(hw, restarts))
+    start.bind_devices("virtio")  # the BBRAM disk, for layer 0
     keeper = _spawn("key keeper", lambda: _run_keeper(hw))
     hw.wipe_fuses()
     runner = _spawn("applet runner", _run_runner)
@@ -139,6 +144,16 @@ def main() -> None:
             f.write("-1000")
     except OSError:
         pass
+    from ..monitor import server  # noqa: F401  (in the template: a resumed zone has it)
+
+    start.await_start()
+    try:
+        if not start.reseed():
+            log("start: the hardware RNG gave too little; the CRNG reseeded from the CPU's")
+    except OSError:  # fail closed: a zone resumed from a template must not share its CRNG
+        log_exception("start: could not reseed the CRNG; the zone stops")
+        raise
+    start.bind_devices("platform")  # fw_cfg
     hw = Hardware.read()
     seal_fw_cfg()
     _confine()

@@ -27,10 +27,12 @@ __all__ = ["register", "register_ping"]
 
 def cmd_boot(args: argparse.Namespace) -> None:
     status, session, seconds = boot_zone(args.name, debug=args.debug, accel=args.accel,
-                                         timeout=args.timeout, gdb=args.gdb)
+                                         timeout=args.timeout, gdb=args.gdb,
+                                         snapshot=args.snapshot)
     data = {**status.as_dict(), "hello": jsonable(session), "boot_seconds": round(seconds, 3)}
+    how = "resumed" if args.snapshot else "up"
     emit(args, data,
-         f"zone {args.name} up in {seconds:.2f} s: pid {status.pid}, {status.accel}, "
+         f"zone {args.name} {how} in {seconds:.2f} s: pid {status.pid}, {status.accel}, "
          f"channel {status.channel}, firmware {session.get('firmware')}, "
          f"boot {session.get('boot_counter')}" + (", DEBUG" if session.get("debug") else ""))
 
@@ -170,6 +172,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     c.add_argument("--gdb", type=int, metavar="PORT", help="with --debug: a gdb stub on "
                    "127.0.0.1:PORT (gdb -ex 'target remote :PORT')")
     c.add_argument("--accel", choices=("auto", "tcg", "kvm"), default="auto")
+    c.add_argument("--snapshot", action="store_true",
+                   help="resume from the image's template, a zone saved before it was any "
+                   "device (made at the first use: one cold boot)")
     c.add_argument("--timeout", type=float, default=BOOT_TIMEOUT,
                    help=f"seconds to wait for hello (default {BOOT_TIMEOUT:.0f})")
 

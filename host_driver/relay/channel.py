@@ -5,13 +5,16 @@ Accepted addresses:
 * a PTY path, ``/dev/pts/N`` or ``pty:/dev/pts/N`` (what QMP ``query-chardev`` reports):
   opened and locked exclusively with pyserial (raw mode, stale input flushed), then driven
   by asyncio's pipe transports (256 KiB reads, buffered non-blocking writes);
-* ``unix://PATH`` or ``unix:PATH``: a unix-socket chardev;
+* ``unix://PATH`` or ``unix:PATH``: a unix-socket chardev (what a zone's machine offers:
+  ``Machine.channel``), held exclusively through a lock on ``PATH.lock``: QEMU serves one
+  client at a time and would leave a second one waiting, unanswered;
 * ``socket://HOST:PORT``: a TCP chardev (pyserial's URL form).
 """
 
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import os
 from typing import Callable
 from urllib.parse import urlsplit
@@ -92,8 +95,8 @@ async def open_channel(url: str, on_data: Callable[[bytes], None],
     try:
         if parts.scheme == "unix":
             path = url[len("unix://"):] if url.startswith("unix://") else url[len("unix:"):]
-            transport, _ = await loop.create_unix_connection(lambda: receiver, path)
-        elif parts.scheme == "socket":
+            return await _open_unix(url, path, receiver)
+        if parts.scheme == "socket":
             if not parts.hostname or not parts.port:
                 raise ConnectError(f"{url}: expected socket://HOST:PORT")
             transport, _ = await loop.create_connection(lambda: receiver, parts.hostname,
@@ -107,6 +110,24 @@ async def open_channel(url: str, on_data: Callable[[bytes], None],
         raise ConnectError(f"cannot open channel {url}: {exc.strerror or exc}") from exc
     assert isinstance(transport, asyncio.WriteTransport)
     return Channel(url, transport, receiver, [transport.close])
+
+
+async def _open_unix(url: str, path: str, receiver: _Receiver) -> Channel:
+    loop = asyncio.get_running_loop()
+    if not os.path.exists(path):
+        raise ConnectError(f"channel {path} does not exist (is the zone running?)")
+    lock = os.open(path + ".lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        transport, _ = await loop.create_unix_connection(lambda: receiver, path)
+    except BlockingIOError as exc:
+        os.close(lock)
+        raise ChannelBusy(f"channel {path} is held by another driver") from exc
+    except BaseException:
+        os.close(lock)
+        raise
+    assert isinstance(transport, asyncio.WriteTransport)
+    return Channel(url, transport, receiver, [transport.close, lambda: os.close(lock)])
 
 
 async def _open_pty(path: str, receiver: _Receiver) -> Channel:

@@ -1,7 +1,7 @@
 """E2E fixtures: real QEMU, real guest, real virtio-serial channel.
 
 The zone fixtures come from host_driver.pytest_plugin (sez_zone, sez_zone_factory).
-``raw_channel`` opens the zone's PTY without the driver, to send bytes no driver would.
+``raw_channel`` opens the zone's channel without the driver, to send bytes no driver would.
 """
 
 from __future__ import annotations
@@ -10,27 +10,25 @@ import time
 from typing import Any, Iterator
 
 import pytest
-import serial
 
 from firmware.abi import wire
 from host_driver.lifecycle import BootedZone
+from tests.rawport import RawPort
 
 pytestmark = pytest.mark.e2e
 
 
 class RawChannel:
-    """The zone's PTY, opened raw: write any bytes, read back frames within a deadline."""
+    """The zone's channel, opened raw: write any bytes, read back frames within a deadline."""
 
-    def __init__(self, path: str) -> None:
-        self.port = serial.Serial(path, exclusive=True, timeout=0.05)
-        self.port.reset_input_buffer()
+    def __init__(self, url: str) -> None:
+        self.port = RawPort(url)
         self.decoder = wire.FrameDecoder()
         self.items: list[Any] = []
         self.write(wire.BREAK)  # a new session: end whatever an earlier host left half-sent
 
     def write(self, data: bytes) -> None:
         self.port.write(data)
-        self.port.flush()
 
     def request(self, request_id: int, op: str, args: Any = None) -> None:
         self.write(wire.encode_request(request_id, op, args if args is not None else {}))

@@ -48,8 +48,8 @@ __all__ = ["Campaign", "Violation", "Markers", "ObservedZone", "Observer", "ANSW
 #: Seconds after a batch's last byte within which every request it holds must be answered
 #: (a ``result`` may wait up to 60 s by design; a job's wall time is at most 60 s).
 ANSWER_BOUND = 120.0
-#: Seconds within which a new host session's hello must be answered (a reopened PTY is seen
-#: by QEMU within ~1 s; the zone may still be busy with the batch's last large case).
+#: Seconds within which a new host session's hello must be answered (the zone may still be
+#: busy with the batch's last large case).
 HELLO_BOUND = 30.0
 #: The monitor's resident memory may not exceed this: one plain message in flight (16 MiB,
 #: decoded: 3 copies), the sessions' in-flight budget (32 MiB), the queue of answers for a

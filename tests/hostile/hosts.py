@@ -2,7 +2,7 @@
 
 Each takes the campaign (its zone armed), does its harm, then makes the campaign's
 checkpoint (a new host session answered, no restart, memory bounded, nothing leaked) and
-returns its figures. The channel is a PTY held exclusively: a hostile host here is the
+returns its figures. The channel is held exclusively: a hostile host here is the
 campaign's own driver let go and a raw writer in its place, or the driver itself misused.
 """
 
@@ -13,13 +13,12 @@ import os
 import time
 from typing import Any
 
-import serial
-
 from firmware.abi import wire
 from firmware.abi.errors import Code
 from firmware.abi.ops import Op
 from firmware.monitor.sessions import IN_FLIGHT, MAX_SESSIONS
 from host_driver import ZoneError
+from tests.rawport import RawPort
 
 from .campaign import HELLO_BOUND, Campaign, Violation
 
@@ -37,15 +36,15 @@ def _flood_bytes(seconds: float, url: str) -> dict[str, float]:
         os.urandom(2048),  # garbage, answered with bad-frame
         wire.encode_request(2, "no-such-op", {}),
     ])
-    port = serial.Serial(url, exclusive=True, timeout=0, write_timeout=1.0)
+    port = RawPort(url, write_timeout=1.0)
     written = 0
     started = time.monotonic()
     try:
         data = wire.BREAK + chunk
         while time.monotonic() - started < seconds:
-            try:  # (QEMU reads a reopened PTY only once it has noticed it: up to ~1 s)
-                written += port.write(data) or 0
-            except serial.SerialTimeoutException:  # the zone is not keeping up: go on pushing
+            try:
+                written += port.write(data)
+            except TimeoutError:  # the zone is not keeping up: go on pushing
                 continue
             data = chunk
     finally:
@@ -76,14 +75,12 @@ async def flood(campaign: Campaign, seconds: float) -> dict[str, Any]:
 
 def _dribble(url: str, data: bytes, delay: float) -> float:
     """Write ``data`` one byte every ``delay`` s; the seconds until its answer (bounded)."""
-    port = serial.Serial(url, exclusive=True, timeout=0.05)
+    port = RawPort(url)
     decoder = wire.FrameDecoder()
     try:
-        port.reset_input_buffer()
         port.write(wire.BREAK)
         for byte in data:
             port.write(bytes([byte]))
-            port.flush()
             time.sleep(delay)
         sent = time.monotonic()
         while time.monotonic() - sent < HELLO_BOUND:
@@ -162,10 +159,8 @@ async def slowloris(campaign: Campaign, *, delay: float = 0.005,
 async def reconnects(campaign: Campaign, count: int, *, reopen: bool,
                      away: float = 0.0) -> dict[str, Any]:
     """``count`` new hosts, each leaving half a frame behind. With ``reopen``, each closes
-    the channel and the next opens it again, ``away`` seconds later (QEMU notices a closed
-    PTY only if it stays closed a moment, then polls for it once a second: a host away for
-    0.1 s gets its hello answered ~0.9 s later; one back at once, in ~5 ms, unnoticed);
-    otherwise each is a new host session on the same channel (BREAK, hello)."""
+    the channel and the next opens it again, ``away`` seconds later; otherwise each is a
+    new host session on the same channel (BREAK, hello)."""
     zone = campaign.zone
     assert zone is not None
     before = await zone.info()
