@@ -6,6 +6,8 @@ Every figure is measured in --repeat independent runs (default 5) and kept as
 tamper trips, which take fresh zones. A run is a separately timed set of operations:
 
   boot       cold boot-to-hello (QEMU launch until the zone answers hello), seconds
+  resume     the same for a machine resumed from the image's template (emulator.template),
+             seconds; and the seconds it took to make the template (one boot to READY)
   rtt        null request round trip (echo of b""), p50, p90 and p99 of a run's --requests,
              milliseconds; every sample of the last run is kept (the chart's distribution)
   h2z / z2h  throughput host-to-zone (op sink) and zone-to-host (op source), MB/s
@@ -36,7 +38,8 @@ tamper trips, which take fresh zones. A run is a separately timed set of operati
              against the same on the plain channel (ratio)
 
 Baseline, measured in the same run: the very same monitor code and client, with the monitor
-running natively on the host behind a PTY pair instead of inside QEMU. The ratio zone/native
+running natively on the host behind a unix socket (as QEMU's chardev is) instead of inside
+QEMU. The ratio zone/native
 (of medians) is what the emulated hardware (TCG, virtio-serial, QEMU's chardev) costs. The
 crypto baseline is the applet's code run by this Python (its `cryptography` and OpenSSL are
 not the guest's), and also by --same-build-python when that has the guest's `cryptography`.
@@ -51,8 +54,8 @@ import asyncio
 import hashlib
 import json
 import os
-import pty
 import shutil
+import socket
 import statistics
 import subprocess
 import sys
@@ -64,8 +67,9 @@ from typing import Any, Awaitable, Callable, TypeVar
 from emulator.factory import Factory
 from emulator.image import load_image
 from emulator.paths import SezHome
+from emulator.template import template_for
 from firmware.abi.jobs import TIMED_JOBS, JobState
-from host_driver import Zone
+from host_driver import SyncZone, Zone
 from host_driver.lifecycle import booted
 from host_driver.owner import build_applet, generate_owner_key, owner_spki
 from host_driver.relay.tls import client_context
@@ -401,19 +405,25 @@ async def channel_figures(url: str, requests: int, volume: int,
 
 def native_figures(requests: int, volume: int,
                    repeat: int) -> tuple[dict[str, Figure], list[float]]:
-    """The baseline: the monitor on the host, serving the master side of a PTY pair."""
-    master, slave = pty.openpty()
-    proc = subprocess.Popen(
-        [sys.executable, "-c", "import firmware.monitor.server as m, firmware.pid1.hardware as h; "
-         f"m.main(h.Hardware(), fd={master}, keeper_socket='/nonexistent')"],
-        pass_fds=(master,), stderr=subprocess.DEVNULL)
-    os.close(master)
-    try:
-        return asyncio.run(channel_figures(os.ttyname(slave), requests, volume, repeat))
-    finally:
-        proc.kill()
-        proc.wait()
-        os.close(slave)
+    """The baseline: the monitor on the host, serving one connection of a unix socket."""
+    with tempfile.TemporaryDirectory(prefix="sez-native-") as tmp:
+        path = f"{tmp}/ctl.sock"
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        listener.bind(path)
+        listener.listen(1)
+        fd = listener.fileno()
+        proc = subprocess.Popen(
+            [sys.executable, "-c", "import socket, firmware.monitor.server as m, "
+             "firmware.pid1.hardware as h; "
+             f"c, _ = socket.socket(fileno={fd}).accept(); "
+             "m.main(h.Hardware(), fd=c.fileno(), keeper_socket='/nonexistent')"],
+            pass_fds=(fd,), stderr=subprocess.DEVNULL)
+        listener.close()
+        try:
+            return asyncio.run(channel_figures(f"unix:{path}", requests, volume, repeat))
+        finally:
+            proc.kill()
+            proc.wait()
 
 
 def tamper_figures(home: SezHome, runs: int) -> dict[str, Figure]:
@@ -461,6 +471,10 @@ def show(results: dict[str, Any], args: argparse.Namespace) -> None:
     zone, native = results["zone"], results["native"]
     boot, identity, applet = results["boot_to_hello_s"], results["attestation"], results["applets"]
     print(f"cold boot to hello   {mm(boot, '.2f')} s   ({len(boot['runs'])} boots)")
+    resume = results["resume"]
+    print(f"resumed to hello     {mm(resume['to_hello_s'], '.3f')} s, to evidence "
+          f"{mm(resume['to_evidence_s'], '.3f')} s (template made in "
+          f"{resume['template_s']:.1f} s)")
     print(f"{'':20} {'zone (TCG)':>24} {'native':>24} {'zone/native':>12}")
     for key, label in (("rtt_p50_ms", "round trip p50 ms"), ("rtt_p90_ms", "round trip p90 ms"),
                        ("rtt_p99_ms", "round trip p99 ms"), ("h2z_MBps", "host->zone MB/s"),
@@ -557,6 +571,19 @@ def main() -> int:
         os.environ["SEZ_HOME"] = tmp
         Factory(home).init()
         Factory(home).provision("bench")
+        begun = time.perf_counter()
+        template_for(load_image(), home=home)
+        template_s = time.perf_counter() - begun
+        resume_s, resume_attest_s = [], []
+        for i in range(boots):
+            with booted("bench", home=home, snapshot=True) as resumed:
+                resume_s.append(resumed.boot_seconds)
+                begun = time.perf_counter()
+                with SyncZone(resumed.url, timeout=60) as client:
+                    client.attest(os.urandom(16))  # layer 0 derives the identity first
+                resume_attest_s.append(resumed.boot_seconds + time.perf_counter() - begun)
+                print(f"resume {i + 1}: {resumed.boot_seconds:.3f} s to hello, "
+                      f"{resume_attest_s[-1]:.3f} s to evidence", file=sys.stderr)
         boot_s = []
         for i in range(boots):
             with booted("bench", home=home) as bench:  # killed at the end of each block
@@ -593,6 +620,8 @@ def main() -> int:
                              for k, v in vars(args).items()},
                  "cpus": os.cpu_count(), "batch": BATCH},
         "boot_to_hello_s": figure(boot_s),
+        "resume": {"template_s": template_s, "to_hello_s": figure(resume_s),
+                   "to_evidence_s": figure(resume_attest_s)},
         "zone": zone,
         "native": native,
         "ratio_zone_over_native": ratios(zone, native),

@@ -66,11 +66,15 @@ def bars(ax: Axes, groups: Sequence[str], series: dict[str, tuple[list[Figure | 
 
 
 def boot_panel(ax: Axes, results: dict[str, Any]) -> None:
-    boot = results["boot_to_hello_s"]
-    bars(ax, ["cold boot to hello (dots: the runs)"], {"zone": ([boot], ZONE)},
-         title="Cold boot (QEMU launch to hello)", unit="seconds")
-    ax.plot([0] * len(boot["runs"]), boot["runs"], "k.", alpha=0.6)
-    ax.set_xlim(-1.5, 1.5)
+    figs = [results["boot_to_hello_s"]]
+    groups = ["cold boot\nto hello"]
+    if "resume" in results:  # results from before templates have none
+        figs += [results["resume"]["to_hello_s"], results["resume"]["to_evidence_s"]]
+        groups += ["resumed\nto hello", "resumed to\nevidence"]
+    bars(ax, groups, {"zone": (figs, ZONE)}, title="Boot (QEMU launch to hello; dots: the runs)",
+         unit="seconds", log=True)
+    for i, fig in enumerate(figs):
+        ax.plot([i] * len(fig["runs"]), fig["runs"], "k.", alpha=0.6)
 
 
 def rtt_panel(ax: Axes, results: dict[str, Any]) -> None:
@@ -182,7 +186,7 @@ def render(results: dict[str, Any], path: Path) -> None:
     meta = results.get("meta", {})
     fig.suptitle(f"make bench at {meta.get('commit', '?')}, {meta.get('date', '?')}: medians "
                  f"of {meta.get('options', {}).get('repeat', '?')} runs, error bars min-max "
-                 "(zone: QEMU TCG; native: the same monitor on the host behind a PTY)")
+                 "(zone: QEMU TCG; native: the same monitor on the host behind a unix socket)")
     fig.tight_layout()
     fig.savefig(path, dpi=80)
     plt.close(fig)

@@ -28,6 +28,7 @@ from ..runtime import caps
 from ..runtime.console import log
 from ..runtime.ipc import KEEPER_SOCKET
 from ..runtime.port import Port
+from ..runtime.process import foreground
 from ..runtime.reactor import Reactor
 from ..runtime.virtio import wait_for_port
 from . import platform
@@ -326,21 +327,50 @@ def _needs_session(args: dict[str, Any]) -> None:
                        "attested session")
 
 
+def _confine() -> None:
+    """In the zone: keep only CAP_SYS_BOOT (caps.MONITOR) and bound the address space; run at
+    nice 0 (PID 1 runs at 10 once it has started the zone, and its children with it)."""
+    foreground()
+    platform.limit_memory()
+    caps.confine(caps.MONITOR)
+
+
+def _probe() -> dict[str, str]:
+    """Check that fw_cfg's ports are out of reach (``info``'s ``port_io``), once PID 1 has
+    taken every way to them."""
+    port_io = caps.probe_port_io()
+    reached = sorted(way for way, got in port_io.items() if got == "allowed")
+    log("monitor: fw_cfg's ports are out of reach" if not reached else
+        f"monitor: WARNING: fw_cfg's ports are reachable through {', '.join(reached)}")
+    return port_io
+
+
 def main(hw: Hardware, restarts: int = 0, fd: int | None = None,
-         keeper_socket: str = KEEPER_SOCKET) -> None:
-    """Serve the control port (or ``fd``). In the zone, first keep only CAP_SYS_BOOT
-    (caps.MONITOR) and check that fw_cfg's ports are out of reach (``info``'s ``port_io``)."""
-    hw.wipe_fuses()  # the first monitor is forked before PID 1 wipes its copy of the fuses
-    port_io = None
-    if fd is None:
-        platform.limit_memory()
-        caps.confine(caps.MONITOR)
-        port_io = caps.probe_port_io()
-        reached = sorted(way for way, got in port_io.items() if got == "allowed")
-        log("monitor: fw_cfg's ports are out of reach" if not reached else
-            f"monitor: WARNING: fw_cfg's ports are reachable through {', '.join(reached)}")
+         keeper_socket: str = KEEPER_SOCKET, port_io: dict[str, str] | None = None) -> None:
+    """Serve the control port (or ``fd``: natively, unconfined). In the zone, confine the
+    process first, unless it is (``port_io``: what that found)."""
+    hw.wipe_fuses()  # a restarted monitor's copy of PID 1's record: wiped already
+    if fd is None and port_io is None:
+        _confine()
+        port_io = _probe()
     loop = Reactor()
     monitor = Monitor(loop, hw, restarts, keeper_socket)
     monitor.port_io = port_io
     monitor.open(fd)
     loop.run()
+
+
+def main_when_told(told: int) -> None:
+    """The first monitor of a boot, forked by PID 1 before the start line (so a template holds
+    it ready): confined at once, it opens the control port only when PID 1 has read the
+    hardware and confined itself, and says so on ``told``: the boot counter and the debug
+    strap, then end of file. It never holds the fuses."""
+    _confine()
+    word = b""
+    while chunk := os.read(told, 64):
+        word += chunk
+    os.close(told)
+    counter, _, debug = word.decode("ascii", errors="replace").partition(" ")
+    if not counter.isdigit():  # PID 1 starts another monitor, as after any exit
+        raise RuntimeError(f"PID 1 did not tell the monitor to start ({word[:40]!r})")
+    main(Hardware(boot_counter=int(counter), debug=debug == "1"), port_io=_probe())

@@ -32,11 +32,13 @@ from ..abi import device
 from ..runtime.console import log
 from ..runtime.virtio import wait_for_port
 
-__all__ = ["await_start", "reseed", "bind_devices"]
+__all__ = ["FW_CFG_DEVICE", "await_start", "reseed", "bind_devices"]
 
 #: Seconds the start line's port may take to appear (virtio-serial adds ports after the
 #: driver loads); a machine without one starts at once.
 PORT_TIMEOUT = 10.0
+#: fw_cfg's platform device (its ACPI id): the device PID 1 binds on the platform bus.
+FW_CFG_DEVICE = "QEMU0002"
 HWRNG = "/dev/hwrng"
 SEED_BYTES = 64
 #: Seconds the virtio RNG may take to give SEED_BYTES.
@@ -106,26 +108,26 @@ def reseed() -> bool:
     return filled == SEED_BYTES
 
 
-def bind_devices(*buses: str) -> None:
-    """Bind every device left without a driver on ``buses`` (virtio, platform: /init held them),
-    then let them probe on their own again. Needs no capability: PID 1's uid owns sysfs."""
-    for bus in buses:
-        root = f"/sys/bus/{bus}"
-        try:
-            names = sorted(os.listdir(f"{root}/devices"))
-        except OSError:
+def bind_devices(bus: str, prefix: str = "") -> None:
+    """Bind the devices of ``bus`` (virtio, platform: /init held both) whose names start with
+    ``prefix`` and have no driver yet, then let the bus probe on its own again. Needs no
+    capability: PID 1's uid owns sysfs."""
+    root = f"/sys/bus/{bus}"
+    try:
+        names = sorted(os.listdir(f"{root}/devices"))
+    except OSError:
+        names = []
+    for name in names:
+        if not name.startswith(prefix) or os.path.exists(f"{root}/devices/{name}/driver"):
             continue
-        for name in names:
-            if os.path.exists(f"{root}/devices/{name}/driver"):
-                continue
-            try:
-                with open(f"{root}/drivers_probe", "w") as f:
-                    f.write(name)
-            except OSError as exc:  # no driver for it: not one of ours
-                if exc.errno != errno.ENODEV:
-                    log(f"start: binding {bus} device {name} failed ({exc.strerror})")
         try:
-            with open(f"{root}/drivers_autoprobe", "w") as f:
-                f.write("1")
-        except OSError as exc:
-            log(f"start: {bus} probing stays off ({exc.strerror})")
+            with open(f"{root}/drivers_probe", "w") as f:
+                f.write(name)
+        except OSError as exc:  # no driver for it: not one of ours
+            if exc.errno != errno.ENODEV:
+                log(f"start: binding {bus} device {name} failed ({exc.strerror})")
+    try:
+        with open(f"{root}/drivers_autoprobe", "w") as f:
+            f.write("1")
+    except OSError as exc:
+        log(f"start: {bus} probing stays off ({exc.strerror})")

@@ -1,17 +1,19 @@
 """PID 1 of the zone: start the zone's processes and keep them running.
 
-0. Import the monitor, say READY on the start line and wait for START (firmware.pid1.start):
-   a template snapshot of the machine is taken there, before anything of the device's own is
-   read. Then reseed the kernel's CRNG and bind fw_cfg's driver (the BBRAM disk's once the
-   monitor is forked).
+0. Fork the first monitor, which confines itself and waits for PID 1's word; say READY on
+   the start line and wait for START (firmware.pid1.start): a template of the machine is
+   saved there, before anything of the device's own is read. Then reseed the kernel's CRNG
+   and bind fw_cfg's driver (the BBRAM disk's once the monitor runs).
 1. Read what the hardware handed over (firmware.pid1.hardware), then unload fw_cfg, disable
    kexec and drop every capability the zone's processes do not need (firmware.runtime.caps):
    CAP_SYS_RAWIO first, so no process can reach fw_cfg's I/O ports. The fuses are
-   unreachable before anything that parses host input starts.
+   unreachable before anything that parses host input starts: only then is the first monitor
+   told to serve (firmware.monitor.server.main_when_told: the boot counter and the debug
+   strap; it never held the fuses).
 2. Fork layer 0, the key keeper (firmware.layer0), with the fuses, and wipe PID 1's copy. The
    keeper imports the crypto libraries and derives the keys while the monitor already serves.
 3. Fork the applet runner (firmware.runner), which holds nothing secret: jobs fork from it.
-4. Fork the zone monitor (firmware.monitor). Restart the monitor or the runner when one dies.
+4. Restart the monitor or the runner when one dies.
 5. In a debug zone, fork the console shell (firmware.pid1.shell), and a new one when it ends.
 6. When layer 0 ends after a tamper trip (it zeroised the zone and killed the others), fork
    a keeper with nothing to keep in its place, from PID 1's clean memory: it answers
@@ -75,11 +77,40 @@ def _run_runner() -> None:
     runner.main()
 
 
-def supervise(hw: Hardware) -> None:
-    from ..monitor import server as monitor  # import once, before forking
+def _first_monitor() -> tuple[int, int]:
+    """Fork the boot's first monitor (monitor.server.main_when_told); its pid, and the pipe's
+    end PID 1 tells it on."""
+    from ..monitor import server
+
+    told, tell = os.pipe()
+
+    def body() -> None:
+        os.close(tell)
+        server.main_when_told(told)
+
+    pid = _spawn("monitor", body)
+    os.close(told)
+    return pid, tell
+
+
+def _tell(tell: int, hw: Hardware) -> None:
+    try:
+        os.write(tell, f"{hw.boot_counter} {'1' if hw.debug else '0'}".encode())
+    except OSError:
+        log("PID 1: the first monitor is gone; another starts")
+    finally:
+        os.close(tell)
+
+
+def supervise(hw: Hardware, current: int | None = None) -> None:
+    """Start layer 0 and the runner (and the monitor, unless ``current`` runs already); then
+    restart the monitor and the runner whenever one ends."""
+    from ..monitor import server as monitor  # imported already: a restart costs a fork
 
     restarts = 0
-    current = _spawn("monitor", lambda: monitor.main(hw, restarts))
+    if current is None:
+        current = _spawn("monitor", lambda: monitor.main(hw, restarts))
+    background()  # the monitor, answering the host, goes first; its restarts go foreground
     start.bind_devices("virtio")  # the BBRAM disk, for layer 0
     keeper = _spawn("key keeper", lambda: _run_keeper(hw))
     hw.wipe_fuses()
@@ -144,8 +175,7 @@ def main() -> None:
             f.write("-1000")
     except OSError:
         pass
-    from ..monitor import server  # noqa: F401  (in the template: a resumed zone has it)
-
+    monitor, tell = _first_monitor()  # in the template, ready: a resumed zone has it
     start.await_start()
     try:
         if not start.reseed():
@@ -153,13 +183,16 @@ def main() -> None:
     except OSError:  # fail closed: a zone resumed from a template must not share its CRNG
         log_exception("start: could not reseed the CRNG; the zone stops")
         raise
-    start.bind_devices("platform")  # fw_cfg
+    start.bind_devices("platform", start.FW_CFG_DEVICE)
     hw = Hardware.read()
     seal_fw_cfg()
     _confine()
+    _tell(tell, hw)
+    first: int | None = monitor
     while True:  # PID 1 must never return
         try:
-            supervise(hw)
+            supervise(hw, first)
         except Exception:  # PID 1's exit would panic the kernel: log, wait, supervise again
             log_exception("supervisor failed")
             time.sleep(1)
+        first = None
