@@ -360,12 +360,13 @@ def main(hw: Hardware, restarts: int = 0, fd: int | None = None,
     loop.run()
 
 
-def main_when_told(told: int) -> None:
+def main_when_told(told: int, set_up: Callable[[], None]) -> None:
     """The first monitor of a boot, forked by PID 1 before the start line (so a template holds
     it ready): confined at once, it opens the control port only when PID 1 has read the
     hardware and confined itself, and says so on ``told``: the boot counter and the debug
-    strap, then end of file. It never holds the fuses."""
+    strap, then end of file. It never holds the fuses. ``set_up`` says it is confined."""
     _confine()
+    set_up()
     word = b""
     while chunk := os.read(told, 64):
         word += chunk

@@ -2,12 +2,15 @@
 listed in firmware.abi.device).
 
 PID 1 reads them once, then unloads the fw_cfg driver and deletes its module, so nothing that
-runs later can read the fuses through sysfs again.
+runs later can read the fuses through sysfs again. It hands the record to layer 0 over a pipe
+(``handing_over``, ``receive``: layer 0 is forked before the hardware is read).
 """
 
 from __future__ import annotations
 
 import os
+
+import cbor2
 
 from ..abi import device
 from ..runtime.console import log
@@ -63,6 +66,38 @@ class Hardware:
                    measurements=measurements, boot_counter=int(counter) if counter.isdigit() else 0,
                    debug=_read(device.FW_DEBUG) == b"1",
                    tamper=parse_tamper_record(_read(device.FW_TAMPER) or b"0"))
+
+    def handing_over(self) -> list[bytes | bytearray | memoryview]:
+        """The record as PID 1 writes it to layer 0 (``receive``): a byte saying whether the
+        fuses were read, the fuses (never copied: the bytearray itself), then the rest as
+        CBOR."""
+        rest = cbor2.dumps({"device_id_cert": self.device_id_cert,
+                            "measurements": self.measurements, "boot_counter": self.boot_counter,
+                            "debug": self.debug, "tamper": self.tamper})
+        fuses = memoryview(self.uds) if self.uds is not None else bytes(device.UDS_SIZE)
+        return [b"\x01" if self.uds is not None else b"\x00", fuses, rest]
+
+    @classmethod
+    def receive(cls, fd: int) -> "Hardware":
+        """The record ``handing_over`` wrote on ``fd``, read to its end; the fuses straight
+        into a bytearray. ValueError if it is cut short or malformed."""
+        head = os.read(fd, 1)
+        uds = bytearray(device.UDS_SIZE)
+        view, got = memoryview(uds), 0
+        while got < len(uds) and (n := os.readv(fd, [view[got:]])):
+            got += n
+        view.release()
+        rest = b""
+        while chunk := os.read(fd, 65536):
+            rest += chunk
+        os.close(fd)
+        if head not in (b"\x00", b"\x01") or got != len(uds):
+            uds[:] = bytes(len(uds))
+            raise ValueError("PID 1 handed over a record cut short")
+        record = cbor2.loads(rest)
+        return cls(uds=uds if head == b"\x01" else None, device_id_cert=record["device_id_cert"],
+                   measurements=record["measurements"], boot_counter=record["boot_counter"],
+                   debug=record["debug"], tamper=record["tamper"])
 
     def wipe_fuses(self) -> None:
         if self.uds is not None:

@@ -25,8 +25,10 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
+import select
 import struct
 import time
+from typing import Callable
 
 from ..abi import device
 from ..runtime.console import log
@@ -34,6 +36,9 @@ from ..runtime.virtio import wait_for_port
 
 __all__ = ["FW_CFG_DEVICE", "await_start", "reseed", "bind_devices"]
 
+#: Seconds a START said before the port was opened (a cold power-on) takes to arrive once it
+#: is: PID 1 waits this long before it waits for its children's set-up and says READY.
+START_GRACE = 0.1
 #: Seconds the start line's port may take to appear (virtio-serial adds ports after the
 #: driver loads); a machine without one starts at once.
 PORT_TIMEOUT = 10.0
@@ -48,9 +53,10 @@ RNDADDENTROPY = 0x40085203
 RNDRESEEDCRNG = 0x5207
 
 
-def await_start() -> None:
-    """Say READY on the start line, then wait (for as long as the machine is held there)
-    until the hardware says START."""
+def await_start(set_up: Callable[[], None]) -> None:
+    """Wait until the hardware says START on the start line. If it has not said it already
+    (a cold power-on says it at once), first wait for the zone's processes to be set up
+    (``set_up``), then say READY: a template is saved only once they are."""
     try:
         path = wait_for_port(device.START_PORT, PORT_TIMEOUT)
     except TimeoutError:
@@ -58,20 +64,40 @@ def await_start() -> None:
         return
     fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
     try:
-        os.write(fd, device.START_READY + b"\n")
-        line = b""
-        while True:
-            chunk = os.read(fd, 256)
-            if not chunk:  # the host end is not there yet
-                time.sleep(0.01)
-                continue
-            line += chunk
-            *words, line = line.split(b"\n")
-            if device.START_GO in (w.strip() for w in words):
-                return
-            line = line[-256:]
+        heard = _Line(fd)
+        if not heard.start(wait=START_GRACE):
+            set_up()
+            os.write(fd, device.START_READY + b"\n")
+            heard.start(wait=True)
     finally:
         os.close(fd)
+
+
+class _Line:
+    """The words the hardware says on the start line, a line each."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self.pending = b""
+
+    def start(self, *, wait: float | bool) -> bool:
+        """True once START was said; False if it was not within ``wait`` seconds (True:
+        for as long as it takes)."""
+        deadline = None if wait is True else time.monotonic() + float(wait)
+        while True:
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            if not select.select([self.fd], [], [], left)[0]:
+                return False
+            chunk = os.read(self.fd, 256)
+            if not chunk:  # the host end is not there yet
+                if deadline is not None and time.monotonic() >= deadline:
+                    return False
+                time.sleep(0.01)
+                continue
+            *words, self.pending = (self.pending + chunk).split(b"\n")
+            if device.START_GO in (w.strip() for w in words):
+                return True
+            self.pending = self.pending[-256:]
 
 
 def reseed() -> bool:

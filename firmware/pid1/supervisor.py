@@ -1,21 +1,23 @@
 """PID 1 of the zone: start the zone's processes and keep them running.
 
-0. Fork the first monitor, which confines itself and waits for PID 1's word; say READY on
-   the start line and wait for START (firmware.pid1.start): a template of the machine is
-   saved there, before anything of the device's own is read. Then reseed the kernel's CRNG
-   and bind fw_cfg's driver (the BBRAM disk's once the monitor runs).
-1. Read what the hardware handed over (firmware.pid1.hardware), then unload fw_cfg, disable
-   kexec and drop every capability the zone's processes do not need (firmware.runtime.caps):
-   CAP_SYS_RAWIO first, so no process can reach fw_cfg's I/O ports. The fuses are
-   unreachable before anything that parses host input starts: only then is the first monitor
-   told to serve (firmware.monitor.server.main_when_told: the boot counter and the debug
-   strap; it never held the fuses).
-2. Fork layer 0, the key keeper (firmware.layer0), with the fuses, and wipe PID 1's copy. The
-   keeper imports the crypto libraries and derives the keys while the monitor already serves.
-3. Fork the applet runner (firmware.runner), which holds nothing secret: jobs fork from it.
-4. Restart the monitor or the runner when one dies.
-5. In a debug zone, fork the console shell (firmware.pid1.shell), and a new one when it ends.
-6. When layer 0 ends after a tamper trip (it zeroised the zone and killed the others), fork
+0. Fork the monitor (firmware.monitor), layer 0, the key keeper (firmware.layer0), and the
+   applet runner (firmware.runner, which holds nothing secret: jobs fork from it). Each
+   confines itself and imports what it runs; the monitor and layer 0 then wait for PID 1's
+   word. Say READY on the start line and wait for START (firmware.pid1.start): a template of
+   the machine is saved there, before anything of a device is read. Then reseed the kernel's
+   CRNG.
+1. Bind fw_cfg's driver, read what the hardware handed over (firmware.pid1.hardware), unload
+   the driver, disable kexec and drop every capability the zone's processes do not need
+   (firmware.runtime.caps): CAP_SYS_RAWIO first, so no process can reach fw_cfg's I/O
+   ports. The fuses are unreachable before anything that parses host input starts: only then
+   is the monitor told to serve (firmware.monitor.server.main_when_told: the boot counter
+   and the debug strap; it never holds the fuses).
+2. Bind the BBRAM disk's driver, hand layer 0 the hardware's record, the fuses with it, over
+   its pipe, and wipe PID 1's copy. Layer 0 derives the keys while the monitor already
+   serves.
+3. Restart the monitor or the runner when one dies. In a debug zone, fork the console shell
+   (firmware.pid1.shell), and a new one when it ends.
+4. When layer 0 ends after a tamper trip (it zeroised the zone and killed the others), fork
    a keeper with nothing to keep in its place, from PID 1's clean memory: it answers
    ``tampered`` to the monitor, which PID 1 restarts as usual.
 
@@ -27,6 +29,7 @@ not a new interpreter.
 from __future__ import annotations
 
 import os
+import select
 import sys
 import time
 from typing import Callable
@@ -39,12 +42,20 @@ from . import shell, start
 from .hardware import Hardware, seal_fw_cfg
 
 
+#: The ends PID 1 tells its pre-forked children on (_prefork): no other child may hold one,
+#: or the child told would never see the end of what it is told.
+_TELLING: list[int] = []
+
+
 def _spawn(name: str, body: Callable[[], None]) -> int:
     pid = os.fork()
     if pid:
         return pid
     code = 1
     try:
+        for fd in _TELLING:
+            os.close(fd)
+        _TELLING.clear()
         body()
         code = 0
     except BaseException:
@@ -54,12 +65,80 @@ def _spawn(name: str, body: Callable[[], None]) -> int:
         os._exit(code)
 
 
-def _run_keeper(hw: Hardware) -> None:
+class _SetUp:
+    """How PID 1's first children say they are set up (each writes a byte on one pipe, which
+    they inherit), and PID 1 waits for them all before it says READY: a template holds them
+    set up (a cold power-on, told START already, does not wait). Children forked after
+    ``wait`` never hold the pipe."""
+
+    #: Seconds PID 1 waits for them.
+    TIMEOUT = 60.0
+
+    def __init__(self) -> None:
+        self.read, self.write = os.pipe()
+        self.children = 0
+
+    def said(self) -> Callable[[], None]:
+        """For a child: the call that says it is set up."""
+        self.children += 1
+
+        def say() -> None:
+            os.write(self.write, b".")
+
+        return say
+
+    def wait(self) -> None:
+        os.close(self.write)
+        deadline, heard = time.monotonic() + self.TIMEOUT, 0
+        while heard < self.children:
+            left = deadline - time.monotonic()
+            if left <= 0 or not select.select([self.read], [], [], left)[0]:
+                break
+            got = os.read(self.read, 16)
+            if not got:  # every child that could say it has ended
+                break
+            heard += len(got)
+        if heard < self.children:
+            log(f"PID 1: {self.children - heard} of its children did not say they were set up")
+        os.close(self.read)
+
+
+def _prefork(name: str, body: Callable[[int], None]) -> tuple[int, int]:
+    """Fork a child that sets itself up, then waits to be told (``body(told)``: it reads
+    ``told`` to its end) what only the hardware knows; its pid, and the end PID 1 tells it
+    on (``_tell``)."""
+    told, tell = os.pipe()
+
+    def run() -> None:
+        os.close(tell)
+        body(told)
+
+    pid = _spawn(name, run)
+    os.close(told)
+    _TELLING.append(tell)
+    return pid, tell
+
+
+def _tell(tell: int, name: str, *parts: bytes | bytearray | memoryview) -> None:
+    try:
+        for part in parts:
+            os.write(tell, part)
+    except OSError:
+        log(f"PID 1: the {name} is gone before it was told; it is started again if it may be")
+    finally:
+        os.close(tell)
+        _TELLING.remove(tell)
+
+
+def _run_keeper_when_told(told: int, set_up: Callable[[], None]) -> None:
+    """Layer 0, forked before the start line: confined and its modules imported (in a
+    template, ready), it gets the hardware's record, the fuses with it, on ``told``."""
     background()  # the monitor, answering the host, goes first during boot
     caps.confine(caps.KEEPER)
     from ..layer0 import keeper
 
-    keeper.main(hw)
+    set_up()
+    keeper.main(Hardware.receive(told))
 
 
 def _run_tampered(cause: str) -> None:
@@ -69,81 +148,50 @@ def _run_tampered(cause: str) -> None:
     keeper.serve_tampered(cause)
 
 
-def _run_runner() -> None:
+def _run_runner(set_up: Callable[[], None] | None = None) -> None:
     background()
     caps.confine(caps.RUNNER)
     from ..runner import runner
 
-    runner.main()
+    runner.main(set_up)
 
 
-def _first_monitor() -> tuple[int, int]:
-    """Fork the boot's first monitor (monitor.server.main_when_told); its pid, and the pipe's
-    end PID 1 tells it on."""
-    from ..monitor import server
-
-    told, tell = os.pipe()
-
-    def body() -> None:
-        os.close(tell)
-        server.main_when_told(told)
-
-    pid = _spawn("monitor", body)
-    os.close(told)
-    return pid, tell
-
-
-def _tell(tell: int, hw: Hardware) -> None:
-    try:
-        os.write(tell, f"{hw.boot_counter} {'1' if hw.debug else '0'}".encode())
-    except OSError:
-        log("PID 1: the first monitor is gone; another starts")
-    finally:
-        os.close(tell)
-
-
-def supervise(hw: Hardware, current: int | None = None) -> None:
-    """Start layer 0 and the runner (and the monitor, unless ``current`` runs already); then
-    restart the monitor and the runner whenever one ends."""
+def supervise(hw: Hardware, pids: dict[str, int]) -> None:
+    """Restart the monitor and the runner whenever one ends (``pids``: each child's, kept up
+    to date); after a tamper trip, put a keeper that answers ``tampered`` in layer 0's place."""
     from ..monitor import server as monitor  # imported already: a restart costs a fork
 
     restarts = 0
-    if current is None:
-        current = _spawn("monitor", lambda: monitor.main(hw, restarts))
-    background()  # the monitor, answering the host, goes first; its restarts go foreground
-    start.bind_devices("virtio")  # the BBRAM disk, for layer 0
-    keeper = _spawn("key keeper", lambda: _run_keeper(hw))
-    hw.wipe_fuses()
-    runner = _spawn("applet runner", _run_runner)
-    console = _spawn("console shell", shell.run) if hw.debug else None
+    if hw.debug and "console" not in pids:
+        pids["console"] = _spawn("console shell", shell.run)
     while True:
         try:
             pid, status = os.wait()
         except ChildProcessError:
             time.sleep(1)
             continue
-        if pid == keeper:
+        if pid == pids["keeper"]:
             if os.WIFEXITED(status) and os.WEXITSTATUS(status) == TAMPERED_EXIT:
                 cause = _tamper_cause()
                 log("layer 0 zeroised the zone; a keeper that answers 'tampered' takes over")
-                keeper = _spawn("tampered keeper", lambda: _run_tampered(cause))
+                pids["keeper"] = _spawn("tampered keeper", lambda: _run_tampered(cause))
             else:
                 log(f"the key keeper (pid {pid}) ended with status {status:#x}: "
                     "the zone cannot attest until it is rebooted")
-        elif pid == runner:
+        elif pid == pids["runner"]:
             log(f"the applet runner (pid {pid}) ended with status {status:#x}; restarting")
             time.sleep(0.5)
-            runner = _spawn("applet runner", _run_runner)
-        elif pid == console:
-            console = None
+            pids["runner"] = _spawn("applet runner", _run_runner)
+        elif pid == pids.get("console"):
+            del pids["console"]
             if os.path.exists(shell.TERMINAL):
                 time.sleep(0.5)
-                console = _spawn("console shell", shell.run)
-        elif pid == current:
+                pids["console"] = _spawn("console shell", shell.run)
+        elif pid == pids["monitor"]:
             log(f"monitor (pid {pid}) ended with status {status:#x}; restarting")
             restarts += 1
             time.sleep(min(0.05 * 2 ** min(restarts, 6), 2.0))
-            current = _spawn("monitor", lambda: monitor.main(hw, restarts))
+            pids["monitor"] = _spawn("monitor", lambda: monitor.main(hw, restarts))
 
 
 def _tamper_cause() -> str:
@@ -157,9 +205,6 @@ def _tamper_cause() -> str:
 def _confine() -> None:
     """The last privileged steps of the boot, then PID 1 keeps only what its children need
     (firmware.runtime.caps); each child drops more at its own entry."""
-    if not raise_buffer_limits():
-        log("PID 1: could not raise the socket buffer limits: large keeper messages will fail")
-    allow_foreground()
     if not caps.disable_kexec():
         log("PID 1: could not disable kexec")
     try:
@@ -175,8 +220,19 @@ def main() -> None:
             f.write("-1000")
     except OSError:
         pass
-    monitor, tell = _first_monitor()  # in the template, ready: a resumed zone has it
-    start.await_start()
+    if not raise_buffer_limits():
+        log("PID 1: could not raise the socket buffer limits: large keeper messages will fail")
+    allow_foreground()
+    from ..monitor import server
+
+    # Forked before the start line: a template holds them set up and waiting.
+    set_up = _SetUp()
+    said = [set_up.said() for _ in range(3)]
+    monitor, tell_monitor = _prefork("monitor", lambda told: server.main_when_told(told, said[0]))
+    keeper, tell_keeper = _prefork("key keeper", lambda told: _run_keeper_when_told(told, said[1]))
+    pids = {"monitor": monitor, "keeper": keeper,
+            "runner": _spawn("applet runner", lambda: _run_runner(said[2]))}
+    start.await_start(set_up.wait)
     try:
         if not start.reseed():
             log("start: the hardware RNG gave too little; the CRNG reseeded from the CPU's")
@@ -187,12 +243,14 @@ def main() -> None:
     hw = Hardware.read()
     seal_fw_cfg()
     _confine()
-    _tell(tell, hw)
-    first: int | None = monitor
+    _tell(tell_monitor, "monitor", f"{hw.boot_counter} {'1' if hw.debug else '0'}".encode())
+    background()  # the monitor, answering the host, goes first; its restarts go foreground
+    start.bind_devices("virtio")  # the BBRAM disk, for layer 0
+    _tell(tell_keeper, "key keeper", *hw.handing_over())
+    hw.wipe_fuses()
     while True:  # PID 1 must never return
         try:
-            supervise(hw, first)
+            supervise(hw, pids)
         except Exception:  # PID 1's exit would panic the kernel: log, wait, supervise again
             log_exception("supervisor failed")
             time.sleep(1)
-        first = None

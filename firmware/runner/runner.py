@@ -36,7 +36,7 @@ import resource
 import shutil
 import socket
 import time
-from typing import Any
+from typing import Any, Callable
 
 import cbor2
 
@@ -347,11 +347,14 @@ def _warm_child(control: int, cgroup: str, work: str, uid: int) -> None:
         os._exit(code)
 
 
-def main() -> None:
+def main(set_up: Callable[[], None] | None = None) -> None:
+    """Set up, say so (``set_up``: PID 1 waits for it before the start line), serve."""
     loop = Reactor()
     runner = Runner(loop)
     runner.setup()
     foreground()
     log("runner: ready")
+    if set_up is not None:
+        set_up()
     loop.run()
 
