@@ -37,7 +37,7 @@ from .image import Image
 from .machine import LAUNCH_TIMEOUT, Machine
 from .paths import SezHome
 
-__all__ = ["Template", "template_for", "remove_templates"]
+__all__ = ["Template", "template_for", "templates", "remove_templates"]
 
 #: Seconds a template's boot to READY may take (a cold boot under TCG: ~3 s on an idle host).
 MAKE_TIMEOUT = 90.0
@@ -131,6 +131,13 @@ def _punch_zeros(path: Path) -> int:
                     return os.fstat(fd).st_blocks * 512  # no holes here: keep the file
             offset += len(chunk)
         return os.fstat(fd).st_blocks * 512
+
+
+def templates(home: SezHome | None = None) -> list[Template]:
+    """The templates saved under ``home``."""
+    root = _templates(home or SezHome.default())
+    found = [Template.open(d) for d in sorted(root.iterdir()) if d.is_dir()] if root.is_dir() else []
+    return [t for t in found if t is not None]
 
 
 def remove_templates(home: SezHome | None = None) -> int:

@@ -1,6 +1,6 @@
 
-"""``sez image``, ``sez device``, ``sez factory``: the guest image, the manufacturer's root CA,
-and the provisioning of devices."""
+"""``sez image``, ``sez template``, ``sez device``, ``sez factory``: the guest image and the
+templates machines resume from, the manufacturer's root CA, and the provisioning of devices."""
 
 from __future__ import annotations
 
@@ -10,10 +10,11 @@ import sys
 from cryptography.hazmat.primitives import hashes
 
 from emulator.factory import Factory
-from emulator.image import build_image
+from emulator.image import build_image, load_image
 from emulator.device import Device
 from emulator.machine import Machine
 from emulator.sensors import describe, parse_sensors
+from emulator.template import Template, remove_templates, template_for, templates
 from firmware.abi.errors import SezError
 
 from .common import command, emit, group
@@ -35,6 +36,31 @@ def cmd_image_build(args: argparse.Namespace) -> None:
         f"  cmdline    sha384:{m['cmdline']['sha384']}",
         f"  firmware   {m['firmware_version']}",
     ]))
+
+
+def _described(template: Template) -> dict[str, object]:
+    return {"directory": str(template.directory), **template.meta}
+
+
+def cmd_template_make(args: argparse.Namespace) -> None:
+    template = template_for(load_image(), accel=args.accel, debug=args.debug)
+    meta = template.meta
+    emit(args, _described(template),
+         f"template {template.directory}: made in {meta.get('seconds')} s, "
+         f"{int(meta.get('ram_bytes', 0)) / 2**20:.0f} MiB of RAM kept")
+
+
+def cmd_template_list(args: argparse.Namespace) -> None:
+    found = templates()
+    emit(args, {"templates": [_described(t) for t in found]},
+         "\n".join(f"{t.directory}  image {t.meta.get('image')}  "
+                   f"{int(t.meta.get('ram_bytes', 0)) / 2**20:.0f} MiB" for t in found)
+         or "no templates (sez boot --snapshot or sez template make makes one)")
+
+
+def cmd_template_clear(args: argparse.Namespace) -> None:
+    removed = remove_templates()
+    emit(args, {"removed": removed}, f"{removed} template(s) removed")
 
 
 def cmd_factory_init(args: argparse.Namespace) -> None:
@@ -71,6 +97,16 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     image = group(sub, "image", "the guest image")
     c = command(image, "build", cmd_image_build, "build vmlinux + initramfs + manifest.json")
     c.add_argument("--force", action="store_true", help="download and build again")
+
+    template = group(sub, "template", "zones saved before they were any device, for machines to "
+                     "resume from (sez boot --snapshot)")
+    c = command(template, "make", cmd_template_make,
+                "make the template of the image on this board now (one boot), if there is none")
+    c.add_argument("--debug", action="store_true", help="the template of debug zones")
+    c.add_argument("--accel", choices=("auto", "tcg", "kvm"), default="auto")
+    command(template, "list", cmd_template_list, "the templates kept, and their sizes")
+    command(template, "clear", cmd_template_clear,
+            "remove every template (resumed zones keep running)")
 
     device = group(sub, "device", "provisioned devices")
     c = command(device, "new", cmd_device_new,

@@ -4,7 +4,10 @@ device. Each resumed zone must be the device it is started as, with randomness o
 from __future__ import annotations
 
 import asyncio
+import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any, Callable
 
@@ -130,3 +133,19 @@ def test_a_template_resumes_only_on_its_own_board(sez_home: SezHome,
         machine.launch(load_image(), Device.open("snap-debug", sez_home), debug=True,
                        template=template)
     assert not machine.is_running()
+
+
+def test_the_cli_lists_and_clears_templates(template: Template) -> None:
+    """Last in this module: it removes the module's template."""
+    def sez(*args: str) -> Any:
+        done = subprocess.run([sys.executable, "-m", "host_driver.cli", *args, "--json"],
+                              capture_output=True, text=True, timeout=60, cwd=ROOT)
+        assert done.returncode == 0, done.stderr
+        return json.loads(done.stdout)
+
+    listed = sez("template", "list")["templates"]
+    assert [t["directory"] for t in listed] == [str(template.directory)]
+    assert listed[0]["board"] == template.board and listed[0]["ram_bytes"] > 0
+    assert sez("template", "clear") == {"removed": 1}
+    assert sez("template", "list") == {"templates": []}
+    assert not template.directory.exists()
