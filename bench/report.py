@@ -72,7 +72,7 @@ def boot_panel(ax: Axes, results: dict[str, Any]) -> None:
         figs += [results["resume"]["to_hello_s"], results["resume"]["to_evidence_s"]]
         groups += ["resumed\nto hello", "resumed to\nevidence"]
     bars(ax, groups, {"zone": (figs, ZONE)}, title="Boot (QEMU launch to hello; dots: the runs)",
-         unit="seconds", log=True)
+         unit="seconds")
     for i, fig in enumerate(figs):
         ax.plot([i] * len(fig["runs"]), fig["runs"], "k.", alpha=0.6)
 
