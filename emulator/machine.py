@@ -360,7 +360,7 @@ class Machine:
         self._spawn(argv, board, deadline, boot_counter=boots,
                     template=str(template.directory) if template else None)
         if template is not None:
-            self._resume(template, argv, deadline)
+            self._resume(template, deadline)
         self._say("start", hw.START_GO)  # the zone goes on to its device's hardware
         if device.sensors:
             self._start_sensors(deadline)
@@ -374,8 +374,8 @@ class Machine:
         itself: a shared file) and ``state`` (the rest, by migration with x-ignore-shared);
         QEMU then quits. Returns the board's key (what a resumed machine must match).
 
-        The zone at READY has read no fuses and no disk: its drivers for them are not loaded
-        (firmware.pid1.start). Raises LaunchError if it does not get there within ``timeout``.
+        The zone at READY has read no fuses and no disk: its drivers for them are bound to
+        nothing (firmware.pid1.start). Raises LaunchError if it does not get there within ``timeout``.
         """
         board = Board.make(accel=accel, cpus=cpus, tcg_thread=tcg_thread, memory_mb=memory_mb,
                            debug=debug)
@@ -448,12 +448,12 @@ class Machine:
                     pass
             if time.monotonic() > deadline:
                 self.stop(kill=True)
-                raise LaunchError("QEMU's QMP socket did not answer in time", command=argv,
-                                  output=self._qemu_output())
+                raise LaunchError("QEMU's QMP socket did not answer before the launch's "
+                                  "deadline", command=argv, output=self._qemu_output())
             time.sleep(0.005)
         self._save_state(channel=f"unix:{self.ctl_socket}")
 
-    def _resume(self, template: Template, argv: list[str], deadline: float) -> None:
+    def _resume(self, template: Template, deadline: float) -> None:
         """Load the template's device state into the QEMU waiting for it, then run it."""
         self.qmp("migrate-set-capabilities", {"capabilities": [
             {"capability": "x-ignore-shared", "state": True}]})

@@ -7,7 +7,8 @@ Fixtures:
                       and boots a zone (with ``snapshot``, resumed from the image's template);
                       every zone it made is killed at the end of the session, its console log
                       kept under the session's $SEZ_HOME, and no QEMU process may be left
-``sez_zone``          one zone booted for the whole session (``.url`` is its channel)
+``sez_zone``          one zone for the whole session (``.url`` is its channel), resumed from the
+                      image's template (emulator.template; made at the first use, one boot)
 
 A failed test's report has a section per booted zone: QEMU's run state and the console's tail.
 
@@ -104,4 +105,4 @@ def sez_zone_factory(sez_home: SezHome) -> Iterator[Callable[..., BootedZone]]:
 
 @pytest.fixture(scope="session")
 def sez_zone(sez_zone_factory: Callable[..., BootedZone]) -> BootedZone:
-    return sez_zone_factory("session-zone")
+    return sez_zone_factory("session-zone", snapshot=True)

@@ -2,8 +2,8 @@
 it touches anything of the device's own, then makes the zone's randomness its own.
 
 A zone at READY belongs to no device: the kernel and the machine's drivers are up and the
-firmware's modules imported, but the fw_cfg driver (the fuses) and the disk driver (BBRAM) are
-not loaded, and the firmware has drawn no random number and made no key. The emulator may
+zone's processes set up, but the fw_cfg driver (the fuses) and the disk driver (BBRAM) are
+bound to nothing, and the firmware has drawn no random number and made no key. The emulator may
 snapshot the machine there (a template, emulator.template) and resume any number of machines
 from it, each as any device. So after START, before anything draws a random number:
 
