@@ -144,6 +144,8 @@ class MachineStatus:
     accel: str | None = None
     started: float | None = None
     boot_counter: int | None = None
+    #: The template this boot resumed from (emulator.template), None for a cold boot.
+    template: str | None = None
 
     @property
     def uptime(self) -> float | None:
@@ -280,7 +282,8 @@ class Machine:
         except QMP_ERRORS as exc:  # a wedged QMP is a status, not a crash of `sez status`
             qemu_status = f"unreachable ({exc.__class__.__name__})"
         return MachineStatus(self.name, True, pid, qemu_status, state.get("channel"),
-                             state.get("accel"), state.get("started"), state.get("boot_counter"))
+                             state.get("accel"), state.get("started"), state.get("boot_counter"),
+                             state.get("template"))
 
     def console(self, tail: int | None = None) -> str:
         try:

@@ -56,8 +56,10 @@ def cmd_status(args: argparse.Namespace) -> None:
             queue = (f"queue: {q['error']}" if "error" in q else
                      f"{q['active']} jobs running, {q['queued']} queued, {q['outbox']} in the "
                      f"outbox, {q['schedules']} schedules, {q['audit']} audit entries kept")
+            how = " (resumed from a template)" if r.template else ""
             print(f"{r.name}: running, pid {r.pid}, qemu {r.qemu_status}, {r.accel}, "
-                  f"channel {r.channel}, boot {r.boot_counter}, up {r.uptime:.0f} s; {queue}")
+                  f"channel {r.channel}, boot {r.boot_counter}{how}, up {r.uptime:.0f} s; "
+                  f"{queue}")
         else:
             print(f"{r.name}: stopped" + (f" (boots so far: {r.boot_counter})"
                                            if r.boot_counter else ""))

@@ -49,7 +49,7 @@ def test_full_lifecycle(sez_home: SezHome) -> None:
 
         status = json.loads(sez("status", "cli-zone", "--json").stdout)
         assert status["running"] is True and status["pid"] == booted["pid"]
-        assert status["qemu_status"] == "running"
+        assert status["qemu_status"] == "running" and status["template"] is None  # cold
         assert status["queue"] == {"active": 0, "queued": 0, "outbox": 0, "schedules": 0,
                                    "audit": 0}
         assert "0 in the outbox" in sez("status", "cli-zone").stdout

@@ -109,7 +109,7 @@ def test_zones_resumed_from_one_template_draw_their_own_randomness(
     draws = []
     for name in ("snap-a", "snap-a", "snap-b"):
         zone = sez_zone_factory(name, snapshot=True)
-        assert zone.machine.state()["template"] == str(template.directory)
+        assert zone.machine.status().template == str(template.directory)
         draws.append(draw(zone, owner, trust))
         zone.machine.stop(kill=True)
     for field in ("urandom", "openssl", "salt", "session_key"):
