@@ -33,6 +33,16 @@ def disk(tmp_path: Path, size: int = BBRAM_SIZE) -> str:
     return str(path)
 
 
+def damage(path: str, offset: int) -> None:
+    """Flip every bit of the byte at ``offset`` (writing a fixed value would change nothing
+    where the random nonce or ciphertext held it already: 1 run in 256)."""
+    with open(path, "r+b") as f:
+        f.seek(offset)
+        byte = f.read(1)[0]
+        f.seek(offset)
+        f.write(bytes([byte ^ 0xFF]))
+
+
 def change(**put: Any) -> bytes:
     return cbor2.dumps({"put": put})
 
@@ -164,9 +174,7 @@ def test_a_damaged_change_ends_the_log_there(tmp_path: Path) -> None:
     store.commit(cbor2.dumps({"n": 0}))
     for i in range(1, 4):
         store.append(change(n=i))
-    with open(path, "r+b") as f:
-        f.seek(bbram.LOG_START + bbram.BLOCK + 40)  # inside the second change
-        f.write(b"\xff")
+    damage(path, bbram.LOG_START + bbram.BLOCK + 40)  # inside the second change
     reader, state = reload(path)
     assert state["n"] == 1 and reader.seq == 2 and reader.tail == bbram.BLOCK
 
@@ -176,9 +184,7 @@ def test_a_torn_first_commit_is_not_authentic(tmp_path: Path) -> None:
     store = bbram.Bbram(KEY, path)
     store.load()
     store.commit(cbor2.dumps({"first": True}))
-    with open(path, "r+b") as f:
-        f.seek(40)
-        f.write(b"\xff")
+    damage(path, 40)
     reader = bbram.Bbram(KEY, path)
     assert reader.load() == ({}, []) and reader.status == bbram.UNAUTHENTICATED
 
