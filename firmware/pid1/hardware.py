@@ -13,8 +13,8 @@ import os
 import cbor2
 
 from ..abi import device
+from ..runtime.caps import unload_module
 from ..runtime.console import log
-from . import kmod
 
 FW_CFG = "/sys/firmware/qemu_fw_cfg/by_name/" + device.FW_CFG_PREFIX.rstrip("/")
 FW_CFG_MODULE = "/lib/modules/qemu_fw_cfg.ko"
@@ -118,9 +118,9 @@ def seal_fw_cfg() -> None:
     if not os.path.exists("/sys/firmware/qemu_fw_cfg"):
         return
     try:
-        kmod.unload("qemu_fw_cfg")
+        unload_module("qemu_fw_cfg")
     except OSError as exc:
-        log(f"hardware: could not unload qemu_fw_cfg ({exc.strerror})")
+        log(f"hardware: {exc.strerror}")
     if os.path.exists("/sys/firmware/qemu_fw_cfg"):
         log("hardware: qemu_fw_cfg is still there")
     try:

@@ -4,7 +4,7 @@ QEMU's fw_cfg has no lock: unloading the driver (firmware.pid1.hardware) hides t
 sysfs, but root could still read them through fw_cfg's I/O ports (0x510, 0x511, DMA at 0x514):
 with ioperm(2) or iopl(2), /dev/port or /dev/mem (each needs CAP_SYS_RAWIO), a kernel module
 (CAP_SYS_MODULE) or another kernel booted with kexec (CAP_SYS_BOOT). So once PID 1 has read
-fw_cfg and run its last tool, it empties the bounding set of every process to come (nothing
+fw_cfg and unloaded its driver (unload_module), it empties the bounding set of every process to come (nothing
 execs after that, and whatever did would gain no capability: see capabilities(7), "execve"),
 disables kexec for the rest of the boot, and keeps in its own sets only what its children
 need; each child keeps only its own:
@@ -39,7 +39,7 @@ import os
 from typing import Callable
 
 __all__ = ["Cap", "PID1", "KEEPER", "MONITOR", "RUNNER", "confine", "disable_kexec",
-           "capabilities", "probe_port_io", "FW_CFG_PORT"]
+           "unload_module", "capabilities", "probe_port_io", "FW_CFG_PORT"]
 
 
 class Cap(enum.IntEnum):
@@ -75,6 +75,7 @@ _PR_CAP_AMBIENT, _PR_CAP_AMBIENT_CLEAR_ALL = 47, 4
 _CAPABILITY_VERSION_3 = 0x20080522
 _SYS_KEXEC_LOAD = 246  # x86-64
 _KEXEC_DISABLED = "/proc/sys/kernel/kexec_load_disabled"
+_SYS_DELETE_MODULE = 176  # x86-64
 
 
 class _Header(ctypes.Structure):
@@ -141,6 +142,13 @@ def disable_kexec() -> bool:
             return f.read().strip() == "1"
     except OSError:
         return False
+
+
+def unload_module(name: str) -> None:
+    """Unload kernel module ``name`` now (delete_module(2): no tool to spawn), or raise
+    OSError (EWOULDBLOCK while it is in use)."""
+    _check(_libc().syscall(_SYS_DELETE_MODULE, name.encode(), os.O_NONBLOCK),
+           f"unloading {name}")
 
 
 def capabilities(pid: int | str = "self") -> dict[str, str] | None:
