@@ -75,6 +75,8 @@ class _SetUp:
     TIMEOUT = 60.0
 
     def __init__(self) -> None:
+        self.read: int | None
+        self.write: int | None
         self.read, self.write = os.pipe()
         self.children = 0
 
@@ -82,16 +84,20 @@ class _SetUp:
         """For a child: the call that says it is set up."""
         self.children += 1
 
+        write = self.write
+        assert write is not None
+
         def say() -> None:
-            os.write(self.write, b".")
+            os.write(write, b".")
 
         return say
 
     def wait(self) -> None:
-        os.close(self.write)
+        self._close("write")  # so that the read ends once every child has said it or ended
         deadline, heard = time.monotonic() + self.TIMEOUT, 0
         while heard < self.children:
             left = deadline - time.monotonic()
+            assert self.read is not None
             if left <= 0 or not select.select([self.read], [], [], left)[0]:
                 break
             got = os.read(self.read, 16)
@@ -100,7 +106,17 @@ class _SetUp:
             heard += len(got)
         if heard < self.children:
             log(f"PID 1: {self.children - heard} of its children did not say they were set up")
-        os.close(self.read)
+
+    def close(self) -> None:
+        """PID 1's ends, closed (whether it waited or not): no later child holds them."""
+        self._close("write")
+        self._close("read")
+
+    def _close(self, end: str) -> None:
+        fd = getattr(self, end)
+        if fd is not None:
+            os.close(fd)
+            setattr(self, end, None)
 
 
 def _prefork(name: str, body: Callable[[int], None]) -> tuple[int, int]:
@@ -233,6 +249,7 @@ def main() -> None:
     pids = {"monitor": monitor, "keeper": keeper,
             "runner": _spawn("applet runner", lambda: _run_runner(said[2]))}
     start.await_start(set_up.wait)
+    set_up.close()
     try:
         if not start.reseed():
             log("start: the hardware RNG gave too little; the CRNG reseeded from the CPU's")
