@@ -46,8 +46,12 @@ MAKE_TIMEOUT = 90.0
 @dataclass(frozen=True)
 class Template:
     directory: Path
-    board: str
     meta: dict[str, Any]
+
+    @property
+    def board(self) -> str:
+        """The key of the board it was made on (``Board.key``)."""
+        return str(self.meta.get("board"))
 
     @property
     def ram(self) -> Path:
@@ -64,7 +68,7 @@ class Template:
             meta = json.loads((directory / "meta.json").read_text())
         except (OSError, ValueError):
             return None
-        template = cls(directory, str(meta.get("board")), meta)
+        template = cls(directory, meta)
         return template if template.ram.is_file() and template.state.is_file() else None
 
 
