@@ -104,13 +104,13 @@ def test_pulling_the_plug_fails_a_pending_request(sez_home: SezHome) -> None:
 
 
 def test_debug_zone_says_so(sez_home: SezHome) -> None:
-    assert sez("device", "new", "debug-zone").returncode == 0
+    assert sez("device", "new", "cli-debug-zone").returncode == 0
     try:
-        boot = sez("boot", "debug-zone", "--debug", "--json")
+        boot = sez("boot", "cli-debug-zone", "--debug", "--json")
         assert boot.returncode == 0, boot.stderr
         assert json.loads(boot.stdout)["hello"]["debug"] is True
     finally:
-        sez("stop", "debug-zone", "--kill")
+        sez("stop", "cli-debug-zone", "--kill")
 
 
 def test_unknown_device_is_one_line(sez_home: SezHome) -> None:
