@@ -16,6 +16,7 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+from firmware.abi.bulk import WINDOW_SIZE
 from firmware.abi.device import CONTROL_PORT, FW_CFG_PREFIX, START_PORT, TAMPER_PORT
 
 from .errors import LaunchError, MachineStateError
@@ -113,7 +114,7 @@ def qemu_command(name: str, image: Image, *, accel: str, memory_mb: int, cpus: i
                  gdb_port: int | None = None, shell_socket: Path | None = None,
                  fw_cfg: dict[str, Path | str], bbram: Path,
                  ram: Path | None = None, ram_shared: bool = False,
-                 incoming: bool = False) -> list[str]:
+                 incoming: bool = False, bulk: Path | None) -> list[str]:
     """QEMU's command line for zone ``name``: the board booting ``image``, its console written
     to ``console_log``, its control port on the unix socket ``ctl_socket``, its tamper line
     and start line on the pipes ``tamper_line`` and ``start_line`` (.in, .out), QMP on the
@@ -124,7 +125,9 @@ def qemu_command(name: str, image: Image, *, accel: str, memory_mb: int, cpus: i
 
     With ``ram``, the guest's RAM is that file: shared (``ram_shared``: a template being made
     writes its RAM there) or private (a machine resumed from the template maps it copy on
-    write); ``incoming`` makes QEMU wait for the template's device state (emulator.machine)."""
+    write); ``incoming`` makes QEMU wait for the template's device state (emulator.machine).
+    ``bulk`` is the file of the bulk window (firmware.abi.bulk), shared with the host driver
+    (None: no window, as on a template's machine)."""
     # q35 boots ~1 s faster than pc under TCG (no ACPI interrupt-link routing for each
     # virtio-pci device). Under TCG a plain x86-64 model beats "max" (its REP MOVSB and AVX2
     # string copies are slower to emulate), plus RDRAND (the guest's CRNG is seeded at
@@ -161,6 +164,13 @@ def qemu_command(name: str, image: Image, *, accel: str, memory_mb: int, cpus: i
     if ram is not None:
         argv += ["-object", f"memory-backend-file,id=ram,size={memory_mb}M,mem-path={ram},"
                             f"share={'on' if ram_shared else 'off'}"]
+    if bulk is not None:
+        # The last PCI device, so the others sit where they sit on a template's machine, which
+        # has none (firmware.pid1.start.attach_window); master=on lets a machine resumed
+        # from a template take its migration stream.
+        argv += ["-object", f"memory-backend-file,id=bulk,size={WINDOW_SIZE},mem-path={bulk},"
+                            "share=on",
+                 "-device", "ivshmem-plain,memdev=bulk,master=on"]
     if incoming:
         argv += ["-incoming", "defer"]
     if gdb_port is not None:

@@ -9,6 +9,8 @@ that QEMU emulates, and its command line, is ``emulator.board``'s).
 ``qmp.sock``       the QMP socket (driven with the ``qemu.qmp`` library)
 ``ctl.sock``       the control port ``org.sez.ctl``: the channel the host driver opens
                    (``unix:`` + this path; ``ctl.sock.lock`` keeps it to one driver)
+(bulk window)      the bulk window's memory, shared with QEMU: a file in /dev/shm named for
+                   this directory (``Machine.bulk_window``), named in the channel's address
 ``console.log``    the zone's serial console (ttyS0) for this boot
 ``qemu.log``       QEMU's own stdout/stderr
 ``tamper.in/out``  the tamper line (port ``org.sez.tamper``): two FIFOs, the emulator's alone
@@ -28,6 +30,7 @@ block that ends normally leaves the machine running (zones run detached).
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import logging
 import os
@@ -45,6 +48,7 @@ from typing import Any, Callable, Coroutine, Protocol, TypeVar
 from qemu.qmp import QMPClient, QMPError
 
 from firmware.abi import device as hw
+from firmware.abi.bulk import WINDOW_SIZE
 from firmware.abi.device import TAMPER_TRIP, TAMPER_ZEROISED, tamper_cause
 
 from .board import Board, qemu_command
@@ -195,6 +199,17 @@ class Machine:
         return self.run_dir / "ctl.sock"
 
     @property
+    def bulk_window(self) -> Path:
+        """The bulk window's file (firmware.abi.bulk), shared by QEMU and the host driver: in
+        /dev/shm where there is one (memory, never written back to a disk), named for the
+        run directory."""
+        shm = Path("/dev/shm")
+        if not shm.is_dir():
+            return self.run_dir / "bulk"
+        tag = hashlib.sha256(str(self.run_dir.resolve()).encode()).hexdigest()[:16]
+        return shm / f"sez-{os.getuid()}-{tag}.bulk"
+
+    @property
     def sensors_socket(self) -> Path:
         """QMP for the environmental sensors' watcher (emulator.sensors) alone."""
         return self.run_dir / "sensors.sock"
@@ -266,7 +281,8 @@ class Machine:
 
     @property
     def channel(self) -> str:
-        """The control port's host end as the host driver opens it (``unix:PATH``)."""
+        """The control port's host end as the host driver opens it: ``unix:PATH?bulk=FILE``
+        (the socket, and the bulk window's file)."""
         channel = self.state().get("channel")
         if not self.is_running() or not channel:
             raise MachineStateError(f"zone {self.name!r} is not running (start it: sez boot {self.name})")
@@ -387,7 +403,7 @@ class Machine:
         with blank.open("wb") as f:
             f.truncate(hw.BBRAM_SIZE)
         argv = self._command(image, board, gdb=None, fw_cfg={}, bbram=blank,
-                             ram=directory / "ram", ram_shared=True)
+                             ram=directory / "ram", ram_shared=True, window=False)
         deadline = time.monotonic() + timeout
         with self:
             self._spawn(argv, board, deadline, boot_counter=None, template=None)
@@ -410,16 +426,23 @@ class Machine:
         """A fresh run directory: no sockets or state of an earlier run; new line FIFOs."""
         self.run_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         for stale in (self.qmp_socket, self.ctl_socket, self.sensors_socket, self.shell_socket,
-                      self.state_file, *self._fifos("tamper"), *self._fifos("start")):
+                      self.state_file, self.bulk_window, *self._fifos("tamper"),
+                      *self._fifos("start")):
             stale.unlink(missing_ok=True)
         for fifo in (*self._fifos("tamper"), *self._fifos("start")):
             os.mkfifo(fifo, 0o600)
+        window = os.open(self.bulk_window, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        try:  # QEMU maps the file as it finds it: readable by this user alone
+            os.ftruncate(window, WINDOW_SIZE)
+        finally:
+            os.close(window)
         if self.console_log.exists():
             os.replace(self.console_log, self.run_dir / "console.prev.log")
 
     def _command(self, image: Image, board: Board, *, gdb: int | None,
                  fw_cfg: dict[str, Path | str], bbram: Path, ram: Path | None = None,
-                 ram_shared: bool = False, incoming: bool = False) -> list[str]:
+                 ram_shared: bool = False, incoming: bool = False,
+                 window: bool = True) -> list[str]:
         return qemu_command(self.name, image, accel=board.accel, memory_mb=board.memory_mb,
                             cpus=board.cpus, tcg_thread=board.tcg_thread,
                             console_log=self.console_log, tamper_line=self.tamper_line,
@@ -427,7 +450,7 @@ class Machine:
                             sensors_socket=self.sensors_socket, ctl_socket=self.ctl_socket,
                             gdb_port=gdb, shell_socket=self.shell_socket if board.debug else None,
                             fw_cfg=fw_cfg, bbram=bbram, ram=ram, ram_shared=ram_shared,
-                            incoming=incoming)
+                            incoming=incoming, bulk=self.bulk_window if window else None)
 
     def _spawn(self, argv: list[str], board: Board, deadline: float, **state: Any) -> None:
         """Start QEMU detached and wait (until ``deadline``) for its QMP socket to answer."""
@@ -454,7 +477,7 @@ class Machine:
                 raise LaunchError("QEMU's QMP socket did not answer before the launch's "
                                   "deadline", command=argv, output=self._qemu_output())
             time.sleep(0.005)
-        self._save_state(channel=f"unix:{self.ctl_socket}")
+        self._save_state(channel=f"unix:{self.ctl_socket}?bulk={self.bulk_window}")
 
     def _resume(self, template: Template, deadline: float) -> None:
         """Load the template's device state into the QEMU waiting for it, then run it."""
@@ -605,7 +628,7 @@ class Machine:
 
     def _cleanup(self) -> None:
         for path in (self.qmp_socket, self.ctl_socket, self.sensors_socket, self.shell_socket,
-                     *self._fifos("tamper"), *self._fifos("start")):
+                     self.bulk_window, *self._fifos("tamper"), *self._fifos("start")):
             path.unlink(missing_ok=True)
         if self.state_file.exists():
             self._save_state(pid=None, channel=None)

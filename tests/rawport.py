@@ -1,7 +1,8 @@
 """A zone's channel opened without the driver, blocking: to send bytes no driver would.
 
 It takes the same addresses as ``host_driver.relay.channel`` for a running zone
-(``unix:PATH``) and holds the same lock, so a driver and a raw port exclude each other.
+(``unix:PATH``, ``?bulk=FILE`` after it naming the zone's bulk window: ``window``) and holds
+the same lock, so a driver and a raw port exclude each other.
 """
 
 from __future__ import annotations
@@ -21,7 +22,9 @@ class RawPort:
     def __init__(self, url: str, *, timeout: float = 0.05, write_timeout: float = 10.0) -> None:
         if not url.startswith("unix:"):
             raise ValueError(f"{url}: a RawPort opens unix:PATH channels")
-        path = url.removeprefix("unix:").removeprefix("//")
+        path, _, query = url.removeprefix("unix:").removeprefix("//").partition("?")
+        #: The bulk window's file, if the address names one.
+        self.window = query.removeprefix("bulk=") if query.startswith("bulk=") else None
         self._lock = os.open(path + ".lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         try:
             fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)

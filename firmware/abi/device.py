@@ -22,6 +22,9 @@ fw_cfg items, under ``opt/sez/`` (read once by PID 1 at power-on, then the drive
 ``tamper``          the factory's record of the device's past: "COUNT CAUSE" (tamper events
                     before the device was provisioned anew, the last one's cause)
 
+The bulk window is an ``ivshmem-plain`` PCI device (BULK_PCI_ID: vendor, device), its BAR 2
+abi.bulk.WINDOW_SIZE bytes of memory the host maps too (abi.bulk says what goes there).
+
 The BBRAM is the first virtio-blk disk (``/dev/vda``): two checkpoint slots of
 BBRAM_SLOT_SIZE bytes, then a log of BBRAM_LOG_SIZE bytes (firmware.layer0.bbram). A disk of
 the older two-slot size is extended with a blank log.
@@ -33,7 +36,7 @@ from __future__ import annotations
 __all__ = ["CONTROL_PORT", "TAMPER_PORT", "START_PORT", "START_READY", "START_GO", "FW_CFG_PREFIX", "FW_UDS", "FW_DEVICE_ID",
            "FW_MEASUREMENTS", "FW_BOOT_COUNTER", "FW_DEBUG", "FW_TAMPER", "UDS_SIZE",
            "BBRAM_SLOT_SIZE", "BBRAM_LOG_SIZE", "BBRAM_SIZE", "TAMPER_TRIP", "TAMPER_ZEROISED", "TAMPER_CAUSE_MAX",
-           "tamper_cause"]
+           "tamper_cause", "BULK_PCI_ID", "BULK_BAR"]
 
 CONTROL_PORT = "org.sez.ctl"
 TAMPER_PORT = "org.sez.tamper"
@@ -41,6 +44,10 @@ START_PORT = "org.sez.start"
 #: What PID 1 says on the start line, and the word it waits for, each a line.
 START_READY = b"READY"
 START_GO = b"START"
+
+#: The bulk window's PCI vendor and device id (as sysfs spells them), and its memory BAR.
+BULK_PCI_ID = ("0x1af4", "0x1110")
+BULK_BAR = 2
 
 FW_CFG_PREFIX = "opt/sez/"
 FW_UDS = "uds"

@@ -18,12 +18,12 @@ import os
 import time
 
 from .. import FIRMWARE_VERSION
-from ..abi import wellformed, wire
+from ..abi import bulk, wellformed, wire
 from ..abi.device import CONTROL_PORT
 from ..abi.errors import (BadArgs, BadRequest, Code, Internal, NeedsSession, UnexpectedKind,
                           UnknownOp, ZoneError)
 from ..abi.ops import Op
-from ..pid1.hardware import Hardware
+from ..pid1.hardware import Hardware, bulk_window
 from ..runtime import caps
 from ..runtime.console import log
 from ..runtime.ipc import KEEPER_SOCKET
@@ -32,6 +32,7 @@ from ..runtime.process import foreground
 from ..runtime.reactor import Reactor
 from ..runtime.virtio import wait_for_port
 from . import platform
+from .bulk import ZoneWindow
 from .deferred import Deferred
 from .links import KeeperLink
 from .ops import Operations
@@ -65,6 +66,7 @@ class Monitor:
         self.errors: dict[str, int] = {}
         self.ops_served: dict[str, int] = {}
         self.port: Port | None = None
+        self.window: ZoneWindow | None = None
         self.native = False  # serving a plain fd on the host (benchmark baseline), not a zone
         #: What the boot-time self-check got trying to reach fw_cfg's ports (caps.probe_port_io).
         self.port_io: dict[str, str] | None = None
@@ -95,12 +97,16 @@ class Monitor:
             fd = os.open(path, os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)
             for button in platform.find_power_buttons():
                 self._watch_power_button(os.open(button, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC))
+            window = bulk_window()
+            if window is not None:
+                self.window = ZoneWindow.open(window)
         else:
             path = f"fd {fd}"
             self.native = True
         self.port = Port(self.loop, fd, path, self.on_data, self.on_host_gone, repoll=True)
         self.loop.call_later(STALL_AFTER / 2, self._watch_host)
-        log(f"serving {CONTROL_PORT} on {path} (firmware {FIRMWARE_VERSION}); zone ready")
+        log(f"serving {CONTROL_PORT} on {path} (firmware {FIRMWARE_VERSION}"
+            f"{', bulk window' if self.window else ''}); zone ready")
 
     def _watch_power_button(self, fd: int) -> None:
         self.loop.add_reader(fd, lambda: self._on_power_button(fd))
@@ -173,12 +179,14 @@ class Monitor:
     # -- requests ----------------------------------------------------------------------------
 
     def handle(self, frame: wire.Frame, peer: "Monitor | Session | None" = None) -> None:
-        """Serve one request from the port or, with ``peer``, from a session; answer there."""
+        """Serve one request from the port or, with ``peer``, from a session; answer there.
+        A request on the port may move large fields through the bulk window (abi.bulk)."""
         peer = peer or self
         payload = frame.payload
         request_id = payload.get("id") if type(payload) is dict else None
         if type(request_id) is not int or not 0 <= request_id <= _MAX_ID:
             request_id = None
+        reply = False
         try:
             if frame.kind is not wire.Kind.REQUEST:
                 raise UnexpectedKind(f"the zone takes requests, not {frame.kind.name.lower()} "
@@ -195,6 +203,11 @@ class Monitor:
                 args = {}
             elif type(args) is not dict:
                 raise BadArgs(f"args must be a map, not {type(args).__name__}")
+            if bulk.KEY in args or bulk.REPLY in args:
+                if peer is not self or self.window is None:
+                    raise BadArgs("no bulk window here: " + ("a session's bytes stay in its TLS"
+                                  if peer is not self else "this zone has none"))
+                args, reply = self.window.take(args)
             handler = peer.ops.get(op)
             if handler is None:
                 raise UnknownOp(f"no operation {op!r:.80}")
@@ -207,11 +220,12 @@ class Monitor:
             log(f"request {request_id!r} failed: {exc!r}")
             peer.send_error(request_id, Code.INTERNAL, f"{type(exc).__name__}: {exc}"[:200])
             return
+        out = self.window.give if reply and self.window is not None else _same
         if type(result) is Deferred:
             result.add(lambda d: peer.send_error(request_id, d.error.code, d.error.message)
-                       if d.error is not None else peer.respond(request_id, d.value))
+                       if d.error is not None else peer.respond(request_id, out(d.value)))
             return
-        peer.respond(request_id, result)
+        peer.respond(request_id, out(result))
 
     # -- operations --------------------------------------------------------------------------
 
@@ -221,6 +235,8 @@ class Monitor:
         assert self.port is not None
         self.port.drop_unsent()
         self.sessions.reset()
+        if self.window is not None:
+            self.window.reset()
         self.host_sessions += 1
         return self._session_hello(args, self.host_sessions)
 
@@ -299,12 +315,15 @@ class Monitor:
         return {"data": bytes(size)}
 
     def op_stats(self, args: dict[str, Any]) -> dict[str, Any]:
-        """Counters of the channel and the monitor's CPU time and memory (``memory``: bytes
+        """Counters of the channel (``window_in``, ``window_out``: bytes through the bulk
+        window) and the monitor's CPU time and memory (``memory``: bytes
         resident now, the peak, the address-space limit)."""
         assert self.port is not None
         return {
             "frames_in": self.frames_in, "frames_out": self.frames_out,
             "bytes_in": self.bytes_in, "bytes_out": self.bytes_out,
+            "window_in": self.window.taken if self.window else 0,
+            "window_out": self.window.given if self.window else 0,
             "errors": dict(self.errors),
             "ops": dict(self.ops_served),
             "dropped_frames": self.port.dropped_frames,
@@ -320,6 +339,10 @@ class Monitor:
             raise Internal("poweroff is refused outside a zone")
         self.loop.call_later(0.05, platform.power_off)
         return {"powering_off": True}
+
+
+def _same(result: Any) -> Any:
+    return result
 
 
 def _needs_session(args: dict[str, Any]) -> None:

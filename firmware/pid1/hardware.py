@@ -17,7 +17,25 @@ from ..runtime.caps import unload_module
 from ..runtime.console import log
 
 FW_CFG = "/sys/firmware/qemu_fw_cfg/by_name/" + device.FW_CFG_PREFIX.rstrip("/")
+PCI_BUS = "/sys/bus/pci"
 FW_CFG_MODULE = "/lib/modules/qemu_fw_cfg.ko"
+
+
+def bulk_window(root: str = PCI_BUS + "/devices") -> str | None:
+    """The sysfs directory of the bulk window's PCI device (abi.device.BULK_PCI_ID), or None
+    on a machine without one."""
+    try:
+        entries = sorted(os.listdir(root))
+    except OSError:
+        return None
+    for entry in entries:
+        try:
+            with open(f"{root}/{entry}/vendor") as vendor, open(f"{root}/{entry}/device") as dev:
+                if (vendor.read().strip(), dev.read().strip()) == device.BULK_PCI_ID:
+                    return f"{root}/{entry}"
+        except OSError:
+            continue
+    return None
 
 
 def _read(name: str) -> bytes | None:

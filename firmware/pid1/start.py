@@ -17,6 +17,12 @@ from it, each as any device. So after START, before anything draws a random numb
    now (fw_cfg at once, the disk once the monitor is started: probing it takes ~90 ms under
    TCG, and only layer 0 reads it), and probing is turned back on.
 
+3. ``attach_window``: the bulk window's device is enabled, after a rescan of the PCI bus on a
+   machine resumed from a template: a template's machine has no window. (QEMU 7.2 resumes a
+   template with ``x-ignore-shared`` only if each shared memory region sits where it sat when
+   the template was saved, and checks that before it loads the devices' state, when no PCI
+   BAR is mapped yet: a window's BAR never would.)
+
 A cold power-on goes the same way: its emulator says START as soon as QEMU runs.
 """
 
@@ -32,9 +38,10 @@ from typing import Callable
 
 from ..abi import device
 from ..runtime.console import log
+from .hardware import PCI_BUS, bulk_window
 from ..runtime.virtio import wait_for_port
 
-__all__ = ["FW_CFG_DEVICE", "await_start", "reseed", "bind_devices"]
+__all__ = ["FW_CFG_DEVICE", "await_start", "reseed", "bind_devices", "attach_window"]
 
 #: Seconds a START said before the port was opened (a cold power-on) takes to arrive once it
 #: is: PID 1 waits this long before it waits for its children's set-up and says READY.
@@ -157,3 +164,22 @@ def bind_devices(bus: str, prefix: str = "") -> None:
             f.write("1")
     except OSError as exc:
         log(f"start: {bus} probing stays off ({exc.strerror})")
+
+
+def attach_window() -> None:
+    """Make the bulk window's memory reachable: find its device (on a machine resumed from a
+    template, by rescanning the bus: the template's machine had none) and enable it."""
+    if bulk_window() is None:
+        try:
+            with open(f"{PCI_BUS}/rescan", "w") as f:
+                f.write("1")
+        except OSError as exc:
+            log(f"start: cannot rescan the PCI bus ({exc.strerror})")
+    pci = bulk_window()
+    if pci is None:
+        return
+    try:
+        with open(f"{pci}/enable", "w") as f:
+            f.write("1")
+    except OSError as exc:
+        log(f"start: cannot enable the bulk window ({exc.strerror})")

@@ -256,6 +256,7 @@ def main() -> None:
     except OSError:  # fail closed: a zone resumed from a template must not share its CRNG
         log_exception("start: could not reseed the CRNG; the zone stops")
         raise
+    start.attach_window()
     start.bind_devices("platform", start.FW_CFG_DEVICE)
     hw = Hardware.read()
     seal_fw_cfg()

@@ -7,7 +7,8 @@ Accepted addresses:
   by asyncio's pipe transports (256 KiB reads, buffered non-blocking writes);
 * ``unix://PATH`` or ``unix:PATH``: a unix-socket chardev (what a zone's machine offers:
   ``Machine.channel``), held exclusively through a lock on ``PATH.lock``: QEMU serves one
-  client at a time and would leave a second one waiting, unanswered;
+  client at a time and would leave a second one waiting, unanswered. ``?bulk=FILE`` names
+  the zone's bulk window (firmware.abi.bulk), mapped while the channel is held;
 * ``socket://HOST:PORT``: a TCP chardev (pyserial's URL form).
 """
 
@@ -15,9 +16,12 @@ from __future__ import annotations
 
 import asyncio
 import fcntl
+import mmap
 import os
 from typing import Callable
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, urlsplit
+
+from firmware.abi.bulk import WINDOW_SIZE
 
 import serial
 
@@ -65,8 +69,10 @@ class Channel:
     """An open channel: ``write`` queues bytes, ``drain`` waits for room, ``close`` ends it."""
 
     def __init__(self, url: str, writer: asyncio.WriteTransport, flow: _Flow,
-                 closers: list[Callable[[], None]]) -> None:
+                 closers: list[Callable[[], None]], window: mmap.mmap | None = None) -> None:
         self.url = url
+        #: The zone's bulk window, mapped (None if the address names none).
+        self.window = window
         self._writer = writer
         self._flow = flow
         self._closers = closers
@@ -95,7 +101,9 @@ async def open_channel(url: str, on_data: Callable[[bytes], None],
     try:
         if parts.scheme == "unix":
             path = url[len("unix://"):] if url.startswith("unix://") else url[len("unix:"):]
-            return await _open_unix(url, path, receiver)
+            path, _, query = path.partition("?")
+            window = parse_qs(query).get("bulk", [None])[-1]
+            return await _open_unix(url, path, receiver, window)
         if parts.scheme == "socket":
             if not parts.hostname or not parts.port:
                 raise ConnectError(f"{url}: expected socket://HOST:PORT")
@@ -112,22 +120,42 @@ async def open_channel(url: str, on_data: Callable[[bytes], None],
     return Channel(url, transport, receiver, [transport.close])
 
 
-async def _open_unix(url: str, path: str, receiver: _Receiver) -> Channel:
+async def _open_unix(url: str, path: str, receiver: _Receiver,
+                     window_path: str | None) -> Channel:
     loop = asyncio.get_running_loop()
     if not os.path.exists(path):
         raise ConnectError(f"channel {path} does not exist (is the zone running?)")
     lock = os.open(path + ".lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    window = None
     try:
         fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        if window_path is not None:
+            window = _map_window(window_path)
         transport, _ = await loop.create_unix_connection(lambda: receiver, path)
     except BlockingIOError as exc:
         os.close(lock)
         raise ChannelBusy(f"channel {path} is held by another driver") from exc
     except BaseException:
+        if window is not None:
+            window.close()
         os.close(lock)
         raise
     assert isinstance(transport, asyncio.WriteTransport)
-    return Channel(url, transport, receiver, [transport.close, lambda: os.close(lock)])
+    closers = [transport.close, lambda: os.close(lock)]
+    if window is not None:
+        closers.insert(1, window.close)
+    return Channel(url, transport, receiver, closers, window)
+
+
+def _map_window(path: str) -> mmap.mmap:
+    """The bulk window's file, mapped shared; ConnectError unless it is a window's size."""
+    fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+    try:
+        if os.fstat(fd).st_size != WINDOW_SIZE:
+            raise ConnectError(f"bulk window {path} is not {WINDOW_SIZE} bytes long")
+        return mmap.mmap(fd, WINDOW_SIZE)
+    finally:
+        os.close(fd)
 
 
 async def _open_pty(path: str, receiver: _Receiver) -> Channel:

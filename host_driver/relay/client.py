@@ -34,6 +34,7 @@ from firmware.abi.ops import Op
 from ..errors import ChannelClosed, StateError, ZoneTimeout, ZoneUnresponsive
 from ..verifier import AttestationResult, Reference, verify_session
 from .bounds import bounded_by
+from .bulk import HostWindow
 from .channel import Channel, open_channel
 from .tls import TlsChannel, client_context
 from .tunnel import Tunnel
@@ -89,6 +90,10 @@ class Zone:
         self._decoder = wire.FrameDecoder()
         self._encoder = wire.FrameEncoder()
         self._pending: dict[int, asyncio.Future[Any]] = {}
+        #: The bulk window (plain channel to a zone that has one) and, per request sent
+        #: through it, the host-to-zone lane's head (HostWindow.freed once it is answered).
+        self._window: HostWindow | None = None
+        self._marks: dict[int, int] = {}
         self._tunnels: dict[int, Tunnel] = {}
         self._next_id = secrets.randbits(40)
         self.log = log.getChild(url.rsplit("/", 1)[-1])
@@ -122,7 +127,10 @@ class Zone:
 
     async def _open_channel(self) -> Channel:
         if self._tls is None:
-            return await open_channel(self.url, self._on_data, self._on_lost)
+            channel = await open_channel(self.url, self._on_data, self._on_lost)
+            if channel.window is not None:
+                self._window = HostWindow(channel.window)
+            return channel
         channel = TlsChannel(*self._tls, self._on_data, self._on_lost)
         await channel.handshake(self.timeout)
         return channel
@@ -170,6 +178,7 @@ class Zone:
             if future.done():
                 return _session(future.result(), nonce)
             self._pending.pop(request_id, None)
+            self._marks.pop(request_id, None)
             future.cancel()
             if time.monotonic() >= deadline:
                 raise ZoneTimeout(f"zone did not answer hello within {timeout:.1f} s",
@@ -197,11 +206,14 @@ class Zone:
 
     # -- requests ---------------------------------------------------------------------------
 
-    def _send(self, op: str, args: dict[str, Any]) -> tuple[int, asyncio.Future[Any]]:
+    def _send(self, op: str, args: dict[str, Any],
+              window: bool = True) -> tuple[int, asyncio.Future[Any]]:
         if self._channel is None:
             raise ChannelClosed("the channel is closed")
         self._next_id = (self._next_id + 1) & ((1 << 53) - 1)
         request_id = self._next_id
+        if window and self._window is not None:
+            args, self._marks[request_id] = self._window.put(args)
         frame = self._encoder.request(request_id, op, args)
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._pending[request_id] = future
@@ -209,8 +221,10 @@ class Zone:
         return request_id, future
 
     async def request(self, op: str, args: dict[str, Any] | None = None, *,
-                      timeout: float | None = None) -> Any:
-        """Send ``{op, args}`` and return the zone's result.
+                      timeout: float | None = None, window: bool = True) -> Any:
+        """Send ``{op, args}`` and return the zone's result. Large byte strings (arguments and
+        the result's) travel through the zone's bulk window when the channel has one, unless
+        ``window`` is false (firmware.abi.bulk).
 
         Raises ZoneError (its subclass for the code) if the zone refuses, ZoneTimeout after
         ``timeout`` seconds (default ``self.timeout``), ChannelClosed if the channel goes away.
@@ -220,7 +234,7 @@ class Zone:
                 raise self.failure
             raise StateError(f"request() needs state running, the zone client is {self.state.value}")
         timeout = self.timeout if timeout is None else timeout
-        request_id, future = self._send(op, args or {})
+        request_id, future = self._send(op, args or {}, window)
         timer = asyncio.get_running_loop().call_later(timeout, _expire, future, op, timeout)
         try:
             # Wait for room to write (flow control), but never past the request's own bound.
@@ -231,6 +245,7 @@ class Zone:
         finally:
             timer.cancel()
             self._pending.pop(request_id, None)
+            self._marks.pop(request_id, None)
 
     async def hello(self) -> dict[str, Any]:
         """Start a new session: the zone forgets responses queued for an earlier host."""
@@ -496,13 +511,24 @@ class Zone:
                 self.faults.append(self._error(payload))
                 continue
             future = self._pending.pop(request_id, None) if isinstance(request_id, int) else None
+            result: Any = payload.get("result")
+            if self._window is not None:
+                mark = self._marks.pop(request_id, None) if isinstance(request_id, int) else None
+                if mark is not None:
+                    self._window.freed(mark)
+                try:
+                    result = self._window.take(result)  # also for an answer no one waits for
+                except ProtocolError as exc:
+                    result = exc
             if future is None or future.done():
                 self.log.debug("answer to no request of ours: id %r", request_id)
                 continue
-            if payload.get("ok") is True:
-                future.set_result(payload.get("result"))
-            else:
+            if payload.get("ok") is not True:
                 future.set_exception(self._error(payload))
+            elif isinstance(result, ProtocolError):
+                future.set_exception(result)
+            else:
+                future.set_result(result)
 
     @staticmethod
     def _error(payload: dict[str, Any]) -> ZoneError:
@@ -526,6 +552,7 @@ class Zone:
 
     def _fail_pending(self, exc: Exception) -> None:
         pending, self._pending = self._pending, {}
+        self._marks.clear()
         for future in pending.values():
             if not future.done():
                 future.set_exception(exc)

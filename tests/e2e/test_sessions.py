@@ -18,7 +18,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from emulator.factory import Factory
 from emulator.image import load_image
 from emulator.paths import SezHome
-from firmware.abi.errors import NeedsSession, NoSuchSession, SessionFailed, TooManySessions
+from firmware.abi import bulk
+from firmware.abi.errors import BadArgs, NeedsSession, NoSuchSession, SessionFailed, TooManySessions
 from firmware.abi.ops import Op
 from firmware.monitor.sessions import MAX_SESSIONS
 from host_driver import SyncZone, Zone
@@ -255,6 +256,23 @@ def test_the_client_refuses_what_it_should_not_trust(tls_zone: BootedZone, sez_h
             assert (await zone.info())["sessions"]["open"] == 0
             async with await zone.session(**trust) as session:
                 assert await session.echo(b"ok") == b"ok"
+
+    run(main())
+
+
+def test_a_session_keeps_its_bytes_in_its_tls(tls_zone: BootedZone, trust: dict[str, Any]) -> None:
+    """The bulk window is the plain channel's: a session's request naming a span is refused,
+    and its large fields travel inside the TLS (the window may carry the TLS records)."""
+    big = os.urandom(bulk.WINDOW_MIN)
+    window = Path(tls_zone.url.partition("?bulk=")[2])
+
+    async def main() -> None:
+        async with await Zone.connect(tls_zone.url) as zone:
+            async with await zone.session(**trust) as session:
+                with pytest.raises(BadArgs, match="TLS"):
+                    await session.request("echo", {bulk.KEY: {"data": [0, 16]}})
+                assert await session.echo(big) == big
+        assert big[:64] not in window.read_bytes()
 
     run(main())
 
