@@ -10,7 +10,9 @@ tamper trips, which take fresh zones. A run is a separately timed set of operati
              seconds; and the seconds it took to make the template (one boot to READY)
   rtt        null request round trip (echo of b""), p50, p90 and p99 of a run's --requests,
              milliseconds; every sample of the last run is kept (the chart's distribution)
-  h2z / z2h  throughput host-to-zone (op sink) and zone-to-host (op source), MB/s
+  h2z / z2h  throughput host-to-zone (op sink) and zone-to-host (op source) of CHUNK-byte
+             fields, MB/s: through the control port, and through the bulk window (window_*;
+             firmware.abi.bulk). The native baseline has a window too: a file in /dev/shm
   attest     attestation round trip (evidence for a fresh nonce), milliseconds
   verify     appraising that evidence on the host (chain, COSE, claims), milliseconds
   load       loading a signed 100 KiB applet (signature, format, BBRAM commit), milliseconds
@@ -68,6 +70,7 @@ from emulator.factory import Factory
 from emulator.image import load_image
 from emulator.paths import SezHome
 from emulator.template import template_for
+from firmware.abi.bulk import WINDOW_SIZE
 from firmware.abi.jobs import TIMED_JOBS, JobState
 from host_driver import SyncZone, Zone
 from host_driver.lifecycle import booted
@@ -386,10 +389,10 @@ async def channel_figures(url: str, requests: int, volume: int,
             await zone.request("source", {"size": CHUNK}, timeout=120)
         rtts: list[float] = []
 
-        async def moved(op: str, args: dict[str, Any]) -> float:
+        async def moved(op: str, args: dict[str, Any], window: bool) -> float:
             seconds = 0.0
             for _ in range(volume // CHUNK):
-                seconds += await clocked(zone.request(op, args, timeout=120))
+                seconds += await clocked(zone.request(op, args, timeout=120, window=window))
             return volume / seconds / MB
 
         async def run() -> Run:
@@ -397,16 +400,22 @@ async def channel_figures(url: str, requests: int, volume: int,
                        for _ in range(requests)]
             return {"rtt_p50_ms": statistics.median(rtts), "rtt_p90_ms": percentile(rtts, 0.9),
                     "rtt_p99_ms": percentile(rtts, 0.99),
-                    "h2z_MBps": await moved("sink", {"data": payload}),
-                    "z2h_MBps": await moved("source", {"size": CHUNK})}
+                    "h2z_MBps": await moved("sink", {"data": payload}, False),
+                    "z2h_MBps": await moved("source", {"size": CHUNK}, False),
+                    "window_h2z_MBps": await moved("sink", {"data": payload}, True),
+                    "window_z2h_MBps": await moved("source", {"size": CHUNK}, True)}
 
         return await repeated(repeat, run), rtts
 
 
 def native_figures(requests: int, volume: int,
                    repeat: int) -> tuple[dict[str, Figure], list[float]]:
-    """The baseline: the monitor on the host, serving one connection of a unix socket."""
-    with tempfile.TemporaryDirectory(prefix="sez-native-") as tmp:
+    """The baseline: the monitor on the host, serving one connection of a unix socket and a
+    bulk window in a file of /dev/shm."""
+    with tempfile.TemporaryDirectory(prefix="sez-native-") as tmp, \
+            tempfile.NamedTemporaryFile(prefix="sez-native-", suffix=".bulk",
+                                        dir="/dev/shm" if os.path.isdir("/dev/shm") else None) as window:
+        window.truncate(WINDOW_SIZE)
         path = f"{tmp}/ctl.sock"
         listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         listener.bind(path)
@@ -416,11 +425,12 @@ def native_figures(requests: int, volume: int,
             [sys.executable, "-c", "import socket, firmware.monitor.server as m, "
              "firmware.pid1.hardware as h; "
              f"c, _ = socket.socket(fileno={fd}).accept(); "
-             "m.main(h.Hardware(), fd=c.fileno(), keeper_socket='/nonexistent')"],
+             f"m.main(h.Hardware(), fd=c.fileno(), keeper_socket='/nonexistent', window={window.name!r})"],
             pass_fds=(fd,), stderr=subprocess.DEVNULL)
         listener.close()
         try:
-            return asyncio.run(channel_figures(f"unix:{path}", requests, volume, repeat))
+            return asyncio.run(channel_figures(f"unix:{path}?bulk={window.name}", requests, volume,
+                                               repeat))
         finally:
             proc.kill()
             proc.wait()
@@ -478,7 +488,8 @@ def show(results: dict[str, Any], args: argparse.Namespace) -> None:
     print(f"{'':20} {'zone (TCG)':>24} {'native':>24} {'zone/native':>12}")
     for key, label in (("rtt_p50_ms", "round trip p50 ms"), ("rtt_p90_ms", "round trip p90 ms"),
                        ("rtt_p99_ms", "round trip p99 ms"), ("h2z_MBps", "host->zone MB/s"),
-                       ("z2h_MBps", "zone->host MB/s")):
+                       ("z2h_MBps", "zone->host MB/s"), ("window_h2z_MBps", "window h->z MB/s"),
+                       ("window_z2h_MBps", "window z->h MB/s")):
         print(f"{label:20} {mm(zone[key], '.3f'):>24} {mm(native[key], '.3f'):>24} "
               f"{results['ratio_zone_over_native'][key]:12.2f}")
     print(f"attest round trip    {mm(identity['attest_ms'])} ms   (evidence signed in the zone)")

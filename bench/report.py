@@ -95,11 +95,12 @@ def rtt_panel(ax: Axes, results: dict[str, Any]) -> None:
 
 
 def throughput_panel(ax: Axes, results: dict[str, Any]) -> None:
-    lanes = ("h2z_MBps", "z2h_MBps")
-    bars(ax, ["host → zone", "zone → host"],
+    lanes = ("h2z_MBps", "z2h_MBps", "window_h2z_MBps", "window_z2h_MBps")
+    bars(ax, ["port\nhost → zone", "port\nzone → host", "window\nhost → zone",
+              "window\nzone → host"],
          {name: ([results[name][k] for k in lanes], colour)
           for name, colour in (("zone", ZONE), ("native", NATIVE))},
-         title="Throughput per lane", unit="MB/s")
+         title="Throughput per lane", unit="MB/s", log=True)
 
 
 def jobs_panel(ax: Axes, results: dict[str, Any]) -> None:

@@ -7,7 +7,6 @@ import mmap
 import os
 
 from ..abi import bulk
-from ..abi.device import BULK_BAR
 from ..abi.errors import BadArgs
 from ..abi.wire import MAX_PAYLOAD
 
@@ -30,10 +29,11 @@ class ZoneWindow:
         self.taken = self.given = 0  # bytes, for stats
 
     @classmethod
-    def open(cls, pci_device: str) -> "ZoneWindow":
-        """Map the memory BAR of the window's device (pid1.hardware.bulk_window): the monitor
-        is root's uid, which owns sysfs, and needs no capability for it."""
-        fd = os.open(f"{pci_device}/resource{BULK_BAR}", os.O_RDWR | os.O_CLOEXEC)
+    def open(cls, path: str) -> "ZoneWindow":
+        """Map ``path``: in the zone, the memory BAR of the window's device (its sysfs
+        ``resource`` file: the monitor is root's uid, which owns sysfs, and needs no
+        capability for it)."""
+        fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
         try:
             return cls(mmap.mmap(fd, bulk.WINDOW_SIZE))
         finally:

@@ -19,7 +19,7 @@ import time
 
 from .. import FIRMWARE_VERSION
 from ..abi import bulk, wellformed, wire
-from ..abi.device import CONTROL_PORT
+from ..abi.device import BULK_BAR, CONTROL_PORT
 from ..abi.errors import (BadArgs, BadRequest, Code, Internal, NeedsSession, UnexpectedKind,
                           UnknownOp, ZoneError)
 from ..abi.ops import Op
@@ -90,19 +90,21 @@ class Monitor:
 
     # -- channel -----------------------------------------------------------------------------
 
-    def open(self, fd: int | None = None) -> None:
-        """Serve the control port, or ``fd`` (the host-native benchmark baseline uses a PTY)."""
+    def open(self, fd: int | None = None, window: str | None = None) -> None:
+        """Serve the control port and the bulk window, or ``fd`` and the file ``window`` (the
+        host-native benchmark baseline: a unix socket, a file in /dev/shm)."""
         if fd is None:
             path = wait_for_port(CONTROL_PORT)
             fd = os.open(path, os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)
             for button in platform.find_power_buttons():
                 self._watch_power_button(os.open(button, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC))
-            window = bulk_window()
-            if window is not None:
-                self.window = ZoneWindow.open(window)
+            pci = bulk_window()
+            window = f"{pci}/resource{BULK_BAR}" if pci is not None else None
         else:
             path = f"fd {fd}"
             self.native = True
+        if window is not None:
+            self.window = ZoneWindow.open(window)
         self.port = Port(self.loop, fd, path, self.on_data, self.on_host_gone, repoll=True)
         self.loop.call_later(STALL_AFTER / 2, self._watch_host)
         log(f"serving {CONTROL_PORT} on {path} (firmware {FIRMWARE_VERSION}"
@@ -369,9 +371,10 @@ def _probe() -> dict[str, str]:
 
 
 def main(hw: Hardware, restarts: int = 0, fd: int | None = None,
-         keeper_socket: str = KEEPER_SOCKET, port_io: dict[str, str] | None = None) -> None:
-    """Serve the control port (or ``fd``: natively, unconfined). In the zone, confine the
-    process first, unless it is (``port_io``: what that found)."""
+         keeper_socket: str = KEEPER_SOCKET, port_io: dict[str, str] | None = None,
+         window: str | None = None) -> None:
+    """Serve the control port (or ``fd`` and ``window``: natively, unconfined). In the zone,
+    confine the process first, unless it is (``port_io``: what that found)."""
     hw.wipe_fuses()  # a restarted monitor's copy of PID 1's record: wiped already
     if fd is None and port_io is None:
         _confine()
@@ -379,7 +382,7 @@ def main(hw: Hardware, restarts: int = 0, fd: int | None = None,
     loop = Reactor()
     monitor = Monitor(loop, hw, restarts, keeper_socket)
     monitor.port_io = port_io
-    monitor.open(fd)
+    monitor.open(fd, window)
     loop.run()
 
 
