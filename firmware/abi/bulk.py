@@ -13,13 +13,17 @@ the window instead, the message naming where:
 * a request with ``bulk_reply: true`` lets the zone do the same with the top-level byte
   strings of its result: ``result.bulk`` names their spans of the zone-to-host lane.
 
-Each lane is a ring written by one side. A position counts bytes since the host's ``hello``
+Each lane is a ring written by one side. A position counts the bytes its writer has placed
 (a transfer never wraps: the writer skips to the lane's start instead); its offset in the
-lane is ``position % LANE_SIZE``. The host knows a request's spans are free once any answer
-to it, or to a later request, has come (the zone reads requests in order and copies at once).
-The zone knows what the host has taken from the zone-to-host lane by the counter the host
-writes at DONE_OFFSET. Neither side trusts the other's numbers: a span outside its lane is
-refused, and a host whose counter lies only spoils its own answers.
+lane is ``position % LANE_SIZE``. The host-to-zone lane's positions start at 0 with each
+host's channel; the zone-to-host lane's run on for the monitor's life, and ``hello``
+answers with where they are (``window``: what came before is no new host's). The host knows a
+request's spans are free once any answer to it, or to a later request, has come (the zone
+reads requests in order and copies at once). The zone knows what the host has taken from the
+zone-to-host lane by the counter the host writes at DONE_OFFSET (a new host writes 0 until
+hello's answer: the zone then sees less room than there is, never more). Neither side
+trusts the other's numbers: a span outside its lane is refused, and a host whose counter
+lies only spoils its own answers.
 
 Only the plain channel uses the window: an attested session's bytes stay inside its TLS.
 Runs in the guest and on the host: standard library only.
@@ -33,7 +37,7 @@ import struct
 from .wire import MAX_PAYLOAD
 
 __all__ = ["WINDOW_SIZE", "HEADER_SIZE", "LANE_SIZE", "H2Z_BASE", "Z2H_BASE", "DONE_OFFSET",
-           "WINDOW_MIN", "KEY", "REPLY", "MAX_FIELDS", "Lane", "parse_refs", "read_done",
+           "WINDOW_MIN", "KEY", "REPLY", "HEAD", "MAX_FIELDS", "Lane", "parse_refs", "read_done",
            "write_done"]
 
 #: The window's size (ivshmem needs a power of two); the host's file has exactly this size.
@@ -50,6 +54,8 @@ WINDOW_MIN = 64 << 10
 #: The argument naming a request's spans, and the one asking for the answer's.
 KEY = "bulk"
 REPLY = "bulk_reply"
+#: The field of ``hello``'s answer saying where the zone-to-host lane's positions are.
+HEAD = "window"
 #: The most fields one message moves through the window.
 MAX_FIELDS = 8
 

@@ -17,7 +17,7 @@ if TYPE_CHECKING:
 
 class ZoneWindow:
     """The window mapped into the monitor. ``take`` resolves a request's spans, ``give`` moves
-    an answer's large fields out, ``reset`` starts a new host session's lanes."""
+    an answer's large fields out."""
 
     def __init__(self, memory: mmap.mmap | bytearray) -> None:
         if len(memory) != bulk.WINDOW_SIZE:
@@ -38,9 +38,6 @@ class ZoneWindow:
             return cls(mmap.mmap(fd, bulk.WINDOW_SIZE))
         finally:
             os.close(fd)
-
-    def reset(self) -> None:
-        self.z2h.head = 0
 
     def take(self, args: dict[str, Any]) -> tuple[dict[str, Any], bool]:
         """``args`` with each field the host put in the window copied in (BadArgs if a span is

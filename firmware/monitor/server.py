@@ -233,14 +233,15 @@ class Monitor:
 
     def op_hello(self, args: dict[str, Any]) -> dict[str, Any]:
         """Start a host session: forget responses queued for a host that went away, and the
-        attested sessions it relayed."""
+        attested sessions it relayed; say where the bulk window's answers are (abi.bulk)."""
         assert self.port is not None
         self.port.drop_unsent()
         self.sessions.reset()
-        if self.window is not None:
-            self.window.reset()
         self.host_sessions += 1
-        return self._session_hello(args, self.host_sessions)
+        answer = self._session_hello(args, self.host_sessions)
+        if self.window is not None:
+            answer[bulk.HEAD] = self.window.z2h.head
+        return answer
 
     def _session_hello(self, args: dict[str, Any], session: int) -> dict[str, Any]:
         return {

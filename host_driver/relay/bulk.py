@@ -24,12 +24,17 @@ class HostWindow:
         self.h2z = bulk.Lane(bulk.H2Z_BASE)
         self.z2h = bulk.Lane(bulk.Z2H_BASE)
         self._freed = 0  # h2z: the zone has read everything before this position
-        self._taken = 0  # z2h: what this host has copied out
-        bulk.write_done(memory, 0)  # a new session: before its hello resets the zone's lane
+        #: z2h: what this host has copied out; None until hello's answer says where the
+        #: zone's positions are (``started``).
+        self._taken: int | None = None
+        bulk.write_done(memory, 0)  # until then the zone sees no room: the answers come inline
 
-    def put(self, args: dict[str, Any]) -> tuple[dict[str, Any], int]:
+    def put(self, args: Any) -> tuple[Any, int]:
         """``args`` with its byte strings of bulk.WINDOW_MIN bytes or more in the window while
-        it has room (and ``bulk_reply``), and the lane's head once they are written."""
+        it has room (and ``bulk_reply``), and the lane's head once they are written. Args that
+        are not a map (the zone refuses them) go as they are."""
+        if not isinstance(args, dict):
+            return args, self.h2z.head
         refs: dict[str, list[int]] = {}
         for name, value in args.items():
             if not isinstance(value, (bytes, bytearray)) or len(value) < bulk.WINDOW_MIN or \
@@ -46,6 +51,13 @@ class HostWindow:
         moved[bulk.REPLY] = True
         return moved, self.h2z.head
 
+    def started(self, head: Any) -> None:
+        """The first ``hello`` was answered, the zone-to-host lane at position ``head``:
+        everything before it was for earlier hosts."""
+        if self._taken is None and type(head) is int and head >= 0:
+            self._taken = head
+            bulk.write_done(self.memory, head)
+
     def freed(self, mark: int) -> None:
         """An answer came to a request sent when the lane's head was at ``mark``: the zone has
         read everything before it."""
@@ -61,8 +73,9 @@ class HostWindow:
             copied = {name: self.memory[self.z2h.span(*ref)] for name, ref in refs.items()}
         except ValueError as exc:
             raise ProtocolError(f"the zone's answer names a bad bulk window span: {exc}") from None
-        self._taken = max([self._taken, *(position + length for position, length in refs.values())])
-        bulk.write_done(self.memory, self._taken)
+        if self._taken is not None:  # (before: answers for an earlier host, or hello's own)
+            self._taken = max([self._taken, *(position + length for position, length in refs.values())])
+            bulk.write_done(self.memory, self._taken)
         taken = {name: value for name, value in result.items() if name != bulk.KEY}
         taken.update(copied)
         return taken

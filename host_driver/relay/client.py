@@ -26,6 +26,7 @@ import time
 from typing import TYPE_CHECKING, Any, Callable
 
 from firmware.abi import audit as audit_claims
+from firmware.abi import bulk
 from firmware.abi import wire
 from firmware.abi.errors import Internal, ProtocolError, SezError, ZoneError, error_for_code
 from firmware.abi.jobs import FINAL, RESULT_WAIT_MAX
@@ -176,7 +177,10 @@ class Zone:
             wait = min(HELLO_RETRY, max(0.0, deadline - time.monotonic()))
             await asyncio.wait({future}, timeout=wait)
             if future.done():
-                return _session(future.result(), nonce)
+                greeting = _session(future.result(), nonce)
+                if self._window is not None:
+                    self._window.started(greeting.get(bulk.HEAD))
+                return greeting
             self._pending.pop(request_id, None)
             self._marks.pop(request_id, None)
             future.cancel()

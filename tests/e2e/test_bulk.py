@@ -40,10 +40,12 @@ async def moved(zone: Zone, data: bytes) -> dict[str, int]:
             for key in ("bytes_in", "bytes_out", "window_in", "window_out")}
 
 
-async def test_large_fields_travel_through_the_window(sez_zone: BootedZone) -> None:
+@pytest.mark.parametrize("host", ["first", "next"])  # a host after others finds the lanes
+async def test_large_fields_travel_through_the_window(sez_zone: BootedZone, host: str) -> None:
     async with await Zone.connect(sez_zone.url, heartbeat=None) as zone:
         counted = await moved(zone, os.urandom(4 * MiB))
         small = await moved(zone, os.urandom(bulk.WINDOW_MIN - 1))
+        assert zone.greeting[bulk.HEAD] >= 0  # where the zone-to-host lane's positions are
     assert counted["window_in"] == counted["window_out"] == 4 * MiB
     assert counted["bytes_in"] < 4096 and counted["bytes_out"] < 4096  # the stats request too
     assert small["window_in"] == small["window_out"] == 0  # below WINDOW_MIN: inline

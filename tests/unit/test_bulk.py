@@ -64,7 +64,10 @@ def test_a_request_and_its_answer_go_through_the_window(ends: tuple[HostWindow, 
     answer = zone.give({"output": data, "size": len(data)})
     assert answer[bulk.KEY] == {"output": [0, len(data)]} and "output" not in answer
     assert host.take(answer) == {"output": data, "size": len(data)}
-    assert bulk.read_done(zone.memory) == len(data)  # the host said what it took
+    assert bulk.read_done(zone.memory) == 0  # before hello's answer: nothing said
+    host.started(0)
+    assert host.take(zone.give({"output": data}))["output"] == data
+    assert bulk.read_done(zone.memory) == 2 * len(data)  # the host said what it took
 
 
 def test_the_zone_copies_what_it_reads_once(ends: tuple[HostWindow, ZoneWindow]) -> None:
@@ -116,13 +119,21 @@ def test_an_answer_naming_a_span_outside_the_lane_is_a_protocol_error(
         host.take({bulk.KEY: {"output": [bulk.LANE_SIZE - 1, 2]}})
 
 
-def test_a_new_host_session_starts_both_lanes_again(ends: tuple[HostWindow, ZoneWindow]) -> None:
+def test_a_new_host_starts_where_the_zone_is(ends: tuple[HostWindow, ZoneWindow]) -> None:
     host, zone = ends
-    answer = zone.give({"output": bytes(BIG)})
-    host.take(answer)
+    host.started(0)
+    host.take(zone.give({"output": bytes(BIG)}))
     assert bulk.read_done(zone.memory) == BIG
+    zone.give({"output": bytes(BIG)})  # an answer the first host never reads
     again = HostWindow(host.memory)  # the next host's driver, before its hello
-    zone.reset()  # the zone, at that hello
-    assert bulk.read_done(zone.memory) == 0
-    assert zone.give({"output": bytes(BIG)})[bulk.KEY] == {"output": [0, BIG]}
-    assert again.take(zone.give({"output": b"\1" * BIG}))["output"] == b"\1" * BIG
+    again.started(zone.z2h.head)  # hello's answer says where the lane is
+    answer = zone.give({"output": b"\1" * BIG})
+    assert answer[bulk.KEY] == {"output": [2 * BIG, BIG]}
+    assert again.take(answer)["output"] == b"\1" * BIG
+    assert bulk.read_done(zone.memory) == 3 * BIG
+
+
+def test_args_that_are_not_a_map_go_as_they_are(ends: tuple[HostWindow, ZoneWindow]) -> None:
+    host, _ = ends
+    for args in ([1], "args", 7):
+        assert host.put(args) == (args, 0)
