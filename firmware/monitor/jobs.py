@@ -43,6 +43,8 @@ UID_SLOTS = 10000
 LOG_LINES = 20
 #: Seconds a job's last frames may trail its exit before the job is judged without them.
 EXIT_GRACE = 1.0
+#: Seconds a finished job's receipt waits, at most, for the jobs still running (Receipts).
+GATHER = 0.02
 #: The steps of a job, each timed from the end of the one before (``stats``: job_phases_ms):
 #: the monitor asks the runner, which forks; the process confines itself; receives the job;
 #: writes and imports the applet; runs it; its answer reaches the monitor; the receipt is
@@ -290,34 +292,55 @@ class Queued:
 class Receipts:
     """Receipts signed in groups, as BBRAM commits are: the jobs that finish while layer 0
     signs wait, and go together in its next signature (abi.receipt: one tree, one signature,
-    a receipt for each job), up to SIGNED_MAX at a time. A job alone waits for no other."""
+    a receipt for each job), up to SIGNED_MAX at a time. A finished job also waits, at most
+    GATHER seconds, while other jobs are still running (``busy``): on one vCPU, layer 0's
+    signature holds the CPU, so few jobs would finish during it. A job alone waits for none."""
 
-    def __init__(self, keeper: KeeperLink) -> None:
+    def __init__(self, loop: Reactor, keeper: KeeperLink, busy: Callable[[], bool]) -> None:
+        self.loop = loop
         self.keeper = keeper
+        self.busy = busy
         self._pending: list[tuple[dict[str, Any], Deferred]] = []
         self._signing = False
+        self._timer: Any = None
         self.signatures = 0
 
     def sign(self, claims: dict[str, Any]) -> Deferred:
         """Resolve to ``{receipt}`` for this job's claims."""
         done = Deferred()
         self._pending.append((claims, done))
-        if not self._signing:
-            self._sign_pending()
+        self.poke()
         return done
 
+    def poke(self) -> None:
+        """Sign what waits, unless layer 0 is signing, or jobs still running may join it."""
+        if self._signing or not self._pending:
+            return
+        if self.busy() and len(self._pending) < receipt_claims.SIGNED_MAX:
+            if self._timer is None:
+                self._timer = self.loop.call_later(GATHER, self._gathered)
+            return
+        self._sign_pending()
+
+    def _gathered(self) -> None:
+        self._timer = None
+        if not self._signing and self._pending:
+            self._sign_pending()
+
     def _sign_pending(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         batch = self._pending[:receipt_claims.SIGNED_MAX]
         del self._pending[:len(batch)]
-        self._signing = bool(batch)
-        if not batch:
-            return
+        self._signing = True
 
         def signed(d: Deferred) -> None:
+            self._signing = False
             self.signatures += d.error is None
             for i, (_, done) in enumerate(batch):
                 done.resolve(None if d.error else {"receipt": d.value["receipts"][i]}, d.error)
-            self._sign_pending()
+            self.poke()
 
         self.keeper.call(KeeperOp.RECEIPTS, {"jobs": [claims for claims, _ in batch]}).add(signed)
 
@@ -333,7 +356,7 @@ class Jobs:
         self.store = store
         self.active: dict[str, Job] = {}
         self.runner = RunnerLink(loop, self._event)
-        self.receipts = Receipts(keeper)
+        self.receipts = Receipts(loop, keeper, self._busy)
         self.waiting: list[Queued] = []
         self.waiters: dict[str, list[Deferred]] = {}
         self.running = 0
@@ -341,6 +364,10 @@ class Jobs:
         self.finished = 0
         self.failed = 0
         self.interrupted = 0
+
+    def _busy(self) -> bool:
+        """Some job is still running (no output and no failure yet)."""
+        return any(job.output is None and job.failure is None for job in self.active.values())
 
     def timed(self, marks: list[int]) -> None:
         """A finished job's marks (ns): its creation, then the end of each of PHASES."""
@@ -441,6 +468,7 @@ class Jobs:
                 self._record(str(queued.counter), job)
             queued.result.resolve(job.value, job.error)
             self._start_waiting()
+            self.receipts.poke()  # a job that failed may have been the one receipts waited on
 
         return done
 
