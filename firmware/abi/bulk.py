@@ -17,7 +17,8 @@ Each lane is a ring written by one side. A position counts the bytes its writer 
 (a transfer never wraps: the writer skips to the lane's start instead); its offset in the
 lane is ``position % LANE_SIZE``. The host-to-zone lane's positions start at 0 with each
 host's channel; the zone-to-host lane's run on for the monitor's life, and ``hello``
-answers with where they are (``window``: what came before is no new host's). The host knows a
+answers with where they are (``window``: what came before is no new host's; a restarted
+monitor starts them again, and the host follows when an answer's position goes back). The host knows a
 request's spans are free once any answer to it, or to a later request, has come (the zone
 reads requests in order and copies at once). The zone knows what the host has taken from the
 zone-to-host lane by the counter the host writes at DONE_OFFSET (a new host writes 0 until

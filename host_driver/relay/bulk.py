@@ -74,6 +74,8 @@ class HostWindow:
         except ValueError as exc:
             raise ProtocolError(f"the zone's answer names a bad bulk window span: {exc}") from None
         if self._taken is not None:  # (before: answers for an earlier host, or hello's own)
+            if min(position for position, _ in refs.values()) < self._taken:
+                self._taken = 0  # a restarted monitor: its positions start again
             self._taken = max([self._taken, *(position + length for position, length in refs.values())])
             bulk.write_done(self.memory, self._taken)
         taken = {name: value for name, value in result.items() if name != bulk.KEY}

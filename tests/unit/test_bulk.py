@@ -137,3 +137,14 @@ def test_args_that_are_not_a_map_go_as_they_are(ends: tuple[HostWindow, ZoneWind
     host, _ = ends
     for args in ([1], "args", 7):
         assert host.put(args) == (args, 0)
+
+
+def test_a_restarted_monitor_starts_its_positions_again(ends: tuple[HostWindow, ZoneWindow]) -> None:
+    host, zone = ends
+    host.started(0)
+    for _ in range(3):
+        host.take(zone.give({"output": bytes(BIG)}))
+    assert bulk.read_done(zone.memory) == 3 * BIG
+    restarted = ZoneWindow(zone.memory)  # PID 1 restarts the monitor: its lane starts at 0
+    assert host.take(restarted.give({"output": b"\2" * BIG}))["output"] == b"\2" * BIG
+    assert bulk.read_done(zone.memory) == BIG  # the host follows the new positions
