@@ -27,7 +27,7 @@ class HostWindow:
         #: z2h: what this host has copied out; None until hello's answer says where the
         #: zone's positions are (``started``).
         self._taken: int | None = None
-        bulk.write_done(memory, 0)  # until then the zone sees no room: the answers come inline
+        bulk.write_done(memory, 0)  # until then the zone sees less room than there is, never more
 
     def put(self, args: Any) -> tuple[Any, int]:
         """``args`` with its byte strings of bulk.WINDOW_MIN bytes or more in the window while
