@@ -398,7 +398,7 @@ class Machine:
         """
         board = Board.make(accel=accel, cpus=cpus, tcg_thread=tcg_thread, memory_mb=memory_mb,
                            debug=debug)
-        self._prepare()
+        self._prepare(window=False)
         blank = directory / "disk"  # the board has a disk; the zone at READY never reads it
         with blank.open("wb") as f:
             f.truncate(hw.BBRAM_SIZE)
@@ -422,8 +422,9 @@ class Machine:
 
     # -- launch steps --------------------------------------------------------------------------
 
-    def _prepare(self) -> None:
-        """A fresh run directory: no sockets or state of an earlier run; new line FIFOs."""
+    def _prepare(self, window: bool = True) -> None:
+        """A fresh run directory: no sockets or state of an earlier run; new line FIFOs; and,
+        with ``window``, an empty bulk window."""
         self.run_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         for stale in (self.qmp_socket, self.ctl_socket, self.sensors_socket, self.shell_socket,
                       self.state_file, self.bulk_window, *self._fifos("tamper"),
@@ -431,11 +432,12 @@ class Machine:
             stale.unlink(missing_ok=True)
         for fifo in (*self._fifos("tamper"), *self._fifos("start")):
             os.mkfifo(fifo, 0o600)
-        window = os.open(self.bulk_window, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-        try:  # QEMU maps the file as it finds it: readable by this user alone
-            os.ftruncate(window, WINDOW_SIZE)
-        finally:
-            os.close(window)
+        if window:
+            fd = os.open(self.bulk_window, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+            try:  # QEMU maps the file as it finds it: readable by this user alone
+                os.ftruncate(fd, WINDOW_SIZE)
+            finally:
+                os.close(fd)
         if self.console_log.exists():
             os.replace(self.console_log, self.run_dir / "console.prev.log")
 

@@ -67,12 +67,13 @@ class ZoneWindow:
         to the zone-to-host lane while it has room (the rest stay inline)."""
         if type(result) is not dict:
             return result
+        large = [(name, value) for name, value in result.items()
+                 if type(value) is bytes and len(value) >= bulk.WINDOW_MIN][:bulk.MAX_FIELDS]
+        if not large:  # most answers: nothing to read from the window
+            return result
         done = bulk.read_done(self.view)
         refs: dict[str, list[int]] = {}
-        for name, value in result.items():
-            if type(value) is not bytes or len(value) < bulk.WINDOW_MIN or \
-                    len(refs) == bulk.MAX_FIELDS:
-                continue
+        for name, value in large:
             position = self.z2h.place(len(value), done)
             if position is None:
                 break
